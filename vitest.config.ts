@@ -6,6 +6,7 @@ export default defineConfig({
     testTimeout: 30_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    reporters: ['default', './test/summary-reporter.ts'],
     // ONNX Runtime must never phone home, even from test workers.
     env: { ORT_DISABLE_TELEMETRY: '1' },
   },

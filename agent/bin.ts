@@ -1,0 +1,91 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfigFile } from './config/load.js';
+import { errorMessage } from './errors.js';
+import { createLogger } from './log.js';
+import { createAgent } from './main.js';
+import { agentVersion } from './version.js';
+
+const USAGE = `usage: edgefleet-agent --config <file.json>
+
+Serves ONNX models locally (TensorFlow Serving REST and Open Inference Protocol)
+and, with "mqtt" configured, pulls signed model rollouts from the fleet broker.
+See docs/configuration.md for the keys and environment overrides.`;
+
+/** PROTOCOL.md section 9: SIGTERM exits 0 within 10 seconds. */
+const SHUTDOWN_DEADLINE_MS = 9_000;
+
+async function main(): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({ options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean' } } });
+  } catch (err) {
+    process.stderr.write(`edgefleet-agent: ${errorMessage(err)}\n${USAGE}\n`);
+    return 2;
+  }
+  if (args.values.help) return void process.stdout.write(`${USAGE}\n`), 0;
+  if (args.values.version) return void process.stdout.write(`${agentVersion()}\n`), 0;
+  if (!args.values.config) {
+    process.stderr.write(`edgefleet-agent: --config is required\n${USAGE}\n`);
+    return 2;
+  }
+  let config;
+  try {
+    config = loadConfigFile(args.values.config);
+  } catch (err) {
+    process.stderr.write(`edgefleet-agent: ${err instanceof ConfigError ? err.message : errorMessage(err)}\n`);
+    return 2;
+  }
+  const logger = createLogger({ level: config.log.level, deviceId: config.deviceId });
+  const agent = createAgent(config, logger);
+
+  let stopping: Promise<void> | undefined;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    logger.info({ signal }, 'shutting down');
+    const deadline = setTimeout(() => {
+      logger.error('shutdown did not finish in time; exiting anyway');
+      logger.flush();
+      process.exit(0);
+    }, SHUTDOWN_DEADLINE_MS);
+    deadline.unref();
+    stopping = agent.stop().then(
+      () => {
+        logger.flush();
+        process.exit(0);
+      },
+      (err: unknown) => {
+        logger.error({ err: errorMessage(err) }, 'shutdown failed');
+        logger.flush();
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('uncaughtException', (err) => {
+    logger.fatal({ err: err.stack ?? err.message }, 'uncaught exception; exiting so systemd restarts the agent');
+    logger.flush();
+    process.exit(1);
+  });
+
+  try {
+    await agent.start();
+  } catch (err) {
+    logger.fatal({ err: errorMessage(err) }, 'agent failed to start');
+    await agent.stop().catch(() => undefined);
+    logger.flush();
+    return 1;
+  }
+  return -1; // keep running
+}
+
+main().then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`edgefleet-agent: ${errorMessage(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,92 @@
+import { z } from 'zod';
+
+/**
+ * The one schema for the agent's configuration file (PROTOCOL.md section 9 plus
+ * the agent's own tuning keys). It gives the TypeScript type, the validation and
+ * the defaults. Objects are strict: an unknown key is an error, never ignored.
+ */
+
+const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const MODEL_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+const VERSION = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+
+export const EXECUTION_PROVIDERS = ['tensorrt', 'cuda', 'xnnpack', 'webgpu', 'cpu'] as const;
+export type ExecutionProviderName = (typeof EXECUTION_PROVIDERS)[number];
+
+/** TensorFlow Serving's model_version_policy. */
+export const versionPolicySchema = z.union([
+  z.strictObject({ latest: z.strictObject({ numVersions: z.number().int().min(1).default(1) }) }),
+  z.strictObject({ all: z.strictObject({}) }),
+  z.strictObject({ specific: z.strictObject({ versions: z.array(VERSION).min(1) }) }),
+]);
+export type VersionPolicy = z.infer<typeof versionPolicySchema>;
+
+export const batchingSchema = z.strictObject({
+  maxBatchSize: z.number().int().min(1).max(4096),
+  maxQueueDelayMs: z.number().min(0).max(1000),
+  /** Requests waiting beyond this are answered 503 at once. */
+  maxQueueSize: z.number().int().min(1).default(1024),
+});
+export type BatchingConfig = z.infer<typeof batchingSchema>;
+
+const modelOptionsSchema = z.strictObject({
+  versionPolicy: versionPolicySchema.optional(),
+  /** label → version, as TensorFlow Serving's version_labels. */
+  labels: z.record(z.string().regex(/^[A-Za-z0-9_-]{1,63}$/), VERSION).default({}),
+  batching: batchingSchema.optional(),
+});
+export type ModelOptions = z.infer<typeof modelOptionsSchema>;
+
+const path = z.string().min(1);
+
+export const configSchema = z.strictObject({
+  deviceId: z.string().regex(ID, 'must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'),
+  groups: z.array(z.string().regex(ID, 'must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')).default([]),
+  stateDir: path.default('/var/lib/edgefleet'),
+  trust: path.optional(),
+  mqtt: z
+    .strictObject({
+      url: z.string().regex(/^(mqtts?|wss?|tcp|ssl):\/\/.+/, 'must be an mqtt://, mqtts://, ws:// or wss:// URL'),
+      topicRoot: z.string().regex(/^[^#+/][^#+]*$/, 'must be a topic prefix without wildcards').default('edgefleet'),
+      ca: path.optional(),
+      cert: path.optional(),
+      key: path.optional(),
+      username: z.string().optional(),
+      passwordFile: path.optional(),
+      keepaliveS: z.number().int().min(5).max(3600).default(30),
+    })
+    .optional(),
+  http: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: z.number().int().min(0).max(65535).default(8501),
+      bodyLimitBytes: z.number().int().min(1024).default(64 * 1024 * 1024),
+      /** Requests in flight beyond this are answered 503. */
+      maxInFlight: z.number().int().min(1).default(1024),
+    })
+    .prefault({}),
+  models: z
+    .strictObject({
+      dir: path.optional(),
+      /** How often models.dir is rescanned, besides fs.watch events. */
+      pollIntervalMs: z.number().int().min(100).default(2000),
+      /** A file must keep its size and mtime this long before it is loaded. */
+      settleMs: z.number().int().min(0).default(1000),
+      versionPolicy: versionPolicySchema.default({ latest: { numVersions: 1 } }),
+      config: z.record(z.string().regex(MODEL_NAME, 'model names must match ^[a-z0-9][a-z0-9_-]{0,62}$'), modelOptionsSchema).default({}),
+    })
+    .prefault({}),
+  runtime: z
+    .strictObject({
+      executionProviders: z.array(z.enum(EXECUTION_PROVIDERS)).min(1).default(['tensorrt', 'cuda', 'xnnpack', 'cpu']),
+      intraOpNumThreads: z.number().int().min(0).default(0),
+      interOpNumThreads: z.number().int().min(0).default(0),
+      graphOptimizationLevel: z.enum(['disabled', 'basic', 'extended', 'all']).default('all'),
+      warmupRuns: z.number().int().min(0).max(100).default(2),
+    })
+    .prefault({}),
+  log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') }).prefault({}),
+});
+
+export type AgentConfig = z.infer<typeof configSchema>;
+export type AgentConfigInput = z.input<typeof configSchema>;

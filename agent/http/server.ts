@@ -1,0 +1,163 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import type { AgentConfig } from '../config/schema.js';
+import { EdgefleetError, errorMessage, notFound, unavailable } from '../errors.js';
+import type { ModelRegistry } from '../serving/registry.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { readBody } from './body.js';
+import { sendError, sendJson } from './errors.js';
+import { inferV2, predictV1, type InferResult } from './infer.js';
+import { v1Metadata, v1Status, v2Metadata, v2ModelReady } from './model-info.js';
+import { matchRoute, type Route } from './routes.js';
+
+export interface HttpServerOptions {
+  config: AgentConfig['http'];
+  registry: ModelRegistry;
+  metrics: Metrics;
+  logger: Logger;
+  agentVersion: string;
+  /** Whether the agent counts as ready (models in hand serve); false while starting or stopping. */
+  isReady: () => boolean;
+}
+
+/**
+ * The local HTTP API: TensorFlow Serving REST v1, the Open Inference Protocol
+ * (KServe v2) and Prometheus metrics, on plain node:http to keep the
+ * per-request overhead near that of `session.run` itself.
+ */
+export class HttpServer {
+  private server: Server | undefined;
+  private inFlight = 0;
+  private draining = false;
+  private drained: (() => void) | undefined;
+
+  constructor(private readonly options: HttpServerOptions) {}
+
+  async start(): Promise<AddressInfo> {
+    const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => this.handle(req, res));
+    server.on('clientError', (err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      this.options.logger.debug({ err: err.message }, 'malformed HTTP request');
+    });
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.options.config.port, this.options.config.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const address = server.address() as AddressInfo;
+    this.options.logger.info({ host: address.address, port: address.port }, 'HTTP API listening');
+    return address;
+  }
+
+  get address(): AddressInfo | undefined {
+    return (this.server?.address() as AddressInfo | null) ?? undefined;
+  }
+
+  /** Stops taking requests and waits for those in flight to finish. */
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.draining = true;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    if (this.inFlight > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+    server.closeAllConnections();
+    await closed;
+    this.server = undefined;
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const started = performance.now();
+    this.inFlight++;
+    this.options.metrics.inFlight.inc();
+    if (this.draining) res.setHeader('Connection', 'close');
+    res.once('close', () => {
+      this.inFlight--;
+      this.options.metrics.inFlight.dec();
+      if (this.draining && this.inFlight === 0) this.drained?.();
+    });
+    this.dispatch(req, res, started).catch((err: unknown) => {
+      // Last line of defence: the process never crashes on a request.
+      this.options.logger.error({ err: errorMessage(err) }, 'request handler failed');
+      if (!res.writableEnded) sendError(res, err);
+    });
+  }
+
+  private async dispatch(req: IncomingMessage, res: ServerResponse, started: number): Promise<void> {
+    let route: Route | undefined;
+    try {
+      route = matchRoute(req.method ?? 'GET', req.url ?? '/');
+      if (!route) throw notFound(`no such endpoint: ${req.method ?? ''} ${req.url ?? ''}`);
+      if (this.inFlight > this.options.config.maxInFlight) throw unavailable(`server is overloaded (${this.inFlight} requests in flight); retry later`);
+      if (route.kind === 'v1-predict' || route.kind === 'v2-infer') {
+        await this.infer(route, req, res, started);
+        return;
+      }
+      await this.info(route, res);
+    } catch (err) {
+      req.resume();
+      const status = sendError(res, err);
+      if (route && (route.kind === 'v1-predict' || route.kind === 'v2-infer')) {
+        this.options.metrics.requests.inc({ model: route.model, version: '', api: route.kind === 'v1-predict' ? 'v1' : 'v2', code: String(status) });
+      }
+      if (status >= 500) this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
+    }
+  }
+
+  private async info(route: Exclude<Route, { kind: 'v1-predict' | 'v2-infer' }>, res: ServerResponse): Promise<void> {
+    const { registry } = this.options;
+    switch (route.kind) {
+      case 'metrics': {
+        const { contentType, body } = await this.options.metrics.render();
+        res.writeHead(200, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(body) });
+        res.end(body);
+        return;
+      }
+      case 'v2-server':
+        return sendJson(res, 200, { name: 'edgefleet', version: this.options.agentVersion, extensions: ['binary_tensor_data', 'model_repository'] });
+      case 'v2-live':
+        return sendJson(res, 200, { live: true });
+      case 'v2-ready':
+        if (!this.options.isReady() || this.draining) throw unavailable('server is not ready (starting or shutting down)');
+        return sendJson(res, 200, { ready: true });
+      case 'v1-status':
+        return sendJson(res, 200, v1Status(registry, route.model, route.selector));
+      case 'v1-metadata':
+        return sendJson(res, 200, v1Metadata(registry, route.model, route.selector));
+      case 'v1-unsupported':
+        throw new EdgefleetError('UNSUPPORTED', `:${route.method} is not supported for ONNX models; use :predict`);
+      case 'v2-model':
+        return sendJson(res, 200, v2Metadata(registry, route.model, route.selector));
+      case 'v2-model-ready':
+        return sendJson(res, 200, v2ModelReady(registry, route.model, route.selector));
+    }
+  }
+
+  private async infer(route: Extract<Route, { kind: 'v1-predict' | 'v2-infer' }>, req: IncomingMessage, res: ServerResponse, started: number): Promise<void> {
+    const { registry, metrics, config } = this.options;
+    const servable = registry.acquire(route.model, route.selector);
+    const api = route.kind === 'v1-predict' ? 'v1' : 'v2';
+    const labels = { model: route.model, version: String(servable.version) };
+    let status = 200;
+    try {
+      const body = await readBody(req, config.bodyLimitBytes);
+      const result: InferResult =
+        route.kind === 'v1-predict' ? await predictV1(servable, body) : await inferV2(servable, route.model, body, req.headers);
+      metrics.queueSeconds.observe(labels, result.queueMs / 1000);
+      metrics.computeSeconds.observe(labels, result.computeMs / 1000);
+      res.writeHead(200, result.headers);
+      res.end(result.body);
+    } catch (err) {
+      req.resume();
+      status = sendError(res, err);
+    } finally {
+      servable.release();
+      metrics.requests.inc({ ...labels, api, code: String(status) });
+      metrics.requestSeconds.observe({ ...labels, api }, (performance.now() - started) / 1000);
+    }
+  }
+}

@@ -1,0 +1,19 @@
+/**
+ * The only place that loads onnxruntime-node.
+ *
+ * onnxruntime-node (1.30 on Linux) starts a telemetry system of its own that
+ * writes a persistent device id under ~/.cache/Microsoft/DeveloperTools and is
+ * built to upload over HTTPS unless ORT_DISABLE_TELEMETRY=1 is set before the
+ * library loads. A fleet agent on other people's networks must never let it
+ * run, so the variable is forced here, before the dynamic import, whatever the
+ * unit file or the caller's environment says.
+ */
+export type Ort = typeof import('onnxruntime-node');
+
+let loading: Promise<Ort> | undefined;
+
+export function loadOrt(): Promise<Ort> {
+  process.env.ORT_DISABLE_TELEMETRY = '1';
+  loading ??= import('onnxruntime-node');
+  return loading;
+}

@@ -1,0 +1,48 @@
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+
+const MODEL_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+const VERSION_DIR = /^[1-9][0-9]{0,15}$/;
+
+export interface FileSignature {
+  path: string;
+  size: number;
+  mtimeMs: number;
+}
+
+export const sameFile = (a: FileSignature | undefined, b: FileSignature | undefined): boolean =>
+  a !== undefined && b !== undefined && a.path === b.path && a.size === b.size && a.mtimeMs === b.mtimeMs;
+
+/**
+ * Lists `{dir}/{name}/{version}/model.onnx` files, TensorFlow Serving's layout.
+ * Names that are not valid model names, non-numeric version folders and hidden
+ * entries (temp files of an atomic copy) are skipped.
+ */
+export async function scanRepository(dir: string): Promise<Map<string, Map<number, FileSignature>>> {
+  const out = new Map<string, Map<number, FileSignature>>();
+  for (const name of await listDirs(dir)) {
+    if (!MODEL_NAME.test(name)) continue;
+    const versions = new Map<number, FileSignature>();
+    for (const v of await listDirs(join(dir, name))) {
+      if (!VERSION_DIR.test(v) || !Number.isSafeInteger(Number(v))) continue;
+      const path = join(dir, name, v, 'model.onnx');
+      try {
+        const s = await stat(path);
+        if (s.isFile()) versions.set(Number(v), { path, size: s.size, mtimeMs: s.mtimeMs });
+      } catch {
+        // No model.onnx (yet): not a candidate.
+      }
+    }
+    if (versions.size > 0) out.set(name, versions);
+  }
+  return out;
+}
+
+async function listDirs(dir: string): Promise<string[]> {
+  try {
+    const entries = await readdir(dir, { withFileTypes: true });
+    return entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name);
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * What a device publishes (PROTOCOL.md section 7): status, reported state,
+ * events and telemetry batches. The agent builds these types and the
+ * collector parses them. Readers ignore unknown fields (objects strip them)
+ * and unknown telemetry kinds, so devices can be newer than the collector.
+ */
+import { z } from 'zod';
+import { deviceIdSchema, groupSchema, modelNameSchema, modelVersionSchema, sha256HexSchema, timeSchema } from './names.js';
+import { parsePayload } from './validate.js';
+
+export const statusSchema = z.object({
+  online: z.boolean(),
+  // Absent in the MQTT last will, which is fixed when the connection opens.
+  ts: timeSchema.optional(),
+});
+export type Status = z.infer<typeof statusSchema>;
+
+export const DESIRED_STATUSES = ['applying', 'applied', 'failed', 'rejected'] as const;
+export type DesiredStatus = (typeof DESIRED_STATUSES)[number];
+
+export const MODEL_STATES = [
+  'pending', 'downloading', 'verifying', 'loading', 'serving', 'failed', 'rejected', 'rolled_back',
+] as const;
+export type ModelState = (typeof MODEL_STATES)[number];
+
+const count = z.number().int().min(0);
+
+export const reportedStateSchema = z.object({
+  schema: z.literal(1, 'schema must be 1'),
+  device: deviceIdSchema,
+  groups: z.array(groupSchema),
+  ts: timeSchema,
+  // null until a desired document has been received.
+  desired: z
+    .object({
+      source: z.enum(['device', 'group']),
+      /** Which group's document counts, when source is "group". */
+      group: groupSchema.optional(),
+      serial: count,
+      status: z.enum(DESIRED_STATUSES),
+      error: z.string().nullable(),
+    })
+    .nullable(),
+  models: z.array(
+    z.object({
+      name: modelNameSchema,
+      version: modelVersionSchema,
+      state: z.enum(MODEL_STATES),
+      labels: z.array(z.string()),
+      executionProvider: z.string().nullable(),
+      sha256: sha256HexSchema.nullable(),
+      progress: z.number().min(0).max(1),
+      error: z.string().nullable(),
+    }),
+  ),
+  agent: z.object({
+    version: z.string(),
+    arch: z.string(),
+    startedAt: timeSchema,
+    executionProviders: z.object({
+      available: z.array(z.string()),
+      unavailable: z.record(z.string(), z.string()),
+    }),
+  }),
+});
+export type ReportedState = z.infer<typeof reportedStateSchema>;
+export type ReportedModel = ReportedState['models'][number];
+
+export const EVENT_TYPES = [
+  'desired.received', 'desired.rejected', 'download.started', 'download.completed', 'verify.failed',
+  'selftest.failed', 'activated', 'rolled_back', 'unloaded', 'trust.updated',
+] as const;
+/** Known event types; readers accept others too. */
+export type KnownEventType = (typeof EVENT_TYPES)[number];
+
+export const eventSchema = z.object({
+  ts: timeSchema,
+  type: z.string().min(1),
+  model: modelNameSchema.optional(),
+  version: modelVersionSchema.optional(),
+  detail: z.string().optional(),
+});
+export type DeviceEvent = z.infer<typeof eventSchema> & { type: KnownEventType | (string & {}) };
+
+const pointBase = { seq: count.max(Number.MAX_SAFE_INTEGER), ts: timeSchema };
+const nonNegative = z.number().min(0);
+
+export const inferencePointSchema = z.object({
+  ...pointBase,
+  kind: z.literal('inference'),
+  model: modelNameSchema,
+  version: modelVersionSchema,
+  intervalS: z.number().positive(),
+  count,
+  errors: count,
+  // null when count is 0: no latency to report.
+  latencyMs: z
+    .object({ p50: nonNegative, p90: nonNegative, p99: nonNegative, max: nonNegative, mean: nonNegative })
+    .nullable(),
+});
+export type InferencePoint = z.infer<typeof inferencePointSchema>;
+
+const gpuSchema = z.object({
+  name: z.string(),
+  utilPct: nonNegative.nullable().optional(),
+  memUsedBytes: count.nullable().optional(),
+  memTotalBytes: count.nullable().optional(),
+  tempC: z.number().nullable().optional(),
+});
+
+export const healthPointSchema = z.object({
+  ...pointBase,
+  kind: z.literal('health'),
+  cpuPct: nonNegative,
+  load1: nonNegative,
+  memUsedBytes: count,
+  memTotalBytes: count,
+  // null on boards without a readable temperature sensor.
+  tempC: z.number().nullable(),
+  diskFreeBytes: count,
+  rssBytes: count,
+  uptimeS: nonNegative,
+  gpus: z.array(gpuSchema),
+});
+export type HealthPoint = z.infer<typeof healthPointSchema>;
+
+export type TelemetryPoint = InferencePoint | HealthPoint;
+const knownPointSchema = z.discriminatedUnion('kind', [inferencePointSchema, healthPointSchema]);
+
+/** A known point, or null for a point of an unknown kind (skipped by readers). */
+const pointSchema = z.unknown().transform((value, ctx): TelemetryPoint | null => {
+  const kind = typeof value === 'object' && value !== null ? (value as { kind?: unknown }).kind : undefined;
+  if (typeof kind === 'string' && kind !== 'inference' && kind !== 'health') return null;
+  const result = knownPointSchema.safeParse(value);
+  if (result.success) return result.data;
+  // Re-raise with their paths, which zod prefixes with this point's position.
+  for (const issue of result.error.issues) ctx.addIssue({ ...issue });
+  return z.NEVER;
+});
+
+export const telemetryBatchSchema = z.object({
+  schema: z.literal(1, 'schema must be 1'),
+  device: deviceIdSchema,
+  points: z.array(pointSchema).transform((points) => points.filter((p): p is TelemetryPoint => p !== null)),
+});
+export type TelemetryBatch = z.output<typeof telemetryBatchSchema>;
+
+export const parseStatus = (bytes: Uint8Array | string): Status => parsePayload(statusSchema, bytes, 'status');
+export const parseReportedState = (bytes: Uint8Array | string): ReportedState =>
+  parsePayload(reportedStateSchema, bytes, 'reported state');
+export const parseEvent = (bytes: Uint8Array | string): DeviceEvent => parsePayload(eventSchema, bytes, 'event');
+export const parseTelemetryBatch = (bytes: Uint8Array | string): TelemetryBatch =>
+  parsePayload(telemetryBatchSchema, bytes, 'telemetry batch');
