@@ -83,6 +83,11 @@ export const configSchema = z.strictObject({
       interOpNumThreads: z.number().int().min(0).default(0),
       graphOptimizationLevel: z.enum(['disabled', 'basic', 'extended', 'all']).default('all'),
       warmupRuns: z.number().int().min(0).max(100).default(2),
+      /**
+       * ONNX Runtime's own native log level. Its errors all reach the agent as
+       * exceptions, logged with context, so by default only fatal ones print raw.
+       */
+      ortLogLevel: z.enum(['verbose', 'info', 'warning', 'error', 'fatal']).default('fatal'),
     })
     .prefault({}),
   log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') }).prefault({}),

@@ -43,6 +43,8 @@ export class Batcher {
     private readonly run: RunFn,
     private readonly config: BatchingConfig,
     private readonly label: string,
+    /** Called with the number of requests and rows in each batch run. */
+    private readonly onBatch?: (requests: number, rows: number) => void,
   ) {}
 
   get queued(): number {
@@ -101,6 +103,7 @@ export class Batcher {
   private async runBatch(batch: Pending[]): Promise<void> {
     this.running = true;
     const started = performance.now();
+    this.onBatch?.(batch.length, batch.reduce((n, p) => n + p.rows, 0));
     try {
       const first = batch[0] as Pending;
       const outputs = batch.length === 1 ? await this.run(first.inputs, first.outputNames) : await this.run(concatInputs(batch), first.outputNames);

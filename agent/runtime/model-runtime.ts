@@ -24,6 +24,7 @@ export class ModelRuntime {
 
   async start(): Promise<void> {
     this.ort = await loadOrt();
+    this.ort.env.logLevel = this.options.config.ortLogLevel;
     this.report = await probeProviders(this.ort, this.options.config.executionProviders);
     this.options.logger.info({ providers: this.report }, 'execution providers probed');
   }

@@ -8,7 +8,9 @@
  * run, so the variable is forced here, before the dynamic import, whatever the
  * unit file or the caller's environment says.
  */
-export type Ort = typeof import('onnxruntime-node');
+import type * as OrtModule from 'onnxruntime-node';
+
+export type Ort = typeof OrtModule;
 
 let loading: Promise<Ort> | undefined;
 

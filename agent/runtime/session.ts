@@ -38,13 +38,13 @@ class OrtModelSession implements ModelSession {
 
   async run(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<HostTensor[]> {
     const feeds: Record<string, Tensor> = {};
-    for (const t of inputs) feeds[t.name] = new this.ort.Tensor(ORT_TYPE[t.datatype], t.data as never, t.shape);
+    for (const t of inputs) feeds[t.name] = new this.ort.Tensor(ORT_TYPE[t.datatype], t.data, t.shape);
     const fetches = outputNames ?? this.session.outputNames;
     const results = await this.session.run(feeds, fetches as string[]);
     return fetches.map((name) => {
       const r = results[name];
       if (r === undefined) throw new EdgefleetError('INTERNAL', `ONNX Runtime returned no output "${name}"`);
-      return { name, datatype: DATATYPE_OF[r.type as OrtType], shape: [...r.dims], data: r.data as HostTensor['data'] };
+      return { name, datatype: DATATYPE_OF[r.type as OrtType], shape: [...r.dims], data: r.data };
     });
   }
 

@@ -27,7 +27,8 @@ export class VersionLoader {
     let servable: Servable | undefined;
     try {
       const loaded = await runtime.load(bytes, log);
-      servable = new Servable(name, version, loaded.session, options.batching);
+      const batchLabels = { model: name, version: String(version) };
+      servable = new Servable(name, version, loaded.session, options.batching, (_requests, rows) => metrics.batchRows.observe(batchLabels, rows));
       await options.selfTest?.(servable);
       metrics.loadSeconds.set({ model: name, version: String(version), provider: loaded.session.executionProvider }, loaded.loadMs / 1000);
       metrics.warmupSeconds.set({ model: name, version: String(version) }, loaded.warmupMs / 1000);

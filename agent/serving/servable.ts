@@ -19,9 +19,10 @@ export class Servable {
     readonly version: number,
     readonly session: ModelSession,
     batching: BatchingConfig | undefined,
+    onBatch?: (requests: number, rows: number) => void,
   ) {
     if (batching && batching.maxBatchSize > 1 && canBatch(session.inputs)) {
-      this.batcher = new Batcher((inputs, outputs) => session.run(inputs, outputs), batching, `model "${name}" version ${version}`);
+      this.batcher = new Batcher((inputs, outputs) => session.run(inputs, outputs), batching, `model "${name}" version ${version}`, onBatch);
     }
   }
 

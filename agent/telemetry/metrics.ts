@@ -32,6 +32,13 @@ export class Metrics {
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
+  readonly batchRows = new Histogram({
+    name: 'edgefleet_batch_rows',
+    help: 'Rows in each batch the dynamic batcher ran',
+    labelNames: ['model', 'version'] as const,
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    registers: [this.registry],
+  });
   readonly inFlight = new Gauge({
     name: 'edgefleet_requests_in_flight',
     help: 'HTTP requests being served now',

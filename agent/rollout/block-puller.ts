@@ -1,0 +1,438 @@
+import { createHash } from 'node:crypto';
+import { mkdir, open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import type { Logger } from 'pino';
+import { blockCount } from '../../protocol/manifest.js';
+import type { AgentDatabase } from '../store/database.js';
+import { fsyncDir } from '../store/fs-atomic.js';
+
+/**
+ * Pulls one artifact's blocks from the broker (PROTOCOL.md section 5): retained
+ * QoS 1 messages on `{root}/artifacts/{sha256}/blocks/{i}`, asked for by
+ * subscribing a window at a time. Progress is durable: a block is recorded in
+ * `artifact_blocks` only after its bytes are fsynced in the staging file, so a
+ * restart asks only for what is missing and never trusts half-written bytes.
+ */
+
+type MessageListener = (topic: string, payload: Buffer) => void;
+
+/** The part of mqtt.js's MqttClient the puller uses; a real client fits it. */
+export interface MinimalMqtt {
+  readonly connected: boolean;
+  subscribeAsync(topic: string, opts: { qos: 1 }): Promise<unknown>;
+  unsubscribeAsync(topic: string): Promise<unknown>;
+  on(event: 'message', listener: MessageListener): unknown;
+  on(event: 'connect', listener: () => void): unknown;
+  off(event: 'message', listener: MessageListener): unknown;
+  off(event: 'connect', listener: () => void): unknown;
+}
+
+/** The manifest's `artifact` (protocol/manifest.ts) fits this. */
+export interface ArtifactBlocks {
+  sha256: string;
+  size: number;
+  blockSize: number;
+  blockSha256: readonly string[];
+}
+
+/**
+ * BLOCK_HASH and FILE_HASH: the published bytes do not match the signed
+ * manifest, retrying cannot help (report `rejected`, event `verify.failed`).
+ * BLOCK_MISSING: retryable (report `failed`). ABORTED: the caller stopped it.
+ */
+export type BlockPullErrorCode = 'BLOCK_HASH' | 'BLOCK_MISSING' | 'FILE_HASH' | 'ABORTED';
+
+export class BlockPullError extends Error {
+  readonly code: BlockPullErrorCode;
+  /** The block concerned, for BLOCK_HASH and BLOCK_MISSING. */
+  readonly block: number | undefined;
+  constructor(code: BlockPullErrorCode, message: string, block?: number) {
+    super(message);
+    this.name = 'BlockPullError';
+    this.code = code;
+    this.block = block;
+  }
+}
+
+export interface BlockPullerOptions {
+  client: MinimalMqtt;
+  topicRoot: string;
+  artifact: ArtifactBlocks;
+  stagingFile: string;
+  db: AgentDatabase;
+  /** Blocks subscribed at once. */
+  window?: number;
+  /** First wait for a block before asking again; doubles per retry up to maxRetryDelayMs. */
+  blockTimeoutMs?: number;
+  maxRetryDelayMs?: number;
+  /** Re-asks after a block fails its hash check before giving up with BLOCK_HASH. */
+  maxBlockRetries?: number;
+  /** Time without any verified block before giving up with BLOCK_MISSING. */
+  giveUpAfterMs?: number;
+  logger: Logger;
+  /** Durable progress: blocks recorded done so far, of total. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+interface Slot {
+  hashFailures: number;
+  timeouts: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** Forgets an artifact's pull progress, so the next pull starts from scratch. */
+export function clearArtifactProgress(db: AgentDatabase, sha256: string): void {
+  db.db.prepare('DELETE FROM artifact_blocks WHERE sha256 = ?').run(sha256);
+}
+
+export class BlockPuller {
+  /** Subscriptions made (first asks, re-asks, re-subscriptions after reconnect). */
+  blocksRequested = 0;
+  /** Payload bytes received on this artifact's block topics, duplicates included. */
+  bytesReceived = 0;
+
+  private readonly client: MinimalMqtt;
+  private readonly artifact: ArtifactBlocks;
+  private readonly expected: readonly string[];
+  private readonly total: number;
+  private readonly prefix: string;
+  private readonly window: number;
+  private readonly blockTimeoutMs: number;
+  private readonly maxRetryDelayMs: number;
+  private readonly maxBlockRetries: number;
+  private readonly giveUpAfterMs: number;
+  private readonly log: Logger;
+  private fh: FileHandle | undefined;
+  /** Missing blocks not yet asked for, in order. */
+  private queue: number[] = [];
+  private readonly outstanding = new Map<number, Slot>();
+  /** Written to the staging file but not yet fsynced. */
+  private written: number[] = [];
+  private durable = 0;
+  private readonly writes = new Set<Promise<void>>();
+  private flushing: Promise<void> | undefined;
+  private ioFailed = false;
+  private stallTimer: NodeJS.Timeout | undefined;
+  private started = false;
+  private aborted = false;
+  private settle: { resolve: () => void; reject: (err: unknown) => void } | undefined;
+
+  constructor(private readonly options: BlockPullerOptions) {
+    const { artifact } = options;
+    this.total = blockCount(artifact.size, artifact.blockSize);
+    if (!(artifact.blockSize > 0) || artifact.blockSha256.length !== this.total) {
+      throw new Error(`artifact ${artifact.sha256}: blockSha256 must have ceil(size / blockSize) = ${this.total} entries`);
+    }
+    this.client = options.client;
+    this.artifact = artifact;
+    this.expected = artifact.blockSha256.map((h) => h.toLowerCase());
+    this.prefix = `${options.topicRoot}/artifacts/${artifact.sha256}/blocks/`;
+    this.window = Math.max(1, options.window ?? 8);
+    this.blockTimeoutMs = options.blockTimeoutMs ?? 10_000;
+    this.maxRetryDelayMs = Math.max(this.blockTimeoutMs, options.maxRetryDelayMs ?? 60_000);
+    this.maxBlockRetries = options.maxBlockRetries ?? 3;
+    this.giveUpAfterMs = options.giveUpAfterMs ?? 600_000;
+    this.log = options.logger.child({ component: 'block-puller', artifact: artifact.sha256 });
+  }
+
+  /** Resolves once the whole staging file is in and matches size and sha256. Call once. */
+  async pull(): Promise<void> {
+    if (this.started) throw new Error('BlockPuller.pull() may only be called once');
+    this.started = true;
+    try {
+      const kept = await this.openStaging();
+      if (!kept) clearArtifactProgress(this.options.db, this.artifact.sha256);
+      const done = this.loadDone();
+      this.durable = done.size;
+      this.queue = [];
+      for (let i = 0; i < this.total; i++) if (!done.has(i)) this.queue.push(i);
+      this.log.info({ blocks: this.total, missing: this.queue.length }, 'pulling artifact blocks');
+      if (this.aborted) throw abortedError();
+      if (this.queue.length > 0) await this.receiveAll();
+      await this.verifyFile();
+      this.log.info({ size: this.artifact.size }, 'artifact complete and verified');
+    } finally {
+      await this.cleanup();
+    }
+  }
+
+  /** Stops pulling; pull() rejects with ABORTED once progress so far is saved. */
+  abort(): void {
+    this.aborted = true;
+    this.fail(abortedError());
+  }
+
+  private async openStaging(): Promise<boolean> {
+    const file = this.options.stagingFile;
+    await mkdir(dirname(file), { recursive: true });
+    let kept = true;
+    try {
+      this.fh = await open(file, 'r+');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      this.fh = await open(file, 'w+');
+      kept = false;
+    }
+    const { size } = await this.fh.stat();
+    if (size !== this.artifact.size) {
+      // Sparse: blocks fill it in any order. A file of another size cannot
+      // hold the recorded blocks, so their rows are not trusted either.
+      kept = false;
+      await this.fh.truncate(this.artifact.size);
+    }
+    if (!kept) {
+      await this.fh.sync();
+      await fsyncDir(dirname(file)); // the name must outlive power loss before any row refers to it
+    }
+    return kept;
+  }
+
+  private loadDone(): Set<number> {
+    const rows = this.options.db.db
+      .prepare<[string], { idx: number }>('SELECT idx FROM artifact_blocks WHERE sha256 = ?')
+      .all(this.artifact.sha256);
+    return new Set(rows.map((r) => r.idx).filter((i) => i >= 0 && i < this.total));
+  }
+
+  private receiveAll(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.settle = { resolve, reject };
+      this.client.on('message', this.onMessage);
+      this.client.on('connect', this.onConnect);
+      // Refreshed on every verified block: only a stall this long gives up.
+      this.stallTimer = setTimeout(() => this.giveUp(), this.giveUpAfterMs);
+      this.fillWindow();
+    }).finally(() => this.stopReceiving());
+  }
+
+  private fail(err: unknown): void {
+    const settle = this.settle;
+    this.settle = undefined;
+    settle?.reject(err);
+  }
+
+  private fillWindow(): void {
+    while (this.settle && this.outstanding.size < this.window) {
+      const i = this.queue.shift();
+      if (i === undefined) return;
+      const slot: Slot = { hashFailures: 0, timeouts: 0, timer: undefined };
+      this.outstanding.set(i, slot);
+      this.ask(i, slot);
+    }
+  }
+
+  private topic(i: number): string {
+    return `${this.prefix}${i}`;
+  }
+
+  private ask(i: number, slot: Slot): void {
+    this.blocksRequested++;
+    // Failures (connection lost mid-request) are covered by re-subscribing on connect.
+    this.client.subscribeAsync(this.topic(i), { qos: 1 }).catch((err: unknown) => {
+      this.log.debug({ err, block: i }, 'subscribe failed');
+    });
+    this.armTimer(i, slot);
+  }
+
+  private unsubscribe(i: number): void {
+    this.client.unsubscribeAsync(this.topic(i)).catch((err: unknown) => {
+      this.log.debug({ err, block: i }, 'unsubscribe failed');
+    });
+  }
+
+  /** Unsubscribing first makes the broker deliver the retained block again on subscribe. */
+  private reask(i: number, slot: Slot): void {
+    this.unsubscribe(i);
+    this.ask(i, slot);
+  }
+
+  private armTimer(i: number, slot: Slot): void {
+    clearTimeout(slot.timer);
+    const delay = Math.min(this.blockTimeoutMs * 2 ** slot.timeouts, this.maxRetryDelayMs);
+    slot.timer = setTimeout(() => this.onBlockTimeout(i), delay);
+  }
+
+  private onBlockTimeout(i: number): void {
+    const slot = this.outstanding.get(i);
+    if (!slot || !this.settle) return;
+    if (!this.client.connected) {
+      this.armTimer(i, slot); // the connect handler asks again once the broker is back
+      return;
+    }
+    slot.timeouts++;
+    this.log.warn({ block: i, retry: slot.timeouts }, 'artifact block did not arrive; asking again');
+    this.reask(i, slot);
+  }
+
+  private readonly onConnect = (): void => {
+    // A clean session lost its subscriptions; ask only for the window's blocks.
+    this.log.info({ outstanding: this.outstanding.size }, 'reconnected; re-subscribing outstanding blocks');
+    for (const [i, slot] of this.outstanding) this.ask(i, slot);
+  };
+
+  private readonly onMessage = (topic: string, payload: Buffer): void => {
+    if (!topic.startsWith(this.prefix)) return;
+    this.bytesReceived += payload.length;
+    const i = Number(topic.slice(this.prefix.length));
+    const slot = this.outstanding.get(i);
+    if (!slot || !this.settle) return; // a duplicate, or a block already in
+    // Zero-length = retired by the publisher: missing, and the timers handle it.
+    if (payload.length === 0) {
+      this.log.warn({ block: i }, 'artifact block was retired (empty message); waiting for it');
+      return;
+    }
+    if (!this.blockMatches(i, payload)) {
+      this.onBadBlock(i, slot, payload.length);
+      return;
+    }
+    clearTimeout(slot.timer);
+    this.outstanding.delete(i);
+    this.unsubscribe(i);
+    this.stallTimer?.refresh();
+    this.storeBlock(i, payload);
+    this.fillWindow();
+  };
+
+  private blockMatches(i: number, payload: Buffer): boolean {
+    const { size, blockSize } = this.artifact;
+    const length = Math.min(blockSize, size - i * blockSize);
+    if (payload.length !== length) return false;
+    return createHash('sha256').update(payload).digest('hex') === this.expected[i];
+  }
+
+  private onBadBlock(i: number, slot: Slot, length: number): void {
+    slot.hashFailures++;
+    if (slot.hashFailures > this.maxBlockRetries) {
+      this.fail(
+        new BlockPullError(
+          'BLOCK_HASH',
+          `artifact block ${i} of ${this.total} failed its sha256 check ${slot.hashFailures} times; ` +
+            'the published artifact does not match its signed manifest',
+          i,
+        ),
+      );
+      return;
+    }
+    this.log.warn({ block: i, length, failures: slot.hashFailures }, 'artifact block failed its hash check; asking again');
+    this.reask(i, slot);
+  }
+
+  private giveUp(): void {
+    // The queue is in order, so its head is the lowest block not yet asked for.
+    const i = Math.min(...this.outstanding.keys(), this.queue[0] ?? this.total);
+    this.fail(
+      new BlockPullError(
+        'BLOCK_MISSING',
+        `artifact block ${i} of ${this.total} never arrived (topic ${this.topic(i)}); is the artifact published?`,
+        i,
+      ),
+    );
+  }
+
+  private storeBlock(i: number, payload: Buffer): void {
+    const fh = this.fh;
+    if (!fh) return;
+    const { blockSize } = this.artifact;
+    const write = fh.write(payload, 0, payload.length, i * blockSize).then(
+      () => {
+        this.written.push(i);
+        this.kickFlush();
+      },
+      (err: unknown) => {
+        this.ioFailed = true;
+        this.fail(err);
+      },
+    );
+    this.writes.add(write);
+    void write.finally(() => this.writes.delete(write));
+  }
+
+  /**
+   * Group commit: one fsync covers every block written before it started;
+   * blocks written meanwhile wait for the next. Fast disks sync per block,
+   * slow ones batch themselves.
+   */
+  private kickFlush(): void {
+    if (this.flushing || this.ioFailed) return;
+    this.flushing = this.flushLoop()
+      .catch((err: unknown) => {
+        this.ioFailed = true;
+        this.fail(err);
+      })
+      .finally(() => {
+        this.flushing = undefined;
+        if (this.written.length > 0) this.kickFlush(); // written after the loop's last check
+      });
+  }
+
+  private async flushLoop(): Promise<void> {
+    const fh = this.fh;
+    if (!fh) return;
+    const insert = this.options.db.db.prepare<[string, number]>(
+      'INSERT OR IGNORE INTO artifact_blocks (sha256, idx) VALUES (?, ?)',
+    );
+    const record = this.options.db.db.transaction((batch: number[]) => {
+      for (const i of batch) insert.run(this.artifact.sha256, i);
+    });
+    while (this.written.length > 0) {
+      const batch = this.written;
+      this.written = [];
+      await fh.sync(); // the bytes are durable before a row says so
+      record(batch);
+      this.durable += batch.length;
+      this.options.onProgress?.(this.durable, this.total);
+      if (this.durable >= this.total) this.settle?.resolve();
+    }
+  }
+
+  private stopReceiving(): void {
+    this.settle = undefined;
+    this.client.off('message', this.onMessage);
+    this.client.off('connect', this.onConnect);
+    clearTimeout(this.stallTimer);
+    for (const [i, slot] of this.outstanding) {
+      clearTimeout(slot.timer);
+      this.unsubscribe(i);
+    }
+    this.outstanding.clear();
+  }
+
+  /** Waits for writes in flight and records them, so an abort keeps its progress. */
+  private async cleanup(): Promise<void> {
+    this.stopReceiving();
+    await Promise.allSettled([...this.writes]);
+    while (this.flushing) await this.flushing;
+    const fh = this.fh;
+    this.fh = undefined;
+    await fh?.close();
+  }
+
+  private async verifyFile(): Promise<void> {
+    const fh = this.fh;
+    if (!fh) throw new Error('staging file is not open');
+    const { size } = await fh.stat();
+    const hash = createHash('sha256');
+    const buffer = Buffer.alloc(1 << 20);
+    for (let position = 0; position < size; ) {
+      const { bytesRead } = await fh.read(buffer, 0, buffer.length, position);
+      if (bytesRead === 0) break;
+      hash.update(buffer.subarray(0, bytesRead));
+      position += bytesRead;
+    }
+    const digest = hash.digest('hex');
+    if (size === this.artifact.size && digest === this.artifact.sha256.toLowerCase()) return;
+    // Every block matched yet the whole does not: the manifest is inconsistent.
+    // Start from scratch next time rather than trust any of these blocks.
+    clearArtifactProgress(this.options.db, this.artifact.sha256);
+    throw new BlockPullError(
+      'FILE_HASH',
+      `artifact ${this.artifact.sha256} is ${size} bytes with sha256 ${digest}; ` +
+        `the manifest says ${this.artifact.size} bytes with that sha256`,
+    );
+  }
+}
+
+function abortedError(): BlockPullError {
+  return new BlockPullError('ABORTED', 'artifact pull aborted');
+}

@@ -1,0 +1,124 @@
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import Database from 'better-sqlite3';
+
+/**
+ * The agent's durable state: one SQLite file in the state directory.
+ *
+ * Schema changes are an ordered, append-only list of SQL strings; entry N
+ * brings the database from `user_version` N to N+1. Never edit or reorder a
+ * migration that has shipped (devices in the field have already run it):
+ * append a new one instead.
+ */
+export const MIGRATIONS: readonly string[] = [
+  // 1: key/value documents (trust, last applied serials) and artifact pull progress.
+  `CREATE TABLE kv (
+     key   TEXT PRIMARY KEY,
+     value TEXT NOT NULL
+   );
+   CREATE TABLE artifact_blocks (
+     sha256 TEXT    NOT NULL,
+     idx    INTEGER NOT NULL,
+     PRIMARY KEY (sha256, idx)
+   ) WITHOUT ROWID;`,
+];
+
+export interface OpenOptions {
+  /** Migrations to apply; defaults to {@link MIGRATIONS}. Tests pass their own. */
+  migrations?: readonly string[];
+}
+
+/** Where the agent keeps its database inside `stateDir`. */
+export function agentDatabasePath(stateDir: string): string {
+  return join(stateDir, 'agent.db');
+}
+
+export class AgentDatabase {
+  readonly db: Database.Database;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+  }
+
+  /** Opens (creating if needed) and migrates the database at `file`. */
+  static open(file: string, options: OpenOptions = {}): AgentDatabase {
+    mkdirSync(dirname(file), { recursive: true });
+    const db = new Database(file);
+    try {
+      // WAL keeps readers off the writer's back; FULL syncs the WAL on every
+      // commit, so a committed row survives power loss (NORMAL may lose it).
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('foreign_keys = ON');
+      db.pragma('busy_timeout = 5000');
+      migrate(db, options.migrations ?? MIGRATIONS);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+    return new AgentDatabase(db);
+  }
+
+  /** The schema version the database is at (`PRAGMA user_version`). */
+  get schemaVersion(): number {
+    return this.db.pragma('user_version', { simple: true }) as number;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
+
+/**
+ * Applies the migrations the database has not seen yet, each in its own
+ * transaction together with its `user_version` bump, so a crash mid-way
+ * leaves the database at the previous version, never half-migrated.
+ * Returns the resulting version.
+ */
+export function migrate(db: Database.Database, migrations: readonly string[]): number {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > migrations.length) {
+    throw new Error(
+      `database ${db.name} is at schema version ${current} but this agent knows only ${migrations.length}; ` +
+        'it was written by a newer agent, refusing to use it',
+    );
+  }
+  migrations.forEach((sql, index) => {
+    if (index < current) return;
+    db.transaction(() => {
+      db.exec(sql);
+      db.pragma(`user_version = ${index + 1}`);
+    })();
+  });
+  return migrations.length;
+}
+
+/** JSON documents by key. Callers validate what they read with its schema. */
+export interface KvStore {
+  getJson<T = unknown>(key: string): T | undefined;
+  setJson(key: string, value: unknown): void;
+  delete(key: string): void;
+}
+
+export function kv(database: AgentDatabase): KvStore {
+  const { db } = database;
+  const get = db.prepare<[string], { value: string }>('SELECT value FROM kv WHERE key = ?');
+  const set = db.prepare<[string, string]>(
+    'INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+  );
+  const del = db.prepare<[string]>('DELETE FROM kv WHERE key = ?');
+  return {
+    getJson<T = unknown>(key: string): T | undefined {
+      const row = get.get(key);
+      return row === undefined ? undefined : (JSON.parse(row.value) as T);
+    },
+    setJson(key: string, value: unknown): void {
+      const text = JSON.stringify(value);
+      if (text === undefined) throw new TypeError(`kv value for ${key} is not JSON-serialisable`);
+      set.run(key, text);
+    },
+    delete(key: string): void {
+      del.run(key);
+    },
+  };
+}

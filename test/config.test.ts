@@ -1,0 +1,82 @@
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfigFile, parseConfig } from '../agent/config/load.js';
+
+function problems(raw: unknown, env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    parseConfig(raw, { env });
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  return [];
+}
+
+describe('agent config', () => {
+  it('fills the documented defaults', () => {
+    const c = parseConfig({ deviceId: 'pi-001' }, { baseDir: '/etc/edgefleet' });
+    expect(c.http).toEqual({ host: '127.0.0.1', port: 8501, bodyLimitBytes: 64 * 1024 * 1024, maxInFlight: 1024 });
+    expect(c.runtime.executionProviders).toEqual(['tensorrt', 'cuda', 'xnnpack', 'cpu']);
+    expect(c.models.versionPolicy).toEqual({ latest: { numVersions: 1 } });
+    expect(c.stateDir).toBe('/var/lib/edgefleet');
+    expect(c.mqtt).toBeUndefined();
+  });
+
+  it('accepts the full example of PROTOCOL.md section 9', () => {
+    const c = parseConfig({
+      deviceId: 'pi-001',
+      groups: ['lab'],
+      stateDir: '/var/lib/edgefleet',
+      trust: '/etc/edgefleet/trust.json',
+      mqtt: { url: 'mqtts://broker.example:8883', topicRoot: 'edgefleet', ca: '/etc/edgefleet/ca.pem', cert: '/etc/edgefleet/device.pem', key: '/etc/edgefleet/device.key' },
+      http: { host: '127.0.0.1', port: 8501 },
+      models: { dir: '/srv/models' },
+      runtime: { executionProviders: ['tensorrt', 'cuda', 'xnnpack', 'cpu'] },
+    });
+    expect(c.mqtt?.topicRoot).toBe('edgefleet');
+  });
+
+  it('reports every problem at once, one line each, naming the key', () => {
+    const found = problems({
+      deviceId: '-bad',
+      groups: ['ok', 'not ok'],
+      http: { port: 'eighty', extra: 1 },
+      runtime: { executionProviders: ['cpu', 'npu'], graphOptimizationLevel: 'max' },
+      models: { versionPolicy: { newest: {} } },
+      surprise: true,
+    });
+    expect(found.length).toBeGreaterThanOrEqual(7);
+    for (const key of ['deviceId', 'groups.1', 'http.port', 'http: unknown key(s) "extra"', 'runtime.executionProviders.1', 'runtime.graphOptimizationLevel', 'models.versionPolicy', '(root): unknown key(s) "surprise"']) {
+      expect(found.some((p) => p.startsWith(key))).toBe(true);
+    }
+  });
+
+  it('requires a trust root and paired client certificate when mqtt is set', () => {
+    expect(problems({ deviceId: 'pi', mqtt: { url: 'mqtt://localhost:1883', cert: '/c.pem' } })).toEqual([
+      'trust: required when mqtt is set (the trust root verifies every rollout)',
+      'mqtt: cert and key must be given together',
+    ]);
+    expect(problems({ deviceId: 'pi', mqtt: { url: 'http://x' }, trust: '/t' })[0]).toMatch(/^mqtt\.url: must be an mqtt/);
+  });
+
+  it('applies environment overrides before validation, so bad ones are reported too', () => {
+    const c = parseConfig({ deviceId: 'pi' }, { env: { EDGEFLEET_HTTP_PORT: '9000', EDGEFLEET_GROUPS: 'lab, roof', EDGEFLEET_LOG_LEVEL: 'debug' } });
+    expect(c.http.port).toBe(9000);
+    expect(c.groups).toEqual(['lab', 'roof']);
+    expect(c.log.level).toBe('debug');
+    expect(problems({ deviceId: 'pi' }, { EDGEFLEET_HTTP_PORT: 'x' })).toEqual(['http.port: Invalid input: expected number, received string']);
+  });
+
+  it('names the file and the JSON error for an unreadable or broken file, and resolves relative paths', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'edgefleet-cfg-'));
+    expect(() => loadConfigFile(join(dir, 'missing.json'), {})).toThrow(/missing\.json[\s\S]*cannot read the file/);
+    await writeFile(join(dir, 'broken.json'), '{"deviceId": ');
+    expect(() => loadConfigFile(join(dir, 'broken.json'), {})).toThrow(/broken\.json[\s\S]*not valid JSON/);
+    await writeFile(join(dir, 'ok.json'), JSON.stringify({ deviceId: 'pi', stateDir: 'state', models: { dir: 'models' } }));
+    const c = loadConfigFile(join(dir, 'ok.json'), {});
+    expect(c.stateDir).toBe(join(dir, 'state'));
+    expect(c.models.dir).toBe(join(dir, 'models'));
+  });
+});
