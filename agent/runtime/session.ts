@@ -4,7 +4,7 @@ import { EdgefleetError, errorMessage } from '../errors.js';
 import type { Ort } from './ort.js';
 import { DATATYPE_OF, ORT_TYPE, type HostTensor, type OrtType, type TensorSpec } from './tensor.js';
 
-export type SessionOptions = AgentConfig['runtime'];
+export type SessionOptions = Partial<AgentConfig['runtime']> & Pick<AgentConfig['runtime'], 'intraOpNumThreads' | 'interOpNumThreads' | 'graphOptimizationLevel'>;
 
 /** One loaded ONNX Runtime session and what the model declares. */
 export interface ModelSession {
