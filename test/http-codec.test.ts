@@ -40,7 +40,7 @@ const SAMPLES: Record<Datatype, unknown[]> = {
   FP16: [0, -1.5, 65504, 2 ** -24],
   FP32: [0, -1.5, 3.4028234663852886e38, 1.401298464324817e-45],
   FP64: [0, -1.5, Number.MAX_VALUE, Number.MIN_VALUE],
-  BYTES: ['', 'hello', 'ünïcødé ✓', 'a\u0000b'],
+  BYTES: ['', 'hello', 'ünïcødé ✓', 'tab\tnewline\n'],
 };
 
 const spec = (name: string, datatype: Datatype, shape: number[]): TensorSpec => ({ name, datatype, shape });
@@ -564,5 +564,27 @@ describe('v1 (TensorFlow Serving REST)', () => {
     expect(JSON.parse(JSON.stringify(encodeV1Response(req.format, outputs)))).toEqual({
       predictions: [{ tokens_out: [1, 2, 3], text_out: 'x' }],
     });
+  });
+});
+
+describe('BYTES that string tensors cannot carry', () => {
+  const expectBadRequest = (fn: () => unknown, pattern: RegExp): void => {
+    try {
+      fn();
+    } catch (err) {
+      expect(err).toBeInstanceOf(EdgefleetError);
+      expect((err as EdgefleetError).code).toBe('BAD_REQUEST');
+      expect((err as Error).message).toMatch(pattern);
+      return;
+    }
+    throw new Error('expected a BAD_REQUEST');
+  };
+
+  it('refuses a NUL character rather than letting ONNX Runtime cut the string', () => {
+    expectBadRequest(() => decodeJson(['ok', 'a\u0000b'], 'BYTES', { input: 's' }), /input "s": BYTES element 1 contains a NUL/);
+  });
+
+  it('refuses b64 bytes that are not UTF-8 rather than replacing them', () => {
+    expectBadRequest(() => decodeJson([{ b64: Buffer.from([0xff, 0xfe, 0x80]).toString('base64') }], 'BYTES', { input: 's', b64: true }), /input "s": BYTES element 0 is not valid UTF-8/);
   });
 });

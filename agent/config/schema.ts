@@ -90,6 +90,26 @@ export const configSchema = z.strictObject({
       ortLogLevel: z.enum(['verbose', 'info', 'warning', 'error', 'fatal']).default('fatal'),
     })
     .prefault({}),
+  rollout: z
+    .strictObject({
+      /** Block topics subscribed at once during a pull. */
+      window: z.number().int().min(1).max(256).default(8),
+      /** A block not received in this time is asked for again, with backoff. */
+      blockTimeoutMs: z.number().int().min(100).default(10_000),
+      /** A pull that makes no progress this long fails (the artifact is missing). */
+      giveUpAfterS: z.number().int().min(1).default(600),
+      /** After a switch, how long the new version is watched before the old one is unloaded. */
+      healthWindowS: z.number().min(0).default(30),
+      /** Roll back when at least this many runs failed in the window... */
+      healthMinFailures: z.number().int().min(1).default(3),
+      /** ...and they are more than this share of the window's runs. */
+      healthMaxFailureRate: z.number().min(0).max(1).default(0.2),
+      /** Retryable failures (artifact missing, load error, no space) are retried this often, with capped backoff. */
+      maxAttempts: z.number().int().min(1).default(5),
+      retryBaseMs: z.number().int().min(10).default(2_000),
+      retryMaxMs: z.number().int().min(10).default(300_000),
+    })
+    .prefault({}),
   log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') }).prefault({}),
 });
 

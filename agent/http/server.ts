@@ -129,6 +129,7 @@ export class HttpServer {
       case 'v1-metadata':
         return sendJson(res, 200, v1Metadata(registry, route.model, route.selector));
       case 'v1-unsupported':
+        registry.statuses(route.model); // an unknown model is a 404 first, as TensorFlow Serving answers
         throw new EdgefleetError('UNSUPPORTED', `:${route.method} is not supported for ONNX models; use :predict`);
       case 'v2-model':
         return sendJson(res, 200, v2Metadata(registry, route.model, route.selector));

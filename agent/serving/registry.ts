@@ -20,6 +20,8 @@ export interface Selector {
 interface ModelEntry {
   versions: Map<number, VersionStatus>;
   labels: Map<string, number>;
+  /** The version unqualified requests get; when unset, the highest available (TensorFlow Serving's rule). */
+  defaultVersion: number | undefined;
 }
 
 /**
@@ -37,7 +39,7 @@ export class ModelRegistry {
   private entry(name: string): ModelEntry {
     let e = this.models.get(name);
     if (!e) {
-      e = { versions: new Map(), labels: new Map() };
+      e = { versions: new Map(), labels: new Map(), defaultVersion: undefined };
       this.models.set(name, e);
     }
     return e;
@@ -62,6 +64,8 @@ export class ModelRegistry {
       if (v === undefined) throw notFound(`model "${name}" has no label "${selector.label}"`);
       return v;
     }
+    const preferred = this.models.get(name)?.defaultVersion;
+    if (preferred !== undefined && versions.some((v) => v.version === preferred && v.state === 'AVAILABLE')) return preferred;
     const serving = versions.find((v) => v.state === 'AVAILABLE');
     if (!serving) throw unavailable(`model "${name}" has no version ready to serve yet`);
     return serving.version;
@@ -102,6 +106,7 @@ export class ModelRegistry {
     const servable = status.servable;
     e.versions.set(version, { version, state: 'UNLOADING', error: options.error ?? null, servable });
     for (const [label, v] of e.labels) if (v === version) e.labels.delete(label);
+    if (e.defaultVersion === version) e.defaultVersion = undefined;
     try {
       await servable?.retire();
     } finally {
@@ -109,6 +114,15 @@ export class ModelRegistry {
       else e.versions.delete(version);
       if (e.versions.size === 0) this.models.delete(name);
     }
+  }
+
+  /**
+   * Pins the version unqualified requests get (undefined: highest available).
+   * A rollout switches with this, so a rollback to a lower version is as atomic
+   * as an upgrade and the version it replaces can stay loaded for a fast undo.
+   */
+  setDefault(name: string, version: number | undefined): void {
+    this.entry(name).defaultVersion = version;
   }
 
   /** Replaces a model's labels; each must point at a known version. */

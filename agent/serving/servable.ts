@@ -2,6 +2,7 @@ import { Batcher, canBatch, type Timed } from '../runtime/batcher.js';
 import type { ModelSession } from '../runtime/session.js';
 import type { HostTensor } from '../runtime/tensor.js';
 import type { BatchingConfig } from '../config/schema.js';
+import { EdgefleetError } from '../errors.js';
 
 /**
  * One loaded model version: its session, optional batcher and a count of the
@@ -10,6 +11,9 @@ import type { BatchingConfig } from '../config/schema.js';
  */
 export class Servable {
   private inFlight = 0;
+  /** Runs and failed runs since load: the rollout's health window reads these. */
+  runs = 0;
+  runFailures = 0;
   private retired = false;
   private drainedResolve: (() => void) | undefined;
   readonly batcher: Batcher | undefined;
@@ -32,10 +36,17 @@ export class Servable {
 
   /** Runs one request; the caller must have acquired the servable. */
   async infer(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<Timed<HostTensor[]>> {
-    if (this.batcher) return this.batcher.submit(inputs, outputNames);
-    const started = performance.now();
-    const value = await this.session.run(inputs, outputNames);
-    return { value, queueMs: 0, computeMs: performance.now() - started };
+    this.runs++;
+    try {
+      if (this.batcher) return await this.batcher.submit(inputs, outputNames);
+      const started = performance.now();
+      const value = await this.session.run(inputs, outputNames);
+      return { value, queueMs: 0, computeMs: performance.now() - started };
+    } catch (err) {
+      // Overload (a full batch queue) is not the model's fault; ONNX Runtime failures are.
+      if (!(err instanceof EdgefleetError)) this.runFailures++;
+      throw err;
+    }
   }
 
   acquire(): void {

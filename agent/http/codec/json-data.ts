@@ -197,10 +197,32 @@ function toBigInt(v: unknown, i: number, dt: 'INT64' | 'UINT64', input: string):
 }
 
 function toText(v: unknown, i: number, input: string, b64: boolean): string {
-  if (typeof v === 'string') return v;
-  if (b64 && isB64Object(v)) return decodeBase64(v.b64, input).toString('utf8');
+  if (typeof v === 'string') return checkOrtString(v, i, input);
+  if (b64 && isB64Object(v)) return bytesToText(decodeBase64(v.b64, input), i, input);
   const expected = b64 ? 'a string or {"b64": "..."}' : 'a string';
   throw badRequest(`input "${input}": element ${i} is ${show(v)}, expected ${expected} for BYTES`);
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * ONNX Runtime's JavaScript API carries string tensors as JS strings and cuts
+ * them at a NUL, so BYTES elements must be NUL-free UTF-8 text; anything else
+ * would be changed silently, so it is refused.
+ */
+export function bytesToText(bytes: Uint8Array, i: number, input: string): string {
+  let text: string;
+  try {
+    text = UTF8.decode(bytes);
+  } catch {
+    throw badRequest(`input "${input}": BYTES element ${i} is not valid UTF-8; string tensors carry text`);
+  }
+  return checkOrtString(text, i, input);
+}
+
+function checkOrtString(text: string, i: number, input: string): string {
+  if (text.includes('\u0000')) throw badRequest(`input "${input}": BYTES element ${i} contains a NUL character, which string tensors cannot hold`);
+  return text;
 }
 
 /** TF Serving's bytes wrapper: an object whose only key is "b64", holding a string. */
@@ -290,7 +312,13 @@ function bigToJson(b: bigint): number | string {
 
 /** A short rendering of a client's value for error messages. */
 export function show(v: unknown): string {
-  const s = (JSON.stringify(v) as string | undefined) ?? String(v);
+  let s: string;
+  try {
+    s = (JSON.stringify(v) as string | undefined) ?? String(v);
+  } catch {
+    // Valid JSON can nest deeper than JSON.stringify's stack allows.
+    s = Array.isArray(v) ? '[...]' : '{...}';
+  }
   return s.length > 40 ? `${s.slice(0, 37)}...` : s;
 }
 

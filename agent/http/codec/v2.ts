@@ -8,7 +8,7 @@ import { Buffer } from 'node:buffer';
 import { EdgefleetError, badRequest, unsupported } from '../../errors.js';
 import { DATATYPES, ELEMENT_SIZE, elementCount } from '../../runtime/tensor.js';
 import type { Datatype, HostTensor, TensorData, TensorSpec } from '../../runtime/tensor.js';
-import { decodeJson, encodeJsonFlat, fmtShape, show } from './json-data.js';
+import { bytesToText, decodeJson, encodeJsonFlat, fmtShape, show } from './json-data.js';
 import type { JsonValue } from './json-data.js';
 
 /** What the codecs need to know about a model. */
@@ -271,6 +271,10 @@ export function decodeBinaryTensor(bytes: Buffer, datatype: Datatype, count: num
 
 /** BYTES elements: each a 4-byte little-endian length, then that many bytes. */
 function decodeBinaryStrings(bytes: Buffer, count: number, input: string): string[] {
+  // Every element takes at least its 4-byte length: check before allocating for a shape that lies.
+  if (count > bytes.length / 4) {
+    throw badRequest(`input "${input}": ${count} BYTES elements need at least ${count * 4} bytes, binary_data_size is ${bytes.length}`);
+  }
   const out = new Array<string>(count);
   let p = 0;
   for (let i = 0; i < count; i++) {
@@ -282,7 +286,7 @@ function decodeBinaryStrings(bytes: Buffer, count: number, input: string): strin
     if (len > bytes.length - p) {
       throw badRequest(`input "${input}": BYTES element ${i} claims ${len} bytes, only ${bytes.length - p} remain`);
     }
-    out[i] = bytes.toString('utf8', p, p + len);
+    out[i] = bytesToText(bytes.subarray(p, p + len), i, input);
     p += len;
   }
   if (p !== bytes.length) {

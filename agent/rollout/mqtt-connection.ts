@@ -1,0 +1,307 @@
+import { readFile } from 'node:fs/promises';
+import { connect } from 'mqtt';
+import type { IClientOptions, IPublishPacket, MqttClient } from 'mqtt';
+import type { Logger } from 'pino';
+import { formatTime, topics } from '../../protocol/index.js';
+import type { Status } from '../../protocol/index.js';
+import type { AgentConfig } from '../config/schema.js';
+import { EdgefleetError, errorMessage } from '../errors.js';
+
+/**
+ * The agent's one MQTT connection (PROTOCOL.md section 7). MQTT 5 with a
+ * persistent session (clientId = device id, clean: false), so QoS 1
+ * subscriptions and in-flight messages survive reconnects; a retained last
+ * will marks the device offline when its socket dies. The agent keeps serving
+ * without a broker: start() never fails for an unreachable broker, it waits a
+ * bounded time and keeps retrying in the background with capped backoff.
+ */
+
+export type MqttConfig = NonNullable<AgentConfig['mqtt']>;
+export type MessageHandler = (topic: string, payload: Buffer, packet: IPublishPacket) => void;
+
+export interface MqttConnectionOptions {
+  config: MqttConfig;
+  deviceId: string;
+  logger: Logger;
+  /** Called after every (re)connect, once the online status is on its way. */
+  onConnect?: () => void;
+  /** How long start() waits for the first connection before resolving anyway. */
+  startWaitMs?: number;
+  /** First reconnect delay; doubles per failed attempt up to maxBackoffMs. */
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** Bound on stop(): offline status plus a clean DISCONNECT. */
+  stopTimeoutMs?: number;
+  /** How long the broker keeps the session (subscriptions, queued QoS 1) while the device is away. */
+  sessionExpiryS?: number;
+}
+
+export interface PublishOptions {
+  retain?: boolean;
+  qos?: 0 | 1;
+}
+
+const DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600;
+const OFFLINE_WILL = Buffer.from(JSON.stringify({ online: false } satisfies Status));
+
+/**
+ * Reconnect delay before attempt `attempt` (0 = first retry): exponential,
+ * capped, with "equal jitter" (half fixed, half random) so a fleet that lost
+ * its broker together does not reconnect in lockstep.
+ */
+export function backoffDelay(attempt: number, initialMs: number, maxMs: number, random: () => number = Math.random): number {
+  const exp = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
+  return Math.max(1, Math.round(exp / 2 + (random() * exp) / 2));
+}
+
+/** Reads one configured file, naming the config key and path (never the contents) when it fails. */
+async function readConfigFile(key: string, path: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? errorMessage(err);
+    throw new EdgefleetError('CONFIG', `mqtt.${key}: cannot read ${path} (${code})`, { cause: err });
+  }
+}
+
+/** The URL without user:password, for logs. */
+function safeUrl(url: string): string {
+  return url.replace(/\/\/[^@/]*@/, '//');
+}
+
+export class MqttConnection {
+  readonly topicRoot: string;
+  readonly statusTopic: string;
+  private readonly opts: MqttConnectionOptions;
+  private readonly log: Logger;
+  private readonly initialBackoffMs: number;
+  private readonly maxBackoffMs: number;
+  private mqtt: MqttClient | undefined;
+  private attempt = 0;
+  private offlineLogged = false;
+  private stopped = false;
+  private stopping: Promise<void> | undefined;
+  private readonly messageHandlers = new Set<MessageHandler>();
+  private readonly connectListeners = new Set<() => void>();
+  /** Publishes not yet acknowledged, rejected by stop() so no caller waits forever. */
+  private readonly pending = new Set<(err: Error) => void>();
+
+  constructor(options: MqttConnectionOptions) {
+    this.opts = options;
+    this.log = options.logger;
+    this.topicRoot = options.config.topicRoot;
+    this.statusTopic = topics.device(this.topicRoot, options.deviceId, 'status');
+    this.initialBackoffMs = options.initialBackoffMs ?? 1000;
+    this.maxBackoffMs = options.maxBackoffMs ?? 60_000;
+    if (options.onConnect) this.connectListeners.add(options.onConnect);
+  }
+
+  get connected(): boolean {
+    return this.mqtt?.connected ?? false;
+  }
+
+  /** The underlying mqtt.js client, for components that speak to it directly (e.g. the block puller). */
+  get client(): MqttClient {
+    if (!this.mqtt) throw new Error('MQTT connection is not started');
+    return this.mqtt;
+  }
+
+  /**
+   * Reads TLS material and the password (a missing file is an error naming it),
+   * connects, and resolves once connected or after startWaitMs, whichever is first.
+   */
+  async start(): Promise<void> {
+    if (this.mqtt) throw new Error('MQTT connection already started');
+    const options = await this.clientOptions();
+    const client = connect(this.opts.config.url, options);
+    this.mqtt = client;
+    this.attach(client);
+    this.log.info({ url: safeUrl(this.opts.config.url), clientId: this.opts.deviceId }, 'connecting to MQTT broker');
+    const waitMs = this.opts.startWaitMs ?? 5000;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      new Promise<void>((resolve) => client.once('connect', () => resolve())),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs))),
+    ]);
+    clearTimeout(timer);
+    if (!client.connected) this.log.warn({ waitedMs: waitMs }, 'MQTT broker not reachable yet; serving offline, retrying in the background');
+  }
+
+  private async clientOptions(): Promise<IClientOptions> {
+    const { config, deviceId } = this.opts;
+    if ((config.cert === undefined) !== (config.key === undefined)) {
+      throw new EdgefleetError('CONFIG', 'mqtt.cert and mqtt.key must be set together for mutual TLS');
+    }
+    const options: IClientOptions = {
+      protocolVersion: 5,
+      clientId: deviceId,
+      clean: false,
+      properties: { sessionExpiryInterval: this.opts.sessionExpiryS ?? DEFAULT_SESSION_EXPIRY_S },
+      keepalive: config.keepaliveS,
+      connectTimeout: 10_000,
+      reconnectPeriod: backoffDelay(0, this.initialBackoffMs, this.maxBackoffMs),
+      // A refused CONNACK (e.g. not authorised yet) may be fixed on the broker side: keep trying.
+      reconnectOnConnackError: true,
+      resubscribe: true,
+      will: { topic: this.statusTopic, payload: OFFLINE_WILL, qos: 1, retain: true },
+    };
+    if (config.ca !== undefined) options.ca = await readConfigFile('ca', config.ca);
+    if (config.cert !== undefined) options.cert = await readConfigFile('cert', config.cert);
+    if (config.key !== undefined) options.key = await readConfigFile('key', config.key);
+    if (config.username !== undefined) options.username = config.username;
+    if (config.passwordFile !== undefined) {
+      // Editors and `echo` leave a trailing newline that is not part of the password.
+      options.password = (await readConfigFile('passwordFile', config.passwordFile)).toString('utf8').replace(/\r?\n$/, '');
+    }
+    return options;
+  }
+
+  private attach(client: MqttClient): void {
+    client.on('connect', (connack) => {
+      this.attempt = 0;
+      // mqtt.js arms its reconnect timer from options.reconnectPeriod on each close; reset it after success.
+      client.options.reconnectPeriod = backoffDelay(0, this.initialBackoffMs, this.maxBackoffMs);
+      this.offlineLogged = false;
+      this.log.info({ sessionPresent: connack.sessionPresent }, 'MQTT connected');
+      this.publishJson(this.statusTopic, { online: true, ts: formatTime() } satisfies Status, { retain: true }).catch((err: unknown) =>
+        this.log.warn({ err: errorMessage(err) }, 'could not publish online status'),
+      );
+      for (const listener of this.connectListeners) this.safely('connect listener', () => listener());
+    });
+    client.on('reconnect', () => {
+      // The next close arms the timer with this delay: the capped exponential backoff.
+      this.attempt += 1;
+      client.options.reconnectPeriod = backoffDelay(this.attempt, this.initialBackoffMs, this.maxBackoffMs);
+    });
+    client.on('offline', () => {
+      if (!this.offlineLogged) this.log.warn('MQTT connection lost; retrying with backoff');
+      this.offlineLogged = true;
+    });
+    client.on('error', (err) => {
+      // Logged once per outage at warn, repeats at debug, so a long outage does not flood the journal.
+      const level = this.offlineLogged ? 'debug' : 'warn';
+      this.log[level]({ err: err.message, attempt: this.attempt }, 'MQTT connection error');
+    });
+    client.on('message', (topic, payload, packet) => {
+      for (const handler of this.messageHandlers) this.safely('message handler', () => handler(topic, payload, packet));
+    });
+  }
+
+  private safely(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.error({ err: errorMessage(err) }, `${what} threw`);
+    }
+  }
+
+  /** Registers a handler for every incoming message; returns its removal. */
+  onMessage(handler: MessageHandler): () => void {
+    this.messageHandlers.add(handler);
+    return () => this.messageHandlers.delete(handler);
+  }
+
+  /** Registers a listener called after every (re)connect; returns its removal. */
+  onConnect(listener: () => void): () => void {
+    this.connectListeners.add(listener);
+    return () => this.connectListeners.delete(listener);
+  }
+
+  /**
+   * Publishes `value` as JSON. Resolves on PUBACK (QoS 1); while offline
+   * mqtt.js keeps the message and sends it after reconnecting.
+   */
+  publishJson(topic: string, value: unknown, options: PublishOptions = {}): Promise<void> {
+    return this.publish(topic, JSON.stringify(value), options);
+  }
+
+  publish(topic: string, payload: string | Buffer, { retain = false, qos = 1 }: PublishOptions = {}): Promise<void> {
+    if (this.stopped) return Promise.reject(new Error(`cannot publish to ${topic}: MQTT connection is stopped`));
+    const client = this.client;
+    return new Promise<void>((resolve, reject) => {
+      const fail = (err: Error): void => reject(err);
+      this.pending.add(fail);
+      client.publish(topic, payload, { qos, retain }, (err) => {
+        this.pending.delete(fail);
+        if (err) reject(new Error(`publish to ${topic} failed: ${err.message}`, { cause: err }));
+        else resolve();
+      });
+    });
+  }
+
+  /**
+   * Subscribes with QoS 1; resolves on SUBACK. A subscription cut off by a
+   * lost connection is asked again after the next connect.
+   */
+  async subscribe(topicList: string | readonly string[]): Promise<void> {
+    const list = typeof topicList === 'string' ? [topicList] : [...topicList];
+    for (;;) {
+      const client = this.client;
+      try {
+        const granted = await client.subscribeAsync(list, { qos: 1 });
+        const refused = granted.filter((g) => g.qos >= 0x80);
+        if (refused.length > 0) {
+          const detail = refused.map((g) => `${g.topic} (reason code ${g.qos})`).join(', ');
+          throw new Error(`broker refused subscription to ${detail}`);
+        }
+        return;
+      } catch (err) {
+        if (this.stopped || errorMessage(err) !== 'Connection closed') throw err;
+        await this.nextConnect();
+      }
+    }
+  }
+
+  async unsubscribe(topicList: string | readonly string[]): Promise<void> {
+    await this.client.unsubscribeAsync(typeof topicList === 'string' ? topicList : [...topicList]);
+  }
+
+  private nextConnect(): Promise<void> {
+    return new Promise((resolve) => {
+      const remove = this.onConnect(() => {
+        remove();
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * Publishes the retained offline status (when connected) and disconnects
+   * cleanly, so the broker drops the will; bounded by stopTimeoutMs, after
+   * which the socket is closed hard.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.disconnect();
+    return this.stopping;
+  }
+
+  private async disconnect(): Promise<void> {
+    const client = this.mqtt;
+    if (!client) return;
+    const deadline = Date.now() + (this.opts.stopTimeoutMs ?? 3000);
+    if (client.connected) {
+      const offline = this.publishJson(this.statusTopic, { online: false, ts: formatTime() } satisfies Status, { retain: true });
+      await withTimeout(offline, deadline - Date.now()).catch((err: unknown) =>
+        this.log.warn({ err: errorMessage(err) }, 'could not publish offline status'),
+      );
+    }
+    this.stopped = true;
+    const ended = await withTimeout(client.endAsync(!client.connected), deadline - Date.now()).then(
+      () => true,
+      () => false,
+    );
+    if (!ended) await client.endAsync(true).catch(() => undefined);
+    for (const fail of this.pending) fail(new Error('MQTT connection stopped before the broker acknowledged the message'));
+    this.pending.clear();
+    this.log.info('MQTT disconnected');
+  }
+}
+
+/** Rejects when `promise` has not settled within `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), Math.max(0, ms));
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
