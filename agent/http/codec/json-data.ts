@@ -314,7 +314,7 @@ function bigToJson(b: bigint): number | string {
 export function show(v: unknown): string {
   let s: string;
   try {
-    s = (JSON.stringify(v) as string | undefined) ?? String(v);
+    s = (JSON.stringify(v)) ?? String(v);
   } catch {
     // Valid JSON can nest deeper than JSON.stringify's stack allows.
     s = Array.isArray(v) ? '[...]' : '{...}';
