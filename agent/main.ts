@@ -3,11 +3,17 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { AgentConfig } from './config/schema.js';
 import { HttpServer } from './http/server.js';
+import { MqttConnection } from './rollout/mqtt-connection.js';
+import { ModelStore } from './rollout/model-store.js';
+import { Reporter } from './rollout/reporter.js';
+import { Rollout } from './rollout/rollout.js';
+import { TrustStore } from './rollout/trust-store.js';
 import { ModelRuntime } from './runtime/model-runtime.js';
 import type { ProviderReport } from './runtime/providers.js';
 import { VersionLoader } from './serving/loader.js';
 import { ModelRegistry } from './serving/registry.js';
 import { ModelRepository } from './serving/repository.js';
+import { AgentDatabase, agentDatabasePath, kv } from './store/database.js';
 import { Metrics } from './telemetry/metrics.js';
 import { agentVersion } from './version.js';
 
@@ -20,9 +26,14 @@ export interface Agent {
   readonly registry: ModelRegistry;
   readonly providers: ProviderReport;
   readonly httpAddress: AddressInfo | undefined;
+  /** Present when `mqtt` is configured. */
+  readonly reporter: Reporter | undefined;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
+
+/** A component from a start and a stop function, for the parts that are not classes. */
+const step = (start: () => Promise<unknown>, stop: () => Promise<void> = async () => {}): Component => ({ start, stop });
 
 /**
  * The composition root: builds every component from the config, hands each
@@ -37,7 +48,34 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   const loader = new VersionLoader({ runtime, registry, metrics, logger });
   let ready = false;
   const http = new HttpServer({ config: config.http, registry, metrics, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
-  const components: Component[] = [runtime];
+  const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), runtime];
+  let reporter: Reporter | undefined;
+
+  if (config.mqtt) {
+    let database: AgentDatabase | undefined;
+    components.push(step(async () => (database = AgentDatabase.open(agentDatabasePath(config.stateDir))), async () => database?.close()));
+    const trust = new TrustStore({ provisionedPath: config.trust, stateDir: config.stateDir, logger: logger.child({ component: 'trust' }) });
+    const connection = new MqttConnection({ config: config.mqtt, deviceId: config.deviceId, logger: logger.child({ component: 'mqtt' }) });
+    const rep = new Reporter({ transport: connection, topicRoot: config.mqtt.topicRoot, deviceId: config.deviceId, groups: config.groups, logger: logger.child({ component: 'reporter' }) });
+    reporter = rep;
+    let rollout: Rollout | undefined;
+    components.push(
+      step(() => trust.load()),
+      connection,
+      step(async () => {
+        rep.setExecutionProviders(runtime.providers);
+        await rep.start();
+      }, () => rep.stop()),
+      step(
+        async () => {
+          const db = database as AgentDatabase;
+          rollout = new Rollout({ config, connection, trust, reporter: rep, database: db, kv: kv(db), store: new ModelStore(config.stateDir), loader, registry, logger: logger.child({ component: 'rollout' }) });
+          await rollout.start();
+        },
+        async () => rollout?.stop(),
+      ),
+    );
+  }
   if (config.models.dir) {
     components.push(new ModelRepository({ dir: config.models.dir, config: config.models, loader, registry, logger: logger.child({ component: 'repository' }) }));
   }
@@ -46,6 +84,9 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
 
   return {
     registry,
+    get reporter() {
+      return reporter;
+    },
     get providers() {
       return runtime.providers;
     },
@@ -53,7 +94,6 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
       return http.address;
     },
     async start() {
-      await mkdir(config.stateDir, { recursive: true });
       logger.info({ version, deviceId: config.deviceId, arch: process.arch }, 'edgefleet agent starting');
       for (const c of components) {
         await c.start();
@@ -64,7 +104,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
     },
     async stop() {
       ready = false;
-      // Reverse order: the HTTP API stops taking requests and drains first.
+      // Reverse order: the HTTP API stops taking requests and drains first; MQTT says offline last.
       for (const c of started.reverse()) await c.stop();
       started.length = 0;
       for (const s of registry.servables()) await s.retire();

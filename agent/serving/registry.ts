@@ -71,6 +71,33 @@ export class ModelRegistry {
     return serving.version;
   }
 
+  isAvailable(name: string, version: number): boolean {
+    return this.models.get(name)?.versions.get(version)?.state === 'AVAILABLE';
+  }
+
+  /** The version unqualified requests get now, if any. */
+  defaultOf(name: string): number | undefined {
+    try {
+      return this.resolveVersion(name, {});
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Whether a default is pinned, rather than following the highest available version. */
+  pinnedDefault(name: string): number | undefined {
+    return this.models.get(name)?.defaultVersion;
+  }
+
+  availableVersions(name: string): number[] {
+    return [...(this.models.get(name)?.versions.values() ?? [])].filter((s) => s.state === 'AVAILABLE').map((s) => s.version).sort((a, b) => a - b);
+  }
+
+  servableOf(name: string, version: number): Servable | undefined {
+    const s = this.models.get(name)?.versions.get(version);
+    return s?.state === 'AVAILABLE' ? s.servable : undefined;
+  }
+
   /** Resolves a selector and acquires the servable; the caller must release() it. */
   acquire(name: string, selector: Selector): Servable {
     const version = this.resolveVersion(name, selector);

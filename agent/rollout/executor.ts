@@ -1,0 +1,201 @@
+import type { Logger } from 'pino';
+import type { Manifest } from '../../protocol/manifest.js';
+import type { AgentConfig } from '../config/schema.js';
+import type { VersionLoader } from '../serving/loader.js';
+import type { ModelRegistry } from '../serving/registry.js';
+import type { AgentDatabase } from '../store/database.js';
+import type { KvStore } from '../store/database.js';
+import { BlockPuller, type MinimalMqtt } from './block-puller.js';
+import type { ModelStore } from './model-store.js';
+import type { Step } from './planner.js';
+import type { Reporter } from './reporter.js';
+import { runSelfTest } from './self-test.js';
+
+/** A version whose switch has not yet passed its health window; persisted to survive a crash. */
+export interface PendingActivation {
+  name: string;
+  version: number;
+  previous: number | undefined;
+  since: string;
+}
+
+export const ACTIVATION_KEY = 'rollout.activation';
+
+export class RolledBackError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RolledBackError';
+  }
+}
+
+export interface ExecutorDeps {
+  config: AgentConfig['rollout'];
+  topicRoot: string;
+  store: ModelStore;
+  loader: VersionLoader;
+  registry: ModelRegistry;
+  reporter: Reporter;
+  database: AgentDatabase;
+  kv: KvStore;
+  logger: Logger;
+  /** The MQTT client blocks are pulled with; undefined while there is none. */
+  client: () => MinimalMqtt | undefined;
+  /** Verifies a manifest envelope against the current trust, as before a download. */
+  verifyManifest: (envelope: unknown, name: string, version: number) => Manifest;
+  /** The same, for versions that served before a restart: expiry gates new rollouts only. */
+  verifyManifestIgnoringExpiry: (envelope: unknown, name: string, version: number) => Manifest;
+  /** Called once a version has switched in and passed its health window, or been rolled back. */
+  onServingChanged: () => void;
+}
+
+/**
+ * Applies one planned step. Each step is idempotent, so the caller can re-plan
+ * and retry after any failure or restart.
+ */
+export class StepExecutor {
+  private puller: BlockPuller | undefined;
+  private stopped = false;
+
+  constructor(private readonly deps: ExecutorDeps) {}
+
+  stop(): void {
+    this.stopped = true;
+    this.puller?.abort();
+  }
+
+  async run(step: Step, envelopes: ReadonlyMap<string, unknown>): Promise<void> {
+    const envelope = (name: string, version: number): unknown => envelopes.get(`${name}@${version}`);
+    switch (step.kind) {
+      case 'fetch':
+        return this.fetch(step.name, step.version, envelope(step.name, step.version));
+      case 'activate':
+        return this.activate(step.name, step.version, step.sha256, step.makeDefault);
+      case 'label': {
+        for (const problem of this.deps.registry.setLabels(step.name, step.labels)) this.deps.logger.warn({ model: step.name }, problem);
+        return;
+      }
+      case 'unload':
+        await this.deps.loader.unload(step.name, step.version);
+        this.deps.reporter.removeModel(step.name, step.version);
+        this.deps.reporter.event('unloaded', { model: step.name, version: step.version });
+        this.deps.onServingChanged();
+        return;
+      case 'prune': {
+        const removed = await this.deps.store.prune(step.name, step.keep);
+        if (removed.length > 0) this.deps.logger.info({ model: step.name, removed }, 'old model versions removed from disk');
+        return;
+      }
+    }
+  }
+
+  private async fetch(name: string, version: number, envelope: unknown): Promise<void> {
+    const { reporter, store, config } = this.deps;
+    const manifest = this.deps.verifyManifest(envelope, name, version);
+    const client = this.deps.client();
+    if (!client) throw new Error(`cannot download ${name} version ${version}: no MQTT connection configured`);
+    const artifact = manifest.artifact;
+    await store.ensureSpace(artifact.size);
+    reporter.setModel(name, version, { state: 'downloading', sha256: artifact.sha256, progress: 0, error: null });
+    reporter.event('download.started', { model: name, version, detail: `${artifact.size} bytes in ${artifact.blockSha256.length} blocks` });
+    this.puller = new BlockPuller({
+      client,
+      topicRoot: this.deps.topicRoot,
+      artifact,
+      stagingFile: store.stagingFile(artifact.sha256),
+      db: this.deps.database,
+      window: config.window,
+      blockTimeoutMs: config.blockTimeoutMs,
+      giveUpAfterMs: config.giveUpAfterS * 1000,
+      logger: this.deps.logger.child({ model: name, version }),
+      onProgress: (done, total) => reporter.setModel(name, version, { progress: done / total }),
+    });
+    try {
+      if (this.stopped) throw new Error('stopping');
+      await this.puller.pull();
+    } finally {
+      this.puller = undefined;
+    }
+    reporter.setModel(name, version, { state: 'verifying', progress: 1 });
+    await store.install(name, version, artifact.sha256, envelope);
+    reporter.event('download.completed', { model: name, version });
+  }
+
+  /** Serves again, after a restart, a version that passed its health window before: no window, no events. */
+  async restore(name: string, version: number, sha256: string, makeDefault: boolean): Promise<void> {
+    await this.load(name, version, sha256, (envelope) => this.deps.verifyManifestIgnoringExpiry(envelope, name, version));
+    if (makeDefault) this.deps.registry.setDefault(name, version);
+    this.deps.reporter.setModel(name, version, { state: 'serving', progress: 1, error: null });
+  }
+
+  /** Verify again → load → self-test → warm (in the loader) → switch → health window. */
+  private async activate(name: string, version: number, sha256: string, makeDefault: boolean): Promise<void> {
+    const { reporter, registry, kv } = this.deps;
+    if (!registry.isAvailable(name, version)) await this.load(name, version, sha256, (envelope) => this.deps.verifyManifest(envelope, name, version));
+    if (!makeDefault) {
+      reporter.setModel(name, version, { state: 'serving', progress: 1 });
+      return;
+    }
+    const previous = registry.defaultOf(name);
+    const pending: PendingActivation = { name, version, previous, since: new Date().toISOString() };
+    kv.setJson(ACTIVATION_KEY, pending);
+    registry.setDefault(name, version);
+    reporter.setModel(name, version, { state: 'serving', progress: 1 });
+    reporter.event('activated', { model: name, version, ...(previous !== undefined && { detail: `replaces version ${previous}` }) });
+    try {
+      await this.watchHealth(name, version);
+    } catch (err) {
+      await this.rollBack(pending, (err as Error).message);
+      throw err;
+    } finally {
+      kv.delete(ACTIVATION_KEY);
+    }
+    this.deps.onServingChanged();
+  }
+
+  /** Nothing unverified is loaded: the stored manifest's signature and the file's hash are checked right before. */
+  private async load(name: string, version: number, sha256: string, verify: (envelope: unknown) => Manifest): Promise<void> {
+    const { reporter, store, registry, loader } = this.deps;
+    const stored = await store.readManifest(name, version);
+    const manifest = verify(stored.envelope);
+    reporter.setModel(name, version, { state: 'verifying', sha256, error: null });
+    const bytes = await store.readVerified(name, version, manifest.artifact.sha256);
+    reporter.setModel(name, version, { state: 'loading' });
+    // Pin the route to what serves now, so the new version takes traffic only at the switch.
+    const current = registry.defaultOf(name);
+    if (current !== undefined) registry.setDefault(name, current);
+    const servable = await loader.load(name, version, bytes, {
+      batching: manifest.runtime?.batching && { maxQueueSize: 1024, ...manifest.runtime.batching },
+      selfTest: manifest.selfTest && ((s) => runSelfTest(s, manifest.selfTest as NonNullable<Manifest['selfTest']>)),
+    });
+    reporter.setModel(name, version, { executionProvider: servable.session.executionProvider });
+  }
+
+  /** Watches run failures of the new version; too many roll it back. */
+  private async watchHealth(name: string, version: number): Promise<void> {
+    const { config, registry } = this.deps;
+    const servable = registry.servableOf(name, version);
+    if (!servable || config.healthWindowS <= 0) return;
+    const runs0 = servable.runs;
+    const failures0 = servable.runFailures;
+    const until = Date.now() + config.healthWindowS * 1000;
+    while (Date.now() < until && !this.stopped) {
+      await new Promise((r) => setTimeout(r, Math.min(250, until - Date.now())));
+      const runs = servable.runs - runs0;
+      const failures = servable.runFailures - failures0;
+      if (failures >= config.healthMinFailures && failures / Math.max(runs, 1) > config.healthMaxFailureRate) {
+        throw new RolledBackError(`${name} version ${version} rolled back: ${failures} of ${runs} runs failed in its health window`);
+      }
+    }
+  }
+
+  /** Switches back to what served before and unloads the failed version. */
+  async rollBack(pending: PendingActivation, reason: string): Promise<void> {
+    const { registry, loader, reporter } = this.deps;
+    registry.setDefault(pending.name, pending.previous);
+    await loader.unload(pending.name, pending.version);
+    reporter.setModel(pending.name, pending.version, { state: 'rolled_back', error: reason });
+    reporter.event('rolled_back', { model: pending.name, version: pending.version, detail: reason });
+    this.deps.logger.warn({ model: pending.name, version: pending.version, previous: pending.previous }, reason);
+    this.deps.onServingChanged();
+  }
+}

@@ -1,0 +1,327 @@
+import type { Logger } from 'pino';
+import type { Desired } from '../../protocol/desired.js';
+import { verifyDesired } from '../../protocol/desired.js';
+import { isProtocolError } from '../../protocol/errors.js';
+import { verifyManifest, type Manifest } from '../../protocol/manifest.js';
+import { parseTopic, topics } from '../../protocol/names.js';
+import type { AgentConfig } from '../config/schema.js';
+import { errorMessage } from '../errors.js';
+import type { VersionLoader } from '../serving/loader.js';
+import type { ModelRegistry } from '../serving/registry.js';
+import type { AgentDatabase, KvStore } from '../store/database.js';
+import { agentVersion } from '../version.js';
+import { DesiredSource, type Candidate } from './desired-source.js';
+import { classify } from './errors.js';
+import { ACTIVATION_KEY, StepExecutor, type PendingActivation } from './executor.js';
+import type { MqttConnection } from './mqtt-connection.js';
+import type { ModelStore } from './model-store.js';
+import { plan, type CurrentState, type DesiredVersion, type VersionRef } from './planner.js';
+import type { Reporter } from './reporter.js';
+import type { TrustStore } from './trust-store.js';
+
+/** The accepted desired document being applied; persisted so a restart resumes it offline. */
+interface ActiveDesired {
+  key: string;
+  source: 'device' | 'group';
+  group?: string;
+  serial: number;
+  acceptedAt: number;
+  models: { name: string; version: number; labels: string[]; manifest: unknown }[];
+}
+
+interface Blocked extends VersionRef {
+  reason: string;
+  status: 'failed' | 'rejected';
+}
+
+const KEYS = { active: 'rollout.active', serving: 'rollout.serving', blocked: 'rollout.blocked' } as const;
+
+export interface RolloutOptions {
+  config: AgentConfig;
+  connection: MqttConnection | undefined;
+  trust: TrustStore;
+  reporter: Reporter;
+  database: AgentDatabase;
+  kv: KvStore;
+  store: ModelStore;
+  loader: VersionLoader;
+  registry: ModelRegistry;
+  logger: Logger;
+}
+
+/**
+ * Reconciles the device with its signed desired state (PROTOCOL.md sections
+ * 3 to 7): receives trust rotations and desired documents over MQTT, verifies
+ * them, and drives the planner and executor until the device serves exactly
+ * what is listed. What served before keeps serving through every failure.
+ */
+export class Rollout {
+  private readonly source: DesiredSource;
+  private readonly executor: StepExecutor;
+  private readonly log: Logger;
+  private active: ActiveDesired | undefined;
+  private manifests = new Map<string, Manifest>();
+  private blocked: Blocked[] = [];
+  private wake: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+  private stopped = false;
+  private unsubscribe: (() => void) | undefined;
+
+  constructor(private readonly o: RolloutOptions) {
+    this.log = o.logger;
+    this.source = new DesiredSource(o.config.groups);
+    this.executor = new StepExecutor({
+      config: o.config.rollout,
+      topicRoot: this.topicRoot,
+      store: o.store,
+      loader: o.loader,
+      registry: o.registry,
+      reporter: o.reporter,
+      database: o.database,
+      kv: o.kv,
+      logger: o.logger,
+      client: () => (o.connection ? o.connection.client : undefined),
+      verifyManifest: (envelope, name, version) => this.checkManifest(envelope, name, version, this.active?.acceptedAt ?? Date.now()),
+      verifyManifestIgnoringExpiry: (envelope, name, version) => this.checkManifest(envelope, name, version, 0),
+      onServingChanged: () => this.saveServing(),
+    });
+  }
+
+  private get topicRoot(): string {
+    return this.o.config.mqtt?.topicRoot ?? 'edgefleet';
+  }
+
+  async start(): Promise<void> {
+    await this.o.store.init();
+    this.blocked = this.o.kv.getJson<Blocked[]>(KEYS.blocked) ?? [];
+    await this.restore();
+    this.active = this.o.kv.getJson<ActiveDesired>(KEYS.active);
+    if (this.active) {
+      this.manifests = this.verifyAll(this.active.models, this.active.acceptedAt);
+      this.o.reporter.setDesired({ source: this.active.source, ...(this.active.group && { group: this.active.group }), serial: this.active.serial, status: 'applying', error: null });
+    }
+    const conn = this.o.connection;
+    if (conn) {
+      this.unsubscribe = conn.onMessage((topic, payload) => void this.onMessage(topic, payload));
+      const { deviceId, groups } = this.o.config;
+      await conn.subscribe([topics.trust(this.topicRoot), topics.device(this.topicRoot, deviceId, 'desired'), ...groups.map((g) => topics.groupDesired(this.topicRoot, g))]);
+    }
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.unsubscribe?.();
+    this.executor.stop();
+    this.wake?.();
+    await this.loop;
+  }
+
+  /** Brings back what served before the restart; a version that was mid health window when the agent died is rolled back. */
+  private async restore(): Promise<void> {
+    const pending = this.o.kv.getJson<PendingActivation>(ACTIVATION_KEY);
+    let serving = this.o.kv.getJson<(VersionRef & { isDefault: boolean })[]>(KEYS.serving) ?? [];
+    if (pending) {
+      const reason = `${pending.name} version ${pending.version} rolled back: the agent stopped during its health window`;
+      this.block({ name: pending.name, version: pending.version, reason, status: 'failed' });
+      serving = serving.filter((s) => !(s.name === pending.name && s.version === pending.version));
+      if (pending.previous !== undefined && !serving.some((s) => s.name === pending.name && s.version === pending.previous)) {
+        serving.push({ name: pending.name, version: pending.previous, isDefault: true });
+      }
+      for (const s of serving) if (s.name === pending.name) s.isDefault = s.version === pending.previous;
+      this.o.reporter.setModel(pending.name, pending.version, { state: 'rolled_back', error: reason });
+      this.o.reporter.event('rolled_back', { model: pending.name, version: pending.version, detail: reason });
+      this.o.kv.delete(ACTIVATION_KEY);
+    }
+    const onDisk = await this.o.store.list();
+    for (const s of serving.sort((a, b) => Number(a.isDefault) - Number(b.isDefault))) {
+      const stored = onDisk.find((d) => d.name === s.name && d.version === s.version);
+      if (!stored) continue;
+      try {
+        await this.executor.restore(s.name, s.version, stored.sha256, s.isDefault);
+      } catch (err) {
+        this.log.error({ model: s.name, version: s.version, err: errorMessage(err) }, 'could not restore a model version that served before the restart');
+      }
+    }
+    this.saveServing();
+  }
+
+  private async onMessage(topic: string, payload: Buffer): Promise<void> {
+    const parsed = parseTopic(this.topicRoot, topic);
+    if (parsed?.kind === 'trust') {
+      if (payload.length === 0) return;
+      const result = await this.o.trust.handleRotation(payload);
+      if (result.accepted) {
+        this.o.reporter.event('trust.updated', { detail: `trust version ${result.version ?? '?'}` });
+        this.evaluate();
+      } else if (result.error) {
+        this.log.warn({ err: result.error.message }, 'trust rotation refused');
+        this.o.reporter.event('trust.rejected', { detail: result.error.message });
+      }
+    } else if (parsed?.kind === 'desired') {
+      this.source.offer(parsed.target, payload);
+      this.evaluate();
+    }
+  }
+
+  private checkManifest(envelope: unknown, name: string, version: number, now: number): Manifest {
+    return verifyManifest(this.o.trust.current, envelope, { name, version, now, arch: process.arch, agentVersion: agentVersion() });
+  }
+
+  private verifyAll(models: ActiveDesired['models'], now: number): Map<string, Manifest> {
+    return new Map(models.map((m) => [`${m.name}@${m.version}`, this.checkManifest(m.manifest, m.name, m.version, now)]));
+  }
+
+  /** Verifies the document that counts now; accepted ones replace the active one. */
+  private evaluate(): void {
+    const candidate = this.source.counting();
+    if (!candidate || this.o.kv.getJson<string>(`desired.hash.${candidate.key}`) === candidate.hash) return;
+    const { reporter, kv } = this.o;
+    const origin = candidate.target.group !== undefined ? { source: 'group' as const, group: candidate.target.group } : { source: 'device' as const };
+    let desired: Desired;
+    let manifests: Map<string, Manifest>;
+    const now = Date.now();
+    try {
+      const envelope: unknown = JSON.parse(candidate.payload.toString('utf8'));
+      desired = verifyDesired(this.o.trust.current, envelope, {
+        topicTarget: candidate.target,
+        deviceId: this.o.config.deviceId,
+        groups: this.o.config.groups,
+        lastSerial: kv.getJson<number>(`desired.serial.${candidate.key}`),
+        now,
+      });
+      manifests = this.verifyAll(desired.models, now);
+    } catch (err) {
+      this.reject(candidate, origin, err);
+      return;
+    }
+    const active: ActiveDesired = { key: candidate.key, ...origin, serial: desired.serial, acceptedAt: now, models: desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], manifest: m.manifest })) };
+    kv.setJson(`desired.serial.${candidate.key}`, desired.serial);
+    kv.setJson(`desired.hash.${candidate.key}`, candidate.hash);
+    kv.setJson(KEYS.active, active);
+    this.active = active;
+    this.manifests = manifests;
+    this.blocked = [];
+    kv.setJson(KEYS.blocked, this.blocked);
+    reporter.event('desired.received', { detail: `serial ${desired.serial} from ${candidate.key}` });
+    reporter.setDesired({ ...origin, serial: desired.serial, status: 'applying', error: null });
+    for (const m of desired.models) {
+      const manifest = manifests.get(`${m.name}@${m.version}`);
+      if (!this.o.registry.isAvailable(m.name, m.version)) reporter.setModel(m.name, m.version, { state: 'pending', labels: [...m.labels], sha256: manifest?.artifact.sha256 ?? null, progress: 0, error: null });
+      else reporter.setModel(m.name, m.version, { labels: [...m.labels] });
+    }
+    this.wake?.();
+  }
+
+  private reject(candidate: Candidate, origin: { source: 'device' | 'group'; group?: string }, err: unknown): void {
+    const message = errorMessage(err);
+    let serial = isProtocolError(err) ? err.serial : undefined;
+    if (serial === undefined) serial = peekSerial(candidate.payload);
+    this.log.warn({ target: candidate.key, serial, err: message }, 'desired state rejected; nothing changes');
+    this.o.reporter.setDesired({ ...origin, serial: serial ?? 0, status: 'rejected', error: message });
+    this.o.reporter.event('desired.rejected', { detail: message });
+    if (/manifest/i.test(message) || (isProtocolError(err) && ['MISMATCH', 'INCOMPATIBLE'].includes(err.code))) this.o.reporter.event('verify.failed', { detail: message });
+  }
+
+  private block(entry: Blocked): void {
+    this.blocked = [...this.blocked.filter((b) => !(b.name === entry.name && b.version === entry.version)), entry];
+    this.o.kv.setJson(KEYS.blocked, this.blocked);
+  }
+
+  /** The fleet-managed serving set, persisted so a restart serves it again before any network. */
+  private saveServing(): void {
+    const names = new Set([...(this.active?.models.map((m) => m.name) ?? []), ...(this.o.kv.getJson<VersionRef[]>(KEYS.serving) ?? []).map((s) => s.name)]);
+    const serving: (VersionRef & { isDefault: boolean })[] = [];
+    for (const name of names) {
+      const def = this.o.registry.defaultOf(name);
+      for (const s of this.o.registry.availableVersions(name)) serving.push({ name, version: s, isDefault: s === def });
+    }
+    this.o.kv.setJson(KEYS.serving, serving);
+  }
+
+  private async current(): Promise<CurrentState> {
+    const names = new Set([...(this.active?.models.map((m) => m.name) ?? []), ...(this.o.kv.getJson<VersionRef[]>(KEYS.serving) ?? []).map((s) => s.name)]);
+    const serving: CurrentState['serving'][number][] = [];
+    const labels: Record<string, Record<string, number>> = {};
+    for (const name of names) {
+      const pinned = this.o.registry.pinnedDefault(name);
+      for (const v of this.o.registry.availableVersions(name)) serving.push({ name, version: v, isDefault: pinned === v });
+      const l = this.o.registry.labelsOf(name);
+      if (Object.keys(l).length > 0) labels[name] = l;
+    }
+    return { serving, onDisk: await this.o.store.list(), blocked: this.blocked, labels };
+  }
+
+  private desiredVersions(): DesiredVersion[] {
+    return (this.active?.models ?? []).map((m) => ({ name: m.name, version: m.version, labels: m.labels, sha256: this.manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? '' }));
+  }
+
+  /** Plan → run the first step → plan again, until nothing is left; retryable failures back off. */
+  private async run(): Promise<void> {
+    const attempts = new Map<string, number>();
+    while (!this.stopped) {
+      const active = this.active;
+      const steps = active ? plan(this.desiredVersions(), await this.current()) : [];
+      const step = steps[0];
+      if (!active || !step) {
+        if (active) this.finish(active);
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        continue;
+      }
+      const envelopes = new Map(active.models.map((m) => [`${m.name}@${m.version}`, m.manifest]));
+      try {
+        await this.executor.run(step, envelopes);
+        attempts.delete(JSON.stringify(step));
+      } catch (err) {
+        if (this.stopped) return;
+        await this.onStepFailed(step, err, attempts);
+      }
+    }
+  }
+
+  private async onStepFailed(step: ReturnType<typeof plan>[number], err: unknown, attempts: Map<string, number>): Promise<void> {
+    const outcome = classify(err);
+    const id = JSON.stringify(step);
+    const n = (attempts.get(id) ?? 0) + 1;
+    attempts.set(id, n);
+    const version = 'version' in step ? step.version : undefined;
+    this.log.warn({ step, attempt: n, err: outcome.message }, 'rollout step failed');
+    const cfg = this.o.config.rollout;
+    if (outcome.retryable && n < cfg.maxAttempts) {
+      if (version !== undefined) this.o.reporter.setModel(step.name, version, { error: `${outcome.message} (attempt ${n} of ${cfg.maxAttempts}, retrying)` });
+      const delay = Math.min(cfg.retryMaxMs, cfg.retryBaseMs * 2 ** (n - 1));
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, delay);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      return;
+    }
+    attempts.delete(id);
+    if (version === undefined) return;
+    if (outcome.event) this.o.reporter.event(outcome.event, { model: step.name, version, detail: outcome.message });
+    const rolledBack = (err as Error).name === 'RolledBackError';
+    if (!rolledBack) this.o.reporter.setModel(step.name, version, { state: outcome.modelState, error: outcome.message });
+    this.block({ name: step.name, version, reason: outcome.message, status: rolledBack ? 'failed' : outcome.status });
+  }
+
+  private finish(active: ActiveDesired): void {
+    const worst = this.blocked.find((b) => b.status === 'rejected') ?? this.blocked[0];
+    const origin = { source: active.source, ...(active.group && { group: active.group }) };
+    if (worst) this.o.reporter.setDesired({ ...origin, serial: active.serial, status: worst.status, error: worst.reason });
+    else this.o.reporter.setDesired({ ...origin, serial: active.serial, status: 'applied', error: null });
+  }
+}
+
+function peekSerial(payload: Buffer): number | undefined {
+  try {
+    const env = JSON.parse(payload.toString('utf8')) as { payload?: unknown };
+    if (typeof env.payload !== 'string') return undefined;
+    const doc = JSON.parse(Buffer.from(env.payload, 'base64').toString('utf8')) as { serial?: unknown };
+    return typeof doc.serial === 'number' ? doc.serial : undefined;
+  } catch {
+    return undefined;
+  }
+}
