@@ -1,0 +1,146 @@
+/** `edgefleet devices`: what every device last reported (its retained state and status). */
+import { parseArgs } from 'node:util';
+import type { ReportedState, Status } from '../../protocol/index.js';
+import { GROUP_RE, parseReportedState, parseStatus, parseTopic, parseTime, topics } from '../../protocol/index.js';
+import { intOption, parseOrUsage } from '../args.js';
+import type { Command } from '../command.js';
+import { UsageError, errorMessage } from '../errors.js';
+import { BROKER_HELP, BROKER_OPTIONS, brokerSettings, withBroker } from '../mqtt.js';
+
+const OPTIONS = {
+  json: { type: 'boolean' },
+  group: { type: 'string' },
+  'wait-ms': { type: 'string' },
+  ...BROKER_OPTIONS,
+} as const;
+
+export interface DeviceRow {
+  device: string;
+  /** null when no status is retained. */
+  online: boolean | null;
+  groups: string[];
+  desired: ReportedState['desired'];
+  models: ReportedState['models'];
+  agent: { version: string; arch: string } | null;
+  /** Time of the reported state, and of the status. */
+  ts: string | null;
+  statusTs: string | null;
+}
+
+export const devices: Command = {
+  name: 'devices',
+  summary: 'list devices with their online status, desired state and models',
+  help: `usage: edgefleet devices --broker URL [--json] [--group G] [--wait-ms MS]
+
+Reads the retained {root}/devices/+/state and {root}/devices/+/status messages
+(PROTOCOL.md section 7) and prints one row per device: online, groups, the
+desired state's serial and status, each model's version, state and execution
+provider, and when it last reported. Problems devices report follow the table.
+
+Options:
+  --json        print the rows as a JSON array instead
+  --group G     only devices that report being in group G
+  --wait-ms MS  how long to collect retained messages (default 1000)
+
+${BROKER_HELP}`,
+
+  async run(args, io) {
+    const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
+    const waitMs = intOption(values['wait-ms'], 'wait-ms', 0, 600_000) ?? 1000;
+    const group = values.group;
+    if (group !== undefined && !GROUP_RE.test(group)) throw new UsageError(`--group "${group}" is not a group name`);
+    const broker = await brokerSettings(values);
+    const root = broker.topicRoot;
+    const filters = [topics.allDevices(root, 'state'), topics.allDevices(root, 'status')];
+    const retained = await withBroker(broker, (b) => b.collectRetained(filters, { quietMs: waitMs, maxMs: waitMs }));
+    const rows = toRows(root, retained, io.note).filter((r) => group === undefined || r.groups.includes(group));
+    if (values.json) {
+      io.out(JSON.stringify(rows, null, 2));
+      return;
+    }
+    if (rows.length === 0) {
+      io.note(`no devices have reported on ${root}/devices/+/state or status${group === undefined ? '' : ` in group ${group}`}`);
+      return;
+    }
+    io.out(formatTable(rows));
+    for (const line of problems(rows)) io.out(line);
+  },
+};
+
+export function toRows(root: string, retained: ReadonlyMap<string, Buffer>, warn: (line: string) => void): DeviceRow[] {
+  const rows = new Map<string, DeviceRow>();
+  const rowOf = (device: string): DeviceRow => {
+    let row = rows.get(device);
+    if (row === undefined) {
+      row = { device, online: null, groups: [], desired: null, models: [], agent: null, ts: null, statusTs: null };
+      rows.set(device, row);
+    }
+    return row;
+  };
+  for (const [topic, payload] of retained) {
+    const parsed = parseTopic(root, topic);
+    if (parsed?.kind !== 'state' && parsed?.kind !== 'status') continue;
+    try {
+      // Parsed before the row is made, so a device that sent only garbage gets a warning, not an empty row.
+      if (parsed.kind === 'status') {
+        const status = parseStatus(payload);
+        applyStatus(rowOf(parsed.deviceId), status);
+      } else {
+        const state = parseReportedState(payload);
+        if (state.device !== parsed.deviceId) throw new Error(`it names device "${state.device}"`);
+        applyState(rowOf(parsed.deviceId), state);
+      }
+    } catch (err) {
+      warn(`warning: ignoring the ${parsed.kind} of ${parsed.deviceId}: ${errorMessage(err)}`);
+    }
+  }
+  return [...rows.values()].sort((a, b) => (a.device < b.device ? -1 : a.device > b.device ? 1 : 0));
+}
+
+function applyStatus(row: DeviceRow, status: Status): void {
+  row.online = status.online;
+  row.statusTs = status.ts ?? null;
+}
+
+function applyState(row: DeviceRow, state: ReportedState): void {
+  row.groups = state.groups;
+  row.desired = state.desired;
+  row.models = state.models;
+  row.agent = { version: state.agent.version, arch: state.agent.arch };
+  row.ts = state.ts;
+}
+
+function lastSeen(row: DeviceRow): string {
+  const times = [row.ts, row.statusTs].filter((t): t is string => t !== null);
+  return times.sort((a, b) => (parseTime(b) ?? 0) - (parseTime(a) ?? 0))[0] ?? '-';
+}
+
+function modelCell(m: ReportedState['models'][number]): string {
+  const progress = m.state === 'downloading' ? ` ${Math.round(m.progress * 100)}%` : '';
+  return `${m.name}:${m.version} ${m.state}${progress}${m.executionProvider ? ` ${m.executionProvider}` : ''}`;
+}
+
+export function formatTable(rows: readonly DeviceRow[]): string {
+  const header = ['DEVICE', 'ONLINE', 'GROUPS', 'DESIRED', 'MODELS', 'LAST SEEN'];
+  const cells = rows.map((r) => [
+    r.device,
+    r.online === null ? '?' : r.online ? 'yes' : 'no',
+    r.groups.join(',') || '-',
+    r.desired ? `${r.desired.serial} ${r.desired.status}` : '-',
+    r.models.map(modelCell).join(', ') || '-',
+    lastSeen(r),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));
+  const line = (c: string[]): string => c.map((v, i) => v.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  return [line(header), ...cells.map(line)].join('\n');
+}
+
+/** Errors devices report, in words an operator can act on. */
+function problems(rows: readonly DeviceRow[]): string[] {
+  const out: string[] = [];
+  for (const r of rows) {
+    if (r.desired?.error) out.push(`${r.device}: desired serial ${r.desired.serial} ${r.desired.status}: ${r.desired.error}`);
+    for (const m of r.models) if (m.error) out.push(`${r.device}: ${m.name}:${m.version} ${m.state}: ${m.error}`);
+  }
+  return out;
+}
