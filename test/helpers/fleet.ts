@@ -52,7 +52,7 @@ export function buildManifest(name: string, version: number, bytes: Uint8Array, 
     artifact: { format: 'onnx', size: bytes.length, sha256: sha(bytes), blockSize, blockSha256 },
     quantization: 'fp32',
     ...extra,
-  } as Manifest;
+  };
 }
 
 export function signManifest(manifest: Manifest, signers: readonly KeyPair[]): Envelope {
