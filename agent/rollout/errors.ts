@@ -4,6 +4,14 @@ import { BlockPullError } from './block-puller.js';
 import { StoreError } from './model-store.js';
 import { SelfTestError } from './self-test.js';
 
+/** A version that switched in and failed its health window; what served before serves again. */
+export class RolledBackError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RolledBackError';
+  }
+}
+
 /**
  * The one place rollout failures become reported outcomes (PROTOCOL.md
  * section 7): `rejected` when retrying cannot help, `failed` when it can.
@@ -29,6 +37,8 @@ export function classify(err: unknown): Outcome {
     if (err.code === 'FILE_HASH') return { status: 'rejected', modelState: 'rejected', event: 'verify.failed', retryable: false, message };
     return { status: 'failed', modelState: 'failed', event: undefined, retryable: true, message };
   }
+  // Trying the same version again would break serving again: an operator decides.
+  if (err instanceof RolledBackError) return { status: 'failed', modelState: 'failed', event: undefined, retryable: false, message };
   if (err instanceof SelfTestError) return { status: 'rejected', modelState: 'failed', event: 'selftest.failed', retryable: false, message };
   if (isProtocolError(err)) return { status: 'rejected', modelState: 'rejected', event: 'verify.failed', retryable: false, message };
   // Load errors and anything unexpected: worth another try.

@@ -6,6 +6,7 @@ import type { ModelRegistry } from '../serving/registry.js';
 import type { AgentDatabase } from '../store/database.js';
 import type { KvStore } from '../store/database.js';
 import { BlockPuller, type MinimalMqtt } from './block-puller.js';
+import { RolledBackError } from './errors.js';
 import type { ModelStore } from './model-store.js';
 import type { Step } from './planner.js';
 import type { Reporter } from './reporter.js';
@@ -21,12 +22,6 @@ export interface PendingActivation {
 
 export const ACTIVATION_KEY = 'rollout.activation';
 
-export class RolledBackError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RolledBackError';
-  }
-}
 
 export interface ExecutorDeps {
   config: AgentConfig['rollout'];
@@ -142,7 +137,8 @@ export class StepExecutor {
     reporter.setModel(name, version, { state: 'serving', progress: 1 });
     reporter.event('activated', { model: name, version, ...(previous !== undefined && { detail: `replaces version ${previous}` }) });
     try {
-      await this.watchHealth(name, version);
+      // With nothing served before there is nothing to fall back to: no window.
+      if (previous !== undefined && previous !== version) await this.watchHealth(name, version);
     } catch (err) {
       await this.rollBack(pending, (err as Error).message);
       throw err;

@@ -246,6 +246,7 @@ export class MqttConnection {
         }
         return;
       } catch (err) {
+        // mqtt.js fails SUBSCRIBEs in flight with this message when the socket drops.
         if (this.stopped || errorMessage(err) !== 'Connection closed') throw err;
         await this.nextConnect();
       }

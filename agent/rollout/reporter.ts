@@ -91,7 +91,7 @@ export class Reporter {
 
   /** Publishes a pending change (bounded by flush's timeout) and detaches from the connection. */
   async stop(): Promise<void> {
-    await this.flush().catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, 'final state not acknowledged'));
+    await this.flush();
     this.running = false;
     this.unsubscribe?.();
     this.unsubscribe = undefined;
@@ -152,7 +152,7 @@ export class Reporter {
     );
   }
 
-  /** Publishes a pending state change now and waits (at most timeoutMs) for what is in flight. */
+  /** Publishes a pending state change now and waits (at most timeoutMs) for what is in flight; never rejects. */
   async flush(timeoutMs = 2000): Promise<void> {
     if (this.dirty && this.opts.transport.connected) this.publishNow();
     let timer: NodeJS.Timeout | undefined;

@@ -11,7 +11,7 @@ import type { ModelRegistry } from '../serving/registry.js';
 import type { AgentDatabase, KvStore } from '../store/database.js';
 import { agentVersion } from '../version.js';
 import { DesiredSource, type Candidate } from './desired-source.js';
-import { classify } from './errors.js';
+import { RolledBackError, classify } from './errors.js';
 import { ACTIVATION_KEY, StepExecutor, type PendingActivation } from './executor.js';
 import type { MqttConnection } from './mqtt-connection.js';
 import type { ModelStore } from './model-store.js';
@@ -302,7 +302,7 @@ export class Rollout {
     attempts.delete(id);
     if (version === undefined) return;
     if (outcome.event) this.o.reporter.event(outcome.event, { model: step.name, version, detail: outcome.message });
-    const rolledBack = (err as Error).name === 'RolledBackError';
+    const rolledBack = err instanceof RolledBackError;
     if (!rolledBack) this.o.reporter.setModel(step.name, version, { state: outcome.modelState, error: outcome.message });
     this.block({ name: step.name, version, reason: outcome.message, status: rolledBack ? 'failed' : outcome.status });
   }

@@ -137,6 +137,30 @@ export function scaleModel(factor: number): Uint8Array {
   });
 }
 
+/**
+ * y = x * factor, plus a lookup that fails at run time for any x outside
+ * [0, 4): passes warm-up and a self-test on small inputs, then breaks on field
+ * traffic, like a model with a latent bug.
+ */
+export function fragileScaleModel(factor: number): Uint8Array {
+  const shape = ['batch', 'n'];
+  return buildModel({
+    name: 'fragile_scale',
+    inputs: [{ name: 'x', type: 'float32', shape }],
+    outputs: [{ name: 'y', type: 'float32', shape }],
+    initializers: [
+      { name: 'factor', type: 'float32', dims: [], data: new Float32Array([factor]) },
+      { name: 'table', type: 'float32', dims: [4], data: new Float32Array(4) },
+    ],
+    nodes: [
+      { op: 'Mul', inputs: ['x', 'factor'], outputs: ['scaled'] },
+      { op: 'Cast', inputs: ['x'], outputs: ['index'], attrs: { to: attr.int(7) } },
+      { op: 'Gather', inputs: ['table', 'index'], outputs: ['zero'] },
+      { op: 'Add', inputs: ['scaled', 'zero'], outputs: ['y'] },
+    ],
+  });
+}
+
 /** y = Relu(x) with x fixed at [2, 3], for tests that send a wrongly shaped input. */
 export function staticShapeModel(): Uint8Array {
   return buildModel({
