@@ -16,6 +16,10 @@ let loading: Promise<Ort> | undefined;
 
 export function loadOrt(): Promise<Ort> {
   process.env.ORT_DISABLE_TELEMETRY = '1';
-  loading ??= import('onnxruntime-node');
+  loading ??= import('onnxruntime-node').then((ort) => {
+    // Native errors all reach callers as exceptions; keep expected ones (a provider probe) off stderr.
+    ort.env.logLevel = 'fatal';
+    return ort;
+  });
   return loading;
 }
