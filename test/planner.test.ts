@@ -20,6 +20,11 @@ describe('rollout planner', () => {
     expect(plan([d('mnist', 3)], current).at(-1)).toEqual({ kind: 'prune', name: 'mnist', keep: [2, 3] });
   });
 
+  it('after the switch, keeps the version served before rather than the newest other one', () => {
+    const current: CurrentState = { serving: [{ name: 'm', version: 3, isDefault: true }], onDisk: [disk('m', 1), disk('m', 2), disk('m', 3)], blocked: [], labels: {}, previous: { m: 1 } };
+    expect(plan([d('m', 3)], current)).toEqual([{ kind: 'prune', name: 'm', keep: [1, 3] }]);
+  });
+
   it('rolls back to a version still on disk without fetching it', () => {
     const current: CurrentState = { serving: [{ name: 'mnist', version: 3, isDefault: true }], onDisk: [disk('mnist', 2), disk('mnist', 3)], blocked: [], labels: {} };
     expect(plan([d('mnist', 2)], current)).toEqual([

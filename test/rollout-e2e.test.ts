@@ -1,4 +1,4 @@
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
@@ -87,6 +87,8 @@ describe('signed rollout over MQTT', () => {
     expect([...factors].sort()).toEqual([1, 2]);
     expect(s.models.map((m) => `${m.name}@${m.version}:${m.state}`)).toEqual(['scale@2:serving']);
     expect((await infer(1)).version).toBe('2');
+    // The version served before stays on disk for a rollback.
+    expect((await readdir(join(t.dir, 'state', 'models', 'scale'))).sort()).toEqual(['1', '2']);
   });
 
   it('rolls back through a signed desired document, without downloading again', async () => {
@@ -95,5 +97,13 @@ describe('signed rollout over MQTT', () => {
     await waitFor(desiredIs(3, 'applied'), 20_000, 'serial 3 applied');
     expect(await infer(4)).toEqual({ status: 200, factor: 1, version: '1' });
     expect(t.agent.registry.servables().map((s) => s.version)).toEqual([1]);
+  });
+
+  it('keeps only the listed version and the one served before on disk', async () => {
+    const m3 = await publish(3);
+    await publishDesired(fleet, ROOT, { device: DEVICE }, signDesired({ target: { device: DEVICE }, serial: 4, models: [{ name: 'scale', version: 3, manifest: m3 }] }, [keys.rollout]));
+    await waitFor(desiredIs(4, 'applied'), 20_000, 'serial 4 applied');
+    await waitFor(async () => (await readdir(join(t.dir, 'state', 'models', 'scale'))).sort().join() === '1,3', 10_000, 'version 2 pruned');
+    expect(await infer(2)).toEqual({ status: 200, factor: 3, version: '3' });
   });
 });

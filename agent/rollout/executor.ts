@@ -21,6 +21,8 @@ export interface PendingActivation {
 }
 
 export const ACTIVATION_KEY = 'rollout.activation';
+/** Per model name, the default version before the last successful switch. */
+export const PREVIOUS_KEY = 'rollout.previous';
 
 
 export interface ExecutorDeps {
@@ -145,6 +147,7 @@ export class StepExecutor {
     } finally {
       kv.delete(ACTIVATION_KEY);
     }
+    if (previous !== undefined && previous !== version) kv.setJson(PREVIOUS_KEY, { ...kv.getJson<Record<string, number>>(PREVIOUS_KEY), [name]: previous });
     this.deps.onServingChanged();
   }
 

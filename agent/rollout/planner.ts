@@ -26,6 +26,8 @@ export interface CurrentState {
   blocked: readonly VersionRef[];
   /** Labels in force per model name. */
   labels: Readonly<Record<string, Readonly<Record<string, number>>>>;
+  /** Per model name, the default version before the last switch: the rollback target kept on disk. */
+  previous?: Readonly<Record<string, number>>;
 }
 
 export type Step =
@@ -82,16 +84,15 @@ export function plan(desired: readonly DesiredVersion[], current: CurrentState):
   return steps;
 }
 
-/** Keep what is desired plus the highest version serving before that is not, for rollback. */
+/** Keep what is desired plus the version served before the last switch, for rollback. */
 function pruneKeep(name: string, wanted: readonly DesiredVersion[], current: CurrentState): number[] {
   const keep = new Set(wanted.filter((d) => d.name === name).map((d) => d.version));
-  const previous = current.serving.filter((s) => s.name === name && !keep.has(s.version)).map((s) => s.version);
-  if (previous.length > 0) keep.add(Math.max(...previous));
-  else {
-    // Nothing else serves: keep the newest other version on disk as the fallback.
-    const others = current.onDisk.filter((r) => r.name === name && !keep.has(r.version)).map((r) => r.version);
-    if (others.length > 0) keep.add(Math.max(...others));
-  }
+  const servingOthers = current.serving.filter((s) => s.name === name && !keep.has(s.version)).map((s) => s.version);
+  const onDiskOthers = current.onDisk.filter((r) => r.name === name && !keep.has(r.version)).map((r) => r.version);
+  const previous = current.previous?.[name];
+  if (servingOthers.length > 0) keep.add(Math.max(...servingOthers));
+  else if (previous !== undefined && onDiskOthers.includes(previous)) keep.add(previous);
+  else if (onDiskOthers.length > 0) keep.add(Math.max(...onDiskOthers));
   return [...keep].sort((a, b) => a - b);
 }
 

@@ -12,7 +12,7 @@ import type { AgentDatabase, KvStore } from '../store/database.js';
 import { agentVersion } from '../version.js';
 import { DesiredSource, type Candidate } from './desired-source.js';
 import { RolledBackError, classify } from './errors.js';
-import { ACTIVATION_KEY, StepExecutor, type PendingActivation } from './executor.js';
+import { ACTIVATION_KEY, PREVIOUS_KEY, StepExecutor, type PendingActivation } from './executor.js';
 import type { MqttConnection } from './mqtt-connection.js';
 import type { ModelStore } from './model-store.js';
 import { plan, type CurrentState, type DesiredVersion, type VersionRef } from './planner.js';
@@ -249,7 +249,7 @@ export class Rollout {
       const l = this.o.registry.labelsOf(name);
       if (Object.keys(l).length > 0) labels[name] = l;
     }
-    return { serving, onDisk: await this.o.store.list(), blocked: this.blocked, labels };
+    return { serving, onDisk: await this.o.store.list(), blocked: this.blocked, labels, previous: this.o.kv.getJson<Record<string, number>>(PREVIOUS_KEY) ?? {} };
   }
 
   private desiredVersions(): DesiredVersion[] {
