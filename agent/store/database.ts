@@ -21,6 +21,25 @@ export const MIGRATIONS: readonly string[] = [
      idx    INTEGER NOT NULL,
      PRIMARY KEY (sha256, idx)
    ) WITHOUT ROWID;`,
+  // 2: telemetry outbox (agent/telemetry/outbox.ts). Each row is one point's
+  // JSON, seq included. The one telemetry_state row holds the next seq and the
+  // drop counters, updated in the same transaction as the rows they describe,
+  // so a seq is never reused and no drop goes uncounted across a crash.
+  `CREATE TABLE telemetry_outbox (
+     seq   INTEGER PRIMARY KEY,
+     kind  TEXT    NOT NULL,
+     bytes INTEGER NOT NULL,
+     body  TEXT    NOT NULL
+   );
+   CREATE TABLE telemetry_state (
+     id            INTEGER PRIMARY KEY CHECK (id = 1),
+     next_seq      INTEGER NOT NULL,
+     dropped_total INTEGER NOT NULL,
+     pending_count INTEGER NOT NULL,
+     pending_from  INTEGER,
+     pending_to    INTEGER
+   );
+   INSERT INTO telemetry_state (id, next_seq, dropped_total, pending_count) VALUES (1, 1, 0, 0);`,
 ];
 
 export interface OpenOptions {
