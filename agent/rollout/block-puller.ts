@@ -148,6 +148,7 @@ export class BlockPuller {
       this.queue = [];
       for (let i = 0; i < this.total; i++) if (!done.has(i)) this.queue.push(i);
       this.log.info({ blocks: this.total, missing: this.queue.length }, 'pulling artifact blocks');
+      this.options.onProgress?.(this.durable, this.total);
       if (this.aborted) throw abortedError();
       if (this.queue.length > 0) await this.receiveAll();
       await this.verifyFile();

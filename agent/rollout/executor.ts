@@ -92,7 +92,8 @@ export class StepExecutor {
     if (!client) throw new Error(`cannot download ${name} version ${version}: no MQTT connection configured`);
     const artifact = manifest.artifact;
     await store.ensureSpace(artifact.size);
-    reporter.setModel(name, version, { state: 'downloading', sha256: artifact.sha256, progress: 0, error: null });
+    // Progress comes from the puller, which counts blocks already recorded before a restart.
+    reporter.setModel(name, version, { state: 'downloading', sha256: artifact.sha256, error: null });
     reporter.event('download.started', { model: name, version, detail: `${artifact.size} bytes in ${artifact.blockSha256.length} blocks` });
     this.puller = new BlockPuller({
       client,

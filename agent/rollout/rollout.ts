@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Desired } from '../../protocol/desired.js';
 import { verifyDesired } from '../../protocol/desired.js';
-import { isProtocolError } from '../../protocol/errors.js';
+import { ProtocolError, isProtocolError } from '../../protocol/errors.js';
 import { verifyManifest, type Manifest } from '../../protocol/manifest.js';
 import { parseTopic, topics } from '../../protocol/names.js';
 import type { AgentConfig } from '../config/schema.js';
@@ -33,6 +33,8 @@ interface Blocked extends VersionRef {
   reason: string;
   status: 'failed' | 'rejected';
 }
+
+const MANIFEST_OF = 'manifest of ';
 
 const KEYS = { active: 'rollout.active', serving: 'rollout.serving', blocked: 'rollout.blocked' } as const;
 
@@ -95,11 +97,7 @@ export class Rollout {
     await this.o.store.init();
     this.blocked = this.o.kv.getJson<Blocked[]>(KEYS.blocked) ?? [];
     await this.restore();
-    this.active = this.o.kv.getJson<ActiveDesired>(KEYS.active);
-    if (this.active) {
-      this.manifests = this.verifyAll(this.active.models, this.active.acceptedAt);
-      this.o.reporter.setDesired({ source: this.active.source, ...(this.active.group && { group: this.active.group }), serial: this.active.serial, status: 'applying', error: null });
-    }
+    this.resume(this.o.kv.getJson<ActiveDesired>(KEYS.active));
     const conn = this.o.connection;
     if (conn) {
       this.unsubscribe = conn.onMessage((topic, payload) => void this.onMessage(topic, payload));
@@ -115,6 +113,28 @@ export class Rollout {
     this.executor.stop();
     this.wake?.();
     await this.loop;
+  }
+
+  /**
+   * Picks up the document being applied before the restart. Under a rotated
+   * trust its manifests may no longer verify (a retired models key): then it
+   * is dropped and reported, and the agent starts all the same.
+   */
+  private resume(active: ActiveDesired | undefined): void {
+    if (!active) return;
+    const origin = { source: active.source, ...(active.group && { group: active.group }) };
+    try {
+      this.manifests = this.verifyAll(active.models, active.acceptedAt);
+    } catch (err) {
+      const error = `serial ${active.serial} no longer verifies under trust version ${this.o.trust.current.version}: ${errorMessage(err)}`;
+      this.log.error({ err: error }, 'active desired state dropped');
+      this.o.kv.delete(KEYS.active);
+      this.o.reporter.setDesired({ ...origin, serial: active.serial, status: 'rejected', error });
+      this.o.reporter.event('desired.rejected', { detail: error });
+      return;
+    }
+    this.active = active;
+    this.o.reporter.setDesired({ ...origin, serial: active.serial, status: 'applying', error: null });
   }
 
   /** Brings back what served before the restart; a version that was mid health window when the agent died is rolled back. */
@@ -168,8 +188,18 @@ export class Rollout {
     return verifyManifest(this.o.trust.current, envelope, { name, version, now, arch: process.arch, agentVersion: agentVersion() });
   }
 
+  /** Verifies every manifest of a document; an error names the manifest that failed. */
   private verifyAll(models: ActiveDesired['models'], now: number): Map<string, Manifest> {
-    return new Map(models.map((m) => [`${m.name}@${m.version}`, this.checkManifest(m.manifest, m.name, m.version, now)]));
+    return new Map(
+      models.map((m) => {
+        try {
+          return [`${m.name}@${m.version}`, this.checkManifest(m.manifest, m.name, m.version, now)];
+        } catch (err) {
+          if (!isProtocolError(err)) throw err;
+          throw new ProtocolError(err.code, `${MANIFEST_OF}${m.name} version ${m.version}: ${err.message}`, { cause: err });
+        }
+      }),
+    );
   }
 
   /** Verifies the document that counts now; accepted ones replace the active one. */
@@ -182,7 +212,7 @@ export class Rollout {
     let manifests: Map<string, Manifest>;
     const now = Date.now();
     try {
-      const envelope: unknown = JSON.parse(candidate.payload.toString('utf8'));
+      const envelope = parseEnvelopeJson(candidate.payload);
       desired = verifyDesired(this.o.trust.current, envelope, {
         topicTarget: candidate.target,
         deviceId: this.o.config.deviceId,
@@ -204,6 +234,10 @@ export class Rollout {
     this.blocked = [];
     kv.setJson(KEYS.blocked, this.blocked);
     reporter.event('desired.received', { detail: `serial ${desired.serial} from ${candidate.key}` });
+    const listed = new Set(desired.models.map((m) => `${m.name}@${m.version}`));
+    for (const m of reporter.snapshot().models) {
+      if (!listed.has(`${m.name}@${m.version}`) && !this.o.registry.isAvailable(m.name, m.version)) reporter.removeModel(m.name, m.version);
+    }
     reporter.setDesired({ ...origin, serial: desired.serial, status: 'applying', error: null });
     for (const m of desired.models) {
       const manifest = manifests.get(`${m.name}@${m.version}`);
@@ -220,7 +254,7 @@ export class Rollout {
     this.log.warn({ target: candidate.key, serial, err: message }, 'desired state rejected; nothing changes');
     this.o.reporter.setDesired({ ...origin, serial: serial ?? 0, status: 'rejected', error: message });
     this.o.reporter.event('desired.rejected', { detail: message });
-    if (/manifest/i.test(message) || (isProtocolError(err) && ['MISMATCH', 'INCOMPATIBLE'].includes(err.code))) this.o.reporter.event('verify.failed', { detail: message });
+    if (message.startsWith(MANIFEST_OF)) this.o.reporter.event('verify.failed', { detail: message });
   }
 
   private block(entry: Blocked): void {
@@ -312,6 +346,15 @@ export class Rollout {
     const origin = { source: active.source, ...(active.group && { group: active.group }) };
     if (worst) this.o.reporter.setDesired({ ...origin, serial: active.serial, status: worst.status, error: worst.reason });
     else this.o.reporter.setDesired({ ...origin, serial: active.serial, status: 'applied', error: null });
+  }
+}
+
+function parseEnvelopeJson(payload: Buffer): unknown {
+  try {
+    return JSON.parse(payload.toString('utf8'));
+  } catch {
+    // The parser's message would quote the sender's bytes into the retained state.
+    throw new ProtocolError('MALFORMED', `desired document is not JSON (${payload.length} bytes); expected a DSSE envelope`);
   }
 }
 
