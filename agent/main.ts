@@ -14,7 +14,11 @@ import { VersionLoader } from './serving/loader.js';
 import { ModelRegistry } from './serving/registry.js';
 import { ModelRepository } from './serving/repository.js';
 import { AgentDatabase, agentDatabasePath, kv } from './store/database.js';
+import { HealthSampler } from './telemetry/health.js';
 import { Metrics } from './telemetry/metrics.js';
+import { TelemetryOutbox } from './telemetry/outbox.js';
+import { InferenceRecorder } from './telemetry/recorder.js';
+import { TelemetryUploader } from './telemetry/uploader.js';
 import { agentVersion } from './version.js';
 
 interface Component {
@@ -47,12 +51,16 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   const runtime = new ModelRuntime({ config: config.runtime, logger: logger.child({ component: 'runtime' }) });
   const loader = new VersionLoader({ runtime, registry, metrics, logger });
   let ready = false;
-  const http = new HttpServer({ config: config.http, registry, metrics, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
+  // Telemetry goes out over MQTT and waits in the database, so it exists only with mqtt configured.
+  let database: AgentDatabase | undefined;
+  const telemetryLog = logger.child({ component: 'telemetry' });
+  const outbox = config.mqtt ? new TelemetryOutbox({ database: () => database as AgentDatabase, ...config.telemetry.buffer, logger: telemetryLog }) : undefined;
+  const recorder = outbox ? new InferenceRecorder({ sink: outbox, intervalS: config.telemetry.intervalS, logger: telemetryLog }) : undefined;
+  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
   const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), runtime];
   let reporter: Reporter | undefined;
 
   if (config.mqtt) {
-    let database: AgentDatabase | undefined;
     components.push(step(async () => (database = AgentDatabase.open(agentDatabasePath(config.stateDir))), async () => database?.close()));
     const trust = new TrustStore({ provisionedPath: config.trust, stateDir: config.stateDir, logger: logger.child({ component: 'trust' }) });
     const connection = new MqttConnection({ config: config.mqtt, deviceId: config.deviceId, logger: logger.child({ component: 'mqtt' }) });
@@ -75,6 +83,13 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
         async () => rollout?.stop(),
       ),
     );
+    if (outbox && recorder) {
+      const health = new HealthSampler({ sink: outbox, ...config.telemetry.health, stateDir: config.stateDir, logger: telemetryLog });
+      const uploader = new TelemetryUploader({ outbox, transport: connection, topicRoot: config.mqtt.topicRoot, deviceId: config.deviceId, logger: telemetryLog, ...config.telemetry.upload });
+      // Stopped in reverse, after HTTP has drained: health, then the recorder cuts its final point,
+      // then the uploader flushes it (bounded), then the outbox, and only then MQTT and the database.
+      components.push(outbox, uploader, recorder, health);
+    }
   }
   if (config.models.dir) {
     components.push(new ModelRepository({ dir: config.models.dir, config: config.models, loader, registry, logger: logger.child({ component: 'repository' }) }));

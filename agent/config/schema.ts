@@ -1,3 +1,4 @@
+import cron from 'node-cron';
 import { z } from 'zod';
 
 /**
@@ -108,6 +109,45 @@ export const configSchema = z.strictObject({
       maxAttempts: z.number().int().min(1).default(5),
       retryBaseMs: z.number().int().min(10).default(2_000),
       retryMaxMs: z.number().int().min(10).default(300_000),
+    })
+    .prefault({}),
+  telemetry: z
+    .strictObject({
+      /** Seconds between inference points (one per model version with requests). */
+      intervalS: z.number().min(1).max(3600).default(10),
+      health: z
+        .strictObject({
+          /** node-cron expression; with six fields the first is seconds. */
+          schedule: z
+            .string()
+            .refine((s) => cron.validate(s), 'must be a cron expression, e.g. "*/30 * * * * *" (every 30 s)')
+            .default('*/30 * * * * *'),
+          /** Bound on each source (systeminformation, nvidia-smi, sysfs) per sample. */
+          timeoutMs: z.number().int().min(100).max(60_000).default(5_000),
+        })
+        .prefault({}),
+      /** The SQLite outbox while the broker is away: beyond either bound the oldest points are dropped (and counted). */
+      buffer: z
+        .strictObject({
+          maxRows: z.number().int().min(100).default(100_000),
+          /** Bytes of point JSON. */
+          maxBytes: z.number().int().min(64 * 1024).default(32 * 1024 * 1024),
+        })
+        .prefault({}),
+      upload: z
+        .strictObject({
+          batchPoints: z.number().int().min(1).max(10_000).default(500),
+          batchBytes: z.number().int().min(1024).max(1024 * 1024).default(256 * 1024),
+          /** Wait after a point is stored, so points written together share a batch. */
+          debounceMs: z.number().int().min(0).max(60_000).default(250),
+          /** Safety-net drain interval besides connects and appends. */
+          periodMs: z.number().int().min(100).default(5_000),
+          /** A batch without PUBACK this long while connected is sent again. */
+          ackTimeoutMs: z.number().int().min(1_000).default(30_000),
+          /** Bound on the final flush at shutdown. */
+          stopTimeoutMs: z.number().int().min(0).max(30_000).default(2_000),
+        })
+        .prefault({}),
     })
     .prefault({}),
   log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') }).prefault({}),

@@ -5,6 +5,7 @@ import type { AgentConfig } from '../config/schema.js';
 import { EdgefleetError, errorMessage, notFound, unavailable } from '../errors.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { InferenceRecorder } from '../telemetry/recorder.js';
 import { readBody } from './body.js';
 import { sendError, sendJson } from './errors.js';
 import { inferV2, predictV1, type InferResult } from './infer.js';
@@ -15,6 +16,8 @@ export interface HttpServerOptions {
   config: AgentConfig['http'];
   registry: ModelRegistry;
   metrics: Metrics;
+  /** Per model version request statistics for MQTT telemetry; absent without MQTT. */
+  telemetry?: Pick<InferenceRecorder, 'record'>;
   logger: Logger;
   agentVersion: string;
   /** Whether the agent counts as ready (models in hand serve); false while starting or stopping. */
@@ -158,7 +161,9 @@ export class HttpServer {
     } finally {
       servable.release();
       metrics.requests.inc({ ...labels, api, code: String(status) });
-      metrics.requestSeconds.observe({ ...labels, api }, (performance.now() - started) / 1000);
+      const latencyMs = performance.now() - started;
+      metrics.requestSeconds.observe({ ...labels, api }, latencyMs / 1000);
+      this.options.telemetry?.record(route.model, servable.version, status, latencyMs);
     }
   }
 }
