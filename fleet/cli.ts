@@ -5,16 +5,18 @@
  */
 import { agentVersion } from '../agent/version.js';
 import type { Command, CommandIo } from './command.js';
+import { collect } from './commands/collect.js';
 import { deploy } from './commands/deploy.js';
 import { devices } from './commands/devices.js';
 import { keysGenerate } from './commands/keys-generate.js';
 import { modelPublish } from './commands/model-publish.js';
 import { modelRetire } from './commands/model-retire.js';
+import { status } from './commands/status.js';
 import { trustInit } from './commands/trust-init.js';
 import { trustRotate } from './commands/trust-rotate.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, errorMessage, redact } from './errors.js';
 
-export const COMMANDS: readonly Command[] = [keysGenerate, trustInit, trustRotate, modelPublish, modelRetire, deploy, devices];
+export const COMMANDS: readonly Command[] = [keysGenerate, trustInit, trustRotate, modelPublish, modelRetire, deploy, devices, status, collect];
 
 function globalHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -1,0 +1,87 @@
+/**
+ * The dashboard page, served as one response: inline CSS and JS, charts drawn
+ * as inline SVG, nothing fetched but the collector's own /api (the machines
+ * it runs on often have no internet). Text from devices is only ever set
+ * through textContent. The script avoids template literals so it can live
+ * in this one.
+ */
+import { DASHBOARD_SCRIPT } from './dashboard-script.js';
+
+const STYLE = `
+:root { --bg:#0f1419; --panel:#161c23; --fg:#d8dee6; --muted:#8793a0; --line:#29313b; --ok:#3fb950; --bad:#f85149; --warn:#d29922; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 13px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; background: var(--bg); color: var(--fg); }
+header { display: flex; gap: 18px; align-items: center; flex-wrap: wrap; padding: 12px 20px; border-bottom: 1px solid var(--line); }
+h1 { font-size: 17px; margin: 0; letter-spacing: .02em; }
+h2 { font-size: 14px; margin: 18px 20px 8px; color: var(--muted); font-weight: 600; text-transform: uppercase; letter-spacing: .06em; }
+label { color: var(--muted); }
+input, select { background: var(--panel); color: var(--fg); border: 1px solid var(--line); border-radius: 4px; padding: 3px 6px; font: inherit; }
+.muted { color: var(--muted); }
+#error { color: var(--bad); }
+.table-wrap { margin: 0 20px; overflow-x: auto; border: 1px solid var(--line); border-radius: 6px; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); white-space: nowrap; }
+th { color: var(--muted); font-weight: 600; background: var(--panel); }
+tbody tr:last-child td { border-bottom: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.dot { display: inline-block; width: 8px; height: 8px; border-radius: 50%; margin-right: 6px; background: var(--muted); }
+.dot.on { background: var(--ok); } .dot.off { background: var(--bad); }
+.tag { display: inline-block; padding: 0 6px; margin: 1px 4px 1px 0; border-radius: 3px; background: #232b35; }
+.s-serving, .s-applied { color: var(--ok); } .s-failed, .s-rejected, .s-rolled_back { color: var(--bad); }
+.s-applying, .s-pending, .s-downloading, .s-verifying, .s-loading { color: var(--warn); }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 14px; padding: 0 20px 24px; }
+.card { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: 12px 14px; }
+.card-head { display: flex; justify-content: space-between; align-items: baseline; margin-bottom: 6px; }
+.card-head b { font-size: 15px; }
+.rollout { margin-bottom: 8px; }
+.chart-box { margin-top: 8px; }
+.chart-title { color: var(--muted); font-size: 12px; }
+svg.chart { display: block; width: 100%; height: auto; }
+svg.chart text { fill: var(--muted); font-size: 10px; }
+svg.chart .grid { stroke: var(--line); stroke-width: 1; }
+svg.chart polyline { fill: none; stroke-width: 1.6; stroke-linejoin: round; }
+.legend { display: flex; gap: 12px; flex-wrap: wrap; font-size: 12px; }
+.swatch { display: inline-block; width: 10px; height: 3px; vertical-align: middle; margin-right: 4px; }
+ul.events { margin: 8px 0 0; padding-left: 16px; color: var(--muted); font-size: 12px; }
+`;
+
+export const DASHBOARD_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>edgefleet fleet</title>
+<style>${STYLE}</style>
+</head>
+<body>
+<header>
+  <h1>edgefleet fleet</h1>
+  <span id="summary" class="muted"></span>
+  <label>group <input id="group" size="10" placeholder="any"></label>
+  <label>model <input id="model" size="10" placeholder="any"></label>
+  <label>window <select id="window">
+    <option value="900000">15 min</option><option value="3600000" selected>1 h</option>
+    <option value="21600000">6 h</option><option value="86400000">24 h</option>
+  </select></label>
+  <span id="updated" class="muted"></span>
+  <span id="error"></span>
+</header>
+<main>
+  <h2>Devices</h2>
+  <div class="table-wrap">
+    <table id="fleet">
+      <thead><tr>
+        <th>Device</th><th>Online</th><th>Groups</th><th>Desired</th><th>Models</th>
+        <th>p50 ms</th><th>p99 ms</th><th>Errors</th><th>CPU %</th><th>Temp °C</th><th>Mem %</th><th>Last seen</th>
+      </tr></thead>
+      <tbody></tbody>
+    </table>
+  </div>
+  <p id="empty" class="muted" style="margin: 8px 20px" hidden>No device has reported yet.</p>
+  <h2>Latency, health and rollout</h2>
+  <div id="cards" class="cards"></div>
+</main>
+<script>${DASHBOARD_SCRIPT}</script>
+</body>
+</html>
+`;

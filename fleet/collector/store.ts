@@ -1,0 +1,277 @@
+/**
+ * The collector's storage: one interface, two backends (SQLite, embedded and
+ * the default; PostgreSQL for bigger fleets), and the backend-free pieces
+ * both share: how a point becomes a row, how events are keyed, and how the
+ * fleet table is assembled from what was stored.
+ */
+import { createHash } from 'node:crypto';
+import type { DeviceEvent, HealthPoint, InferencePoint, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
+import { formatTime, parseTime } from '../../protocol/index.js';
+
+export interface FleetFilters {
+  /** Only devices that report being in this group. */
+  group?: string;
+  /** Only devices that report a model of this name (any version, any state). */
+  model?: string;
+}
+
+/** The last inference interval a device reported for one model. */
+export interface InferenceSummary {
+  model: string;
+  version: number;
+  ts: string;
+  intervalS: number;
+  count: number;
+  errors: number;
+  /** null when the interval had no requests. */
+  p50: number | null;
+  p99: number | null;
+}
+
+export interface HealthSummary {
+  ts: string;
+  cpuPct: number;
+  load1: number;
+  tempC: number | null;
+  memUsedBytes: number;
+  memTotalBytes: number;
+}
+
+/** One line of `edgefleet status` and of the dashboard's table. */
+export interface FleetRow {
+  device: string;
+  /** null when no status has been received. */
+  online: boolean | null;
+  groups: string[];
+  desired: ReportedState['desired'];
+  models: ReportedState['models'];
+  agent: { version: string; arch: string } | null;
+  inference: InferenceSummary[];
+  health: HealthSummary | null;
+  /** The newest time heard from the device: status, state or telemetry. */
+  lastSeen: string | null;
+}
+
+export interface TimeRange {
+  /** Epoch milliseconds, inclusive. */
+  from: number;
+  to: number;
+  /** At most this many samples, the newest ones (default 2000). */
+  limit?: number;
+}
+
+export interface InferenceSample {
+  ts: string;
+  model: string;
+  version: number;
+  count: number;
+  errors: number;
+  p50: number | null;
+  p99: number | null;
+}
+
+export interface HealthSample {
+  ts: string;
+  cpuPct: number;
+  tempC: number | null;
+  memUsedBytes: number;
+  memTotalBytes: number;
+}
+
+export interface DeviceSeries {
+  device: string;
+  inference: InferenceSample[];
+  health: HealthSample[];
+}
+
+export interface StoredEvent extends DeviceEvent {
+  device: string;
+}
+
+export interface FleetStore {
+  /** `sqlite` or `postgres`, for logs. */
+  readonly kind: string;
+  /** Creates or migrates the schema; safe to call from several collectors at once. */
+  init(): Promise<void>;
+  /** Stores the points not stored yet (key: device and seq); returns how many were new. */
+  insertPoints(device: string, points: readonly TelemetryPoint[]): Promise<number>;
+  upsertStatus(device: string, status: Status, receivedAt: number): Promise<void>;
+  /** Keeps the newer of the stored and the given state (by its `ts`). */
+  upsertState(state: ReportedState, receivedAt: number): Promise<void>;
+  /** Stores the event unless the same one is stored; returns whether it was new. */
+  insertEvent(device: string, event: DeviceEvent): Promise<boolean>;
+  /** Deletes points and events older than `before` (epoch ms). */
+  prune(before: number): Promise<{ points: number; events: number }>;
+  fleetStatus(filters?: FleetFilters): Promise<FleetRow[]>;
+  series(device: string, range: TimeRange): Promise<DeviceSeries>;
+  events(device: string, range: TimeRange): Promise<StoredEvent[]>;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_SERIES_LIMIT = 2000;
+
+// ---- rows both backends write ---------------------------------------------
+
+/** A telemetry point as a row of the points table. */
+export interface PointRow {
+  device: string;
+  seq: number;
+  ts: number;
+  kind: string;
+  model: string | null;
+  version: number | null;
+  count: number | null;
+  errors: number | null;
+  p50: number | null;
+  p99: number | null;
+  cpuPct: number | null;
+  tempC: number | null;
+  memUsed: number | null;
+  memTotal: number | null;
+  data: string;
+}
+
+export const millis = (time: string): number => parseTime(time) ?? 0;
+
+export function pointRow(device: string, p: TelemetryPoint): PointRow {
+  const base = { device, seq: p.seq, ts: millis(p.ts), kind: p.kind, data: JSON.stringify(p) };
+  const none = { model: null, version: null, count: null, errors: null, p50: null, p99: null, cpuPct: null, tempC: null, memUsed: null, memTotal: null };
+  if (p.kind === 'inference') {
+    const lat = p.latencyMs;
+    return { ...base, ...none, model: p.model, version: p.version, count: p.count, errors: p.errors, p50: lat?.p50 ?? null, p99: lat?.p99 ?? null };
+  }
+  return { ...base, ...none, cpuPct: p.cpuPct, tempC: p.tempC, memUsed: p.memUsedBytes, memTotal: p.memTotalBytes };
+}
+
+/** A row of the latest table: the newest point per device and slot (health, or inference of one model). */
+export interface LatestRow {
+  device: string;
+  slot: string;
+  ts: number;
+  data: string;
+}
+
+/** The newest point of each slot in a batch; the store keeps it only when newer than what it has. */
+export function latestRows(device: string, points: readonly TelemetryPoint[]): LatestRow[] {
+  const newest = new Map<string, LatestRow>();
+  for (const p of points) {
+    const slot = p.kind === 'inference' ? `inference/${p.model}` : 'health';
+    const ts = millis(p.ts);
+    const seen = newest.get(slot);
+    if (seen === undefined || ts > seen.ts) newest.set(slot, { device, slot, ts, data: JSON.stringify(p) });
+  }
+  return [...newest.values()];
+}
+
+/**
+ * Events carry no id, so the key is device, time and a hash of the rest:
+ * a redelivered event is dropped, two different events in the same
+ * millisecond are both kept.
+ */
+export function eventHash(event: DeviceEvent): string {
+  const canonical = JSON.stringify([event.type, event.model ?? null, event.version ?? null, event.detail ?? null]);
+  return createHash('sha256').update(canonical).digest('hex').slice(0, 32);
+}
+
+// ---- reading back ---------------------------------------------------------
+
+export interface StatusRecord {
+  device: string;
+  online: boolean;
+  /** The status's own time, or when it arrived (the last will carries none). */
+  ts: number;
+}
+
+export interface StateRecord {
+  device: string;
+  state: ReportedState;
+}
+
+/** Joins what each table holds into one row per device, sorted by device id. */
+export function assembleFleet(
+  statuses: readonly StatusRecord[],
+  states: readonly StateRecord[],
+  latest: readonly LatestRow[],
+  onlyDevices?: ReadonlySet<string>,
+): FleetRow[] {
+  const rows = new Map<string, FleetRow & { seen: number }>();
+  const rowOf = (device: string): (FleetRow & { seen: number }) | undefined => {
+    if (onlyDevices !== undefined && !onlyDevices.has(device)) return undefined;
+    let row = rows.get(device);
+    if (row === undefined) {
+      row = { device, online: null, groups: [], desired: null, models: [], agent: null, inference: [], health: null, lastSeen: null, seen: 0 };
+      rows.set(device, row);
+    }
+    return row;
+  };
+  for (const s of statuses) {
+    const row = rowOf(s.device);
+    if (row === undefined) continue;
+    row.online = s.online;
+    row.seen = Math.max(row.seen, s.ts);
+  }
+  for (const { device, state } of states) {
+    const row = rowOf(device);
+    if (row === undefined) continue;
+    Object.assign(row, { groups: state.groups, desired: state.desired, models: state.models });
+    row.agent = { version: state.agent.version, arch: state.agent.arch };
+    row.seen = Math.max(row.seen, millis(state.ts));
+  }
+  for (const l of latest) {
+    const row = rowOf(l.device);
+    if (row === undefined) continue;
+    applyLatest(row, JSON.parse(l.data) as TelemetryPoint);
+    row.seen = Math.max(row.seen, l.ts);
+  }
+  return [...rows.values()]
+    .sort((a, b) => (a.device < b.device ? -1 : a.device > b.device ? 1 : 0))
+    .map(({ seen, ...row }) => ({ ...row, lastSeen: seen > 0 ? formatTime(seen) : null }));
+}
+
+function applyLatest(row: FleetRow, p: TelemetryPoint): void {
+  if (p.kind === 'health') {
+    row.health = healthSummary(p);
+    return;
+  }
+  row.inference.push(inferenceSummary(p));
+  row.inference.sort((a, b) => (a.model < b.model ? -1 : a.model > b.model ? 1 : 0));
+}
+
+function inferenceSummary(p: InferencePoint): InferenceSummary {
+  const { model, version, ts, intervalS, count, errors } = p;
+  return { model, version, ts, intervalS, count, errors, p50: p.latencyMs?.p50 ?? null, p99: p.latencyMs?.p99 ?? null };
+}
+
+function healthSummary(p: HealthPoint): HealthSummary {
+  const { ts, cpuPct, load1, tempC, memUsedBytes, memTotalBytes } = p;
+  return { ts, cpuPct, load1, tempC, memUsedBytes, memTotalBytes };
+}
+
+/** Series samples from points-table rows, oldest first. */
+export function toSeries(device: string, rows: readonly PointRow[]): DeviceSeries {
+  const series: DeviceSeries = { device, inference: [], health: [] };
+  for (const r of [...rows].sort((a, b) => a.ts - b.ts || a.seq - b.seq)) {
+    const ts = formatTime(r.ts);
+    if (r.kind === 'inference') {
+      series.inference.push({ ts, model: r.model ?? '', version: r.version ?? 0, count: r.count ?? 0, errors: r.errors ?? 0, p50: r.p50, p99: r.p99 });
+    } else if (r.kind === 'health') {
+      series.health.push({ ts, cpuPct: r.cpuPct ?? 0, tempC: r.tempC, memUsedBytes: r.memUsed ?? 0, memTotalBytes: r.memTotal ?? 0 });
+    }
+  }
+  return series;
+}
+
+/** An events-table row as the event the device sent. */
+export function storedEvent(
+  device: string,
+  r: { ts: number | Date; type: string; model: string | null; version: number | null; detail: string | null },
+): StoredEvent {
+  return {
+    device,
+    ts: formatTime(r.ts),
+    type: r.type,
+    ...(r.model !== null && { model: r.model }),
+    ...(r.version !== null && { version: Number(r.version) }),
+    ...(r.detail !== null && { detail: r.detail }),
+  };
+}

@@ -1,0 +1,129 @@
+/**
+ * `edgefleet collect`: the fleet's telemetry collector, a long-running
+ * service and the composition root of fleet/collector/: store, MQTT side,
+ * dashboard; started in that order, stopped in reverse on SIGINT or SIGTERM.
+ */
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { createLogger } from '../../agent/log.js';
+import { parseTime } from '../../protocol/index.js';
+import { expiryOption, parseOrUsage } from '../args.js';
+import { Collector } from '../collector/collector.js';
+import { DashboardServer, parseListen } from '../collector/http-server.js';
+import { DB_HELP, describeDb, openStore, resolveDb } from '../collector/open-store.js';
+import type { Command } from '../command.js';
+import { UsageError, errorMessage } from '../errors.js';
+import { BROKER_HELP, BROKER_OPTIONS, brokerSettings } from '../mqtt.js';
+
+const OPTIONS = {
+  db: { type: 'string' },
+  retention: { type: 'string' },
+  http: { type: 'string' },
+  'share-group': { type: 'string' },
+  'client-id': { type: 'string' },
+  'session-expiry': { type: 'string' },
+  'log-level': { type: 'string' },
+  ...BROKER_OPTIONS,
+} as const;
+
+const SHARE_GROUP_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+/** The broker encodes the session expiry in 32 bits of seconds. */
+const MAX_SESSION_EXPIRY_S = 0xfffffffe;
+
+export const collect: Command = {
+  name: 'collect',
+  summary: 'store device telemetry, events, status and state; serve the dashboard',
+  help: `usage: edgefleet collect --broker URL [--db URL] [--retention 30d] [--http 127.0.0.1:8600]
+                        [--share-group NAME] [--client-id ID] [--session-expiry 1d]
+
+Subscribes to every device's telemetry and events through an MQTT 5 shared
+subscription ($share/NAME/{root}/devices/+/telemetry), so collectors with the
+same --share-group split the load, and to the retained status and state of
+every device. Stores them; a point is stored once per (device, seq) however
+often it arrives, and acknowledged to the broker only once stored. Runs until
+SIGINT or SIGTERM. Logs are JSON lines on stdout.
+
+Options:
+${DB_HELP}
+  --retention D       delete points and events older than D (30d; s, m, h, d, w; "off" keeps all)
+  --http HOST:PORT    serve the dashboard and its JSON API there (off unless given)
+  --share-group NAME  shared subscription group (default edgefleet-collectors)
+  --client-id ID      MQTT client id; stable and unique per collector instance, so
+                      the broker keeps its session (default edgefleet-collector-HOSTNAME)
+  --session-expiry D  how long the broker queues messages for a stopped collector
+                      (default 1d; 0 ends the session when this run stops)
+  --log-level L       ${LOG_LEVELS.join(', ')} (default info)
+
+${BROKER_HELP}`,
+
+  async run(args, io) {
+    const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
+    const settings = checkOptions(values);
+    const broker = await brokerSettings(values);
+    const log = createLogger({ level: settings.level });
+    const db = resolveDb(values.db);
+    const store = openStore(db, { cwd: io.cwd, onError: (err) => log.warn({ err: errorMessage(err) }, 'database connection problem') });
+    const collector = new Collector({ broker, store, log, ...settings.collector });
+    const dashboard = settings.listen && new DashboardServer({ store, listen: settings.listen, log });
+    const started: { stop(): Promise<void> }[] = [];
+    try {
+      await store.init();
+      started.push({ stop: () => store.close() });
+      log.info({ db: describeDb(db, io.cwd) }, 'store ready');
+      await collector.start();
+      started.push(collector);
+      if (dashboard) {
+        await dashboard.start();
+        started.push(dashboard);
+      }
+      log.info({ signal: await untilSignal() }, 'stopping');
+    } finally {
+      for (const component of started.reverse()) await component.stop();
+      log.flush();
+    }
+  },
+};
+
+type Values = { [K in keyof typeof OPTIONS]?: string | undefined };
+
+/** The options that need no I/O, checked before anything starts. */
+function checkOptions(values: Values) {
+  const shareGroup = values['share-group'] ?? 'edgefleet-collectors';
+  if (!SHARE_GROUP_RE.test(shareGroup)) throw new UsageError(`--share-group "${shareGroup}" must be 1-64 letters, digits, '_', '.', '-'`);
+  const level = values['log-level'] ?? 'info';
+  if (!LOG_LEVELS.includes(level)) throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}`);
+  const retention = values.retention ?? '30d';
+  const expiry = values['session-expiry'] ?? '1d';
+  // 0: the session ends with the connection (how an instance is retired: see docs/operator-guide.md).
+  const sessionExpiryMs = expiry === '0' ? 0 : durationMs(expiry, 'session-expiry');
+  return {
+    level,
+    listen: values.http === undefined ? undefined : parseListen(values.http),
+    collector: {
+      clientId: values['client-id'] ?? `edgefleet-collector-${hostname()}`,
+      shareGroup,
+      sessionExpiryS: Math.min(MAX_SESSION_EXPIRY_S, Math.floor(sessionExpiryMs / 1000)),
+      retentionMs: retention === 'off' ? null : durationMs(retention, 'retention'),
+    },
+  };
+}
+
+/** `30d`, `12h`, `90s` as milliseconds. */
+function durationMs(value: string, flag: string): number {
+  if (!/^\d+[smhdw]$/.test(value)) throw new UsageError(`--${flag} must be a duration such as 30d, 12h or 90s, got "${value}"`);
+  // expiryOption measures from `from`; from the epoch, the time it gives is the duration.
+  return parseTime(expiryOption(value, flag, 0)) ?? 0;
+}
+
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (signal: NodeJS.Signals): void => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+      resolve(signal);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+  });
+}
