@@ -1,3 +1,4 @@
+import { request } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { scaleModel, writeModelTree } from '../models/onnx/zoo.js';
 import { getJson, startTestAgent, waitFor, type TestAgent } from './helpers/agent.js';
@@ -73,22 +74,35 @@ describe('hot swap', () => {
   });
 
   it('finishes a request in flight on the old version while the new one takes over', async () => {
-    t = await startTestAgent({ models: { config: { scale: { batching: { maxBatchSize: 4, maxQueueDelayMs: 400 } } } } }, async (dir) => {
+    t = await startTestAgent({}, async (dir) => {
       await writeModelTree(dir, 'scale', 1, scaleModel(1));
     });
-    // The batcher holds this request for up to 400 ms: it is in flight on version 1 during the swap.
-    const slow = fetch(`${t.url}/v2/models/scale/infer`, {
-      method: 'POST',
-      body: JSON.stringify({ inputs: [{ name: 'x', shape: [1, 1], datatype: 'FP32', data: [5] }] }),
+    // A request whose body is still arriving holds version 1 through the swap.
+    const body = JSON.stringify({ inputs: [{ name: 'x', shape: [1, 1], datatype: 'FP32', data: [5] }] });
+    const port = Number(new URL(t.url).port);
+    let finish: () => void = () => undefined;
+    const slow = new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, method: 'POST', path: '/v2/models/scale/infer', headers: { 'content-length': Buffer.byteLength(body) } }, (res) => {
+        let text = '';
+        res.on('data', (d: Buffer) => (text += d.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.on('error', reject);
+      req.write(body.slice(0, 10));
+      finish = () => req.end(body.slice(10));
     });
     const old = t.agent.registry.servables()[0];
     await waitFor(() => (old?.requestsInFlight ?? 0) > 0, 2000, 'request in flight');
     await writeModelTree(t.modelsDir, 'scale', 2, scaleModel(2));
+    await waitFor(async () => (await getJson(`${t!.url}/v2/models/scale`)).json.versions?.join() === '2', 10_000, 'version 2 serving');
+    // Version 1 is out of routing but not released: its request is still in flight.
+    expect(old?.requestsInFlight).toBe(1);
+    finish();
     const res = await slow;
     expect(res.status).toBe(200);
-    const body = (await res.json()) as { model_version: string; outputs: { data: number[] }[] };
-    expect(body.model_version).toBe('1');
-    expect(body.outputs[0]?.data).toEqual([5]);
+    const answer = JSON.parse(res.text) as { model_version: string; outputs: { data: number[] }[] };
+    expect(answer.model_version).toBe('1');
+    expect(answer.outputs[0]?.data).toEqual([5]);
     await waitFor(() => t!.agent.registry.servables().map((s) => s.version).join() === '2', 10_000, 'version 1 released');
   });
 });

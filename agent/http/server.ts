@@ -144,15 +144,14 @@ export class HttpServer {
   private async infer(route: Extract<Route, { kind: 'v1-predict' | 'v2-infer' }>, req: IncomingMessage, res: ServerResponse, started: number): Promise<void> {
     const { registry, metrics, config } = this.options;
     const servable = registry.acquire(route.model, route.selector);
-    const api = route.kind === 'v1-predict' ? 'v1' : 'v2';
-    const labels = { model: route.model, version: String(servable.version) };
+    const series = metrics.forRequest(route.model, servable.version, route.kind === 'v1-predict' ? 'v1' : 'v2');
     let status = 200;
     try {
       const body = await readBody(req, config.bodyLimitBytes);
       const result: InferResult =
         route.kind === 'v1-predict' ? await predictV1(servable, body) : await inferV2(servable, route.model, body, req.headers);
-      metrics.queueSeconds.observe(labels, result.queueMs / 1000);
-      metrics.computeSeconds.observe(labels, result.computeMs / 1000);
+      series.queue.observe(result.queueMs / 1000);
+      series.compute.observe(result.computeMs / 1000);
       res.writeHead(200, result.headers);
       res.end(result.body);
     } catch (err) {
@@ -160,9 +159,10 @@ export class HttpServer {
       status = sendError(res, err);
     } finally {
       servable.release();
-      metrics.requests.inc({ ...labels, api, code: String(status) });
+      if (status === 200) series.ok.inc();
+      else series.status(status).inc();
       const latencyMs = performance.now() - started;
-      metrics.requestSeconds.observe({ ...labels, api }, latencyMs / 1000);
+      series.duration.observe(latencyMs / 1000);
       this.options.telemetry?.record(route.model, servable.version, status, latencyMs);
     }
   }

@@ -28,16 +28,16 @@ export function canBatch(inputs: readonly TensorSpec[]): boolean {
 }
 
 /**
- * Dynamic batching as Triton does it: concurrent requests queue, a batch is cut
- * at `maxBatchSize` rows or when the oldest request has waited
- * `maxQueueDelayMs`, run once, and the outputs are split back. Only requests
+ * Dynamic batching: concurrent requests queue, a batch is cut (see schedule),
+ * run once, and the outputs are split back. Only requests
  * with the same trailing shapes and outputs share a batch. One batch runs at a
- * time: the next one fills while the current one computes.
+ * time.
  */
 export class Batcher {
   private readonly queue: Pending[] = [];
   private running = false;
   private timer: NodeJS.Timeout | undefined;
+  private turnEnd: NodeJS.Immediate | undefined;
 
   constructor(
     private readonly run: RunFn,
@@ -63,20 +63,38 @@ export class Batcher {
     });
   }
 
+  /**
+   * When to cut: at maxBatchSize rows, when the oldest request has waited
+   * maxQueueDelayMs, or when the model is idle at the end of the event-loop
+   * turn in which requests arrived. onnxruntime-node runs on the event loop,
+   * so no request can arrive while a batch computes: waiting out the delay
+   * with an idle model would only add latency (a closed-loop client would wait
+   * the full delay on every request), while requests parsed in the same turn
+   * still share the batch.
+   */
   private schedule(): void {
     if (this.running || this.queue.length === 0) return;
     const head = this.queue[0] as Pending;
     const waited = performance.now() - head.enqueuedAt;
     if (this.readyRows(head) >= this.config.maxBatchSize || waited >= this.config.maxQueueDelayMs) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-      void this.runBatch(this.cut(head));
-    } else if (this.timer === undefined) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        this.schedule();
-      }, this.config.maxQueueDelayMs - waited);
+      this.dispatch(head);
+      return;
     }
+    this.turnEnd ??= setImmediate(() => {
+      this.turnEnd = undefined;
+      const first = this.queue[0];
+      if (!this.running && first) this.dispatch(first);
+    });
+    this.timer ??= setTimeout(() => {
+      this.timer = undefined;
+      this.schedule();
+    }, this.config.maxQueueDelayMs - waited);
+  }
+
+  private dispatch(head: Pending): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    void this.runBatch(this.cut(head));
   }
 
   private readyRows(head: Pending): number {
@@ -121,6 +139,7 @@ export class Batcher {
   /** Fails everything still queued (on unload or shutdown). */
   close(reason: string): void {
     clearTimeout(this.timer);
+    if (this.turnEnd) clearImmediate(this.turnEnd);
     for (const p of this.queue.splice(0)) p.reject(unavailable(reason));
   }
 }

@@ -2,6 +2,18 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+interface Observer {
+  observe(value: number): void;
+}
+
+export interface RequestMetrics {
+  queue: Observer;
+  compute: Observer;
+  duration: Observer;
+  ok: { inc(): void };
+  status(code: number): { inc(): void };
+}
+
 /** Prometheus metrics served on GET /metrics. */
 export class Metrics {
   readonly registry = new Registry();
@@ -63,12 +75,37 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly children = new Map<string, RequestMetrics>();
+
+  /**
+   * The per-request series of one model version and API, resolved once:
+   * prom-client's label lookup on every observe costs microseconds a
+   * sub-millisecond request cannot spare.
+   */
+  forRequest(model: string, version: number, api: string): RequestMetrics {
+    const key = `${model}\u0000${version}\u0000${api}`;
+    let c = this.children.get(key);
+    if (!c) {
+      const v = String(version);
+      c = {
+        queue: this.queueSeconds.labels(model, v),
+        compute: this.computeSeconds.labels(model, v),
+        duration: this.requestSeconds.labels(model, v, api),
+        ok: this.requests.labels(model, v, api, '200'),
+        status: (code) => this.requests.labels(model, v, api, String(code)),
+      };
+      this.children.set(key, c);
+    }
+    return c;
+  }
+
   constructor(options: { processMetrics?: boolean } = {}) {
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'edgefleet_' });
   }
 
   forgetVersion(model: string, version: number): void {
     const v = String(version);
+    for (const key of this.children.keys()) if (key.startsWith(`${model}\u0000${v}\u0000`)) this.children.delete(key);
     this.loadSeconds.remove({ model, version: v });
     this.warmupSeconds.remove({ model, version: v });
   }
