@@ -4,6 +4,7 @@ import { ConfigError, loadConfigFile } from './config/load.js';
 import { errorMessage } from './errors.js';
 import { createLogger } from './log.js';
 import { createAgent } from './main.js';
+import { createNotifier } from './systemd/sd-notify.js';
 import { agentVersion } from './version.js';
 
 const USAGE = `usage: edgefleet-agent --config <file.json>
@@ -38,18 +39,20 @@ async function main(): Promise<number> {
   }
   const logger = createLogger({ level: config.log.level, deviceId: config.deviceId });
   const agent = createAgent(config, logger);
+  const notifier = createNotifier({ logger: logger.child({ component: 'systemd' }) });
 
   let stopping: Promise<void> | undefined;
   const shutdown = (signal: string): void => {
     if (stopping) return;
     logger.info({ signal }, 'shutting down');
+    void notifier.stopping();
     const deadline = setTimeout(() => {
       logger.error('shutdown did not finish in time; exiting anyway');
       logger.flush();
       process.exit(0);
     }, SHUTDOWN_DEADLINE_MS);
     deadline.unref();
-    stopping = agent.stop().then(
+    stopping = agent.stop().finally(() => notifier.stop()).then(
       () => {
         logger.flush();
         process.exit(0);
@@ -76,6 +79,12 @@ async function main(): Promise<number> {
     await agent.stop().catch(() => undefined);
     logger.flush();
     return 1;
+  }
+  if (!stopping) {
+    // READY=1 only now: the HTTP API listens and the models in hand serve.
+    const http = agent.httpAddress;
+    await notifier.ready(http ? `serving on ${http.address}:${http.port}` : 'serving');
+    await notifier.start();
   }
   return -1; // keep running
 }

@@ -5,6 +5,9 @@
  */
 import { agentVersion } from '../agent/version.js';
 import type { Command, CommandIo } from './command.js';
+import { caInit } from './commands/ca-init.js';
+import { caServerCert } from './commands/ca-server-cert.js';
+import { caSign } from './commands/ca-sign.js';
 import { collect } from './commands/collect.js';
 import { deploy } from './commands/deploy.js';
 import { devices } from './commands/devices.js';
@@ -16,7 +19,7 @@ import { trustInit } from './commands/trust-init.js';
 import { trustRotate } from './commands/trust-rotate.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, errorMessage, redact } from './errors.js';
 
-export const COMMANDS: readonly Command[] = [keysGenerate, trustInit, trustRotate, modelPublish, modelRetire, deploy, devices, status, collect];
+export const COMMANDS: readonly Command[] = [keysGenerate, trustInit, trustRotate, modelPublish, modelRetire, deploy, devices, status, collect, caInit, caSign, caServerCert];
 
 function globalHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -16,6 +16,9 @@
  * NotifyAccess=all. Since systemd 246 `systemd-notify` waits until systemd has
  * processed the message (BARRIER=1), so the child is still alive when systemd
  * looks up which unit it belongs to. Messages are sent one at a time, in order.
+ * As sd_notify's unset_environment does, the notifier takes NOTIFY_SOCKET and
+ * the watchdog variables out of process.env, so no other child of the agent
+ * (ONNX Runtime's, systeminformation's) can speak for it.
  */
 import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
@@ -25,7 +28,7 @@ export type NotifySend = (socket: string, fields: readonly string[]) => Promise<
 
 export interface NotifierOptions {
   logger: Logger;
-  /** Where NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID are read; default process.env. */
+  /** Where NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID are read; default process.env, from which they are then removed. */
   env?: NodeJS.ProcessEnv;
   /** This process's PID, compared with WATCHDOG_PID; default process.pid. */
   pid?: number;
@@ -74,8 +77,13 @@ export function createNotifier(options: NotifierOptions): Notifier {
   const env = options.env ?? process.env;
   const socket = env.NOTIFY_SOCKET;
   const logger = options.logger;
-  const send = options.send ?? spawnSystemdNotify(env);
   const interval = socket ? watchdogInterval(env, options.pid ?? process.pid) : undefined;
+  if (options.env === undefined) {
+    delete process.env.NOTIFY_SOCKET;
+    delete process.env.WATCHDOG_USEC;
+    delete process.env.WATCHDOG_PID;
+  }
+  const send = options.send ?? spawnSystemdNotify(env);
   let queue: Promise<void> = Promise.resolve();
   let failing = false;
   let timer: NodeJS.Timeout | undefined;
