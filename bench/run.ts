@@ -18,6 +18,7 @@ interface Benchmark {
 
 const benchmarks: Benchmark[] = [
   { name: 'serving', run: () => runServing() },
+  { name: 'pull', run: () => import('./pull.js').then((m) => m.runPullBench()) },
 ];
 
 function ortVersion(): string {

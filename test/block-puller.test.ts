@@ -42,7 +42,7 @@ class SpyClient implements MinimalMqtt {
   get connected(): boolean {
     return this.inner.connected;
   }
-  subscribeAsync(topic: string, opts: { qos: 1 }): Promise<unknown> {
+  subscribeAsync(topic: string, opts: { qos: 0 | 1 }): Promise<unknown> {
     this.subscribed.push(topic);
     this.active.add(topic);
     this.maxActive = Math.max(this.maxActive, this.active.size);

@@ -20,7 +20,7 @@ type MessageListener = (topic: string, payload: Buffer) => void;
 /** The part of mqtt.js's MqttClient the puller uses; a real client fits it. */
 export interface MinimalMqtt {
   readonly connected: boolean;
-  subscribeAsync(topic: string, opts: { qos: 1 }): Promise<unknown>;
+  subscribeAsync(topic: string, opts: { qos: 0 | 1 }): Promise<unknown>;
   unsubscribeAsync(topic: string): Promise<unknown>;
   on(event: 'message', listener: MessageListener): unknown;
   on(event: 'connect', listener: () => void): unknown;
@@ -229,8 +229,10 @@ export class BlockPuller {
 
   private ask(i: number, slot: Slot): void {
     this.blocksRequested++;
-    // Failures (connection lost mid-request) are covered by re-subscribing on connect.
-    this.client.subscribeAsync(this.topic(i), { qos: 1 }).catch((err: unknown) => {
+    // QoS 0 delivery: a block lost with a connection is asked again on connect
+    // (see onConnect) rather than resent by the broker from the session, which
+    // would resend whole windows the device had already received.
+    this.client.subscribeAsync(this.topic(i), { qos: 0 }).catch((err: unknown) => {
       this.log.debug({ err, block: i }, 'subscribe failed');
     });
     this.armTimer(i, slot);
@@ -266,10 +268,16 @@ export class BlockPuller {
     this.reask(i, slot);
   }
 
+  /**
+   * Blocks are delivered at QoS 0, so whatever was in flight when the
+   * connection dropped is gone: every outstanding block is asked again, and
+   * nothing already received comes twice. mqtt.js counts a topic as subscribed
+   * from the moment subscribe() is called and silently skips a second call, so
+   * the re-ask goes through unsubscribe.
+   */
   private readonly onConnect = (): void => {
-    // A clean session lost its subscriptions; ask only for the window's blocks.
-    this.log.info({ outstanding: this.outstanding.size }, 'reconnected; re-subscribing outstanding blocks');
-    for (const [i, slot] of this.outstanding) this.ask(i, slot);
+    this.log.info({ outstanding: this.outstanding.size }, 'reconnected; asking again for outstanding blocks');
+    for (const [i, slot] of this.outstanding) this.reask(i, slot);
   };
 
   private readonly onMessage = (topic: string, payload: Buffer): void => {
