@@ -2,9 +2,8 @@
  * File output that survives a crash or power cut mid-write (temp, fsync,
  * rename or link, fsync the directory) and input with clear one-line errors.
  */
-import { randomBytes } from 'node:crypto';
-import { chmod, link, open, readFile, rename, stat, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { writeFileAtomic as writeAtomic } from '../agent/store/fs-atomic.js';
 import { FailureError } from './errors.js';
 
 export interface WriteOptions {
@@ -13,41 +12,13 @@ export interface WriteOptions {
   overwrite?: boolean;
 }
 
+/** The agent's crash-safe write, with an operator's error for a file that exists. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, opts: WriteOptions = {}): Promise<void> {
-  const mode = opts.mode ?? 0o644;
-  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  const handle = await open(temp, 'wx', mode);
   try {
-    await handle.writeFile(data);
-    // The umask may have narrowed or (for 0600) must not have widened the mode.
-    await handle.chmod(mode);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    if (opts.overwrite) {
-      await rename(temp, path);
-    } else {
-      // link() fails with EEXIST atomically, so two runs cannot both "create" the file.
-      await link(temp, path);
-      await unlink(temp);
-    }
+    await writeAtomic(path, data, opts.mode ?? 0o644, { exclusive: !opts.overwrite });
   } catch (err) {
-    await unlink(temp).catch(() => undefined);
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new FailureError(`${path} already exists; pass --force to replace it`);
     throw err;
-  }
-  await syncDir(dirname(path));
-  await chmod(path, mode);
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

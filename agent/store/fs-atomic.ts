@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { link, open, rename, rm, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /**
@@ -7,9 +7,11 @@ import { basename, dirname, join } from 'node:path';
  * complete new one. Write a temp file in the same directory (rename is only
  * atomic within one filesystem), fsync it so its bytes are on disk before the
  * name points at them, rename it over the target, then fsync the directory so
- * the rename itself survives.
+ * the rename itself survives. With `exclusive`, an existing target is an
+ * EEXIST error instead of being replaced (link() fails atomically, so two
+ * writers cannot both create the file).
  */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644, options: { exclusive?: boolean } = {}): Promise<void> {
   const dir = dirname(path);
   const temp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   try {
@@ -22,7 +24,12 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     } finally {
       await fh.close();
     }
-    await rename(temp, path);
+    if (options.exclusive) {
+      await link(temp, path);
+      await unlink(temp);
+    } else {
+      await rename(temp, path);
+    }
   } catch (err) {
     await removeQuietly(temp);
     throw err;
