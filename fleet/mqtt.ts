@@ -1,5 +1,6 @@
 /**
- * The fleet tools' MQTT connection: MQTT 5, clean session, no automatic
+ * The fleet tools' MQTT connection: MQTT 5 (or 3.1.1 with --mqtt-version 4,
+ * for brokers such as aedes that lack MQTT 5), clean session, no automatic
  * reconnect (a CLI run either finishes or says why it could not), QoS 1 for
  * everything it publishes, and a bounded number of messages in flight.
  */
@@ -22,7 +23,11 @@ export const BROKER_OPTIONS = {
   'key-file': { type: 'string' },
   username: { type: 'string' },
   'password-file': { type: 'string' },
+  'mqtt-version': { type: 'string' },
 } as const;
+
+/** MQTT protocol levels the tools speak: 5 (MQTT 5) and 4 (MQTT 3.1.1). */
+export type MqttProtocolVersion = 4 | 5;
 
 export const BROKER_HELP = `Broker options:
   --broker URL            mqtt://, mqtts://, ws:// or wss:// URL (default: $EDGEFLEET_BROKER)
@@ -31,7 +36,8 @@ export const BROKER_HELP = `Broker options:
   --cert FILE             client certificate (PEM) for mutual TLS
   --key-file FILE         client private key (PEM) for mutual TLS
   --username NAME         MQTT user name
-  --password-file FILE    file whose first line is the MQTT password`;
+  --password-file FILE    file whose first line is the MQTT password
+  --mqtt-version 4|5      MQTT 5 (default) or 4 for MQTT 3.1.1 brokers`;
 
 export interface BrokerSettings {
   url: string;
@@ -39,6 +45,8 @@ export interface BrokerSettings {
   tls: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   username?: string;
   password?: Buffer;
+  /** Absent: 5. */
+  protocolVersion?: MqttProtocolVersion;
 }
 
 type BrokerValues = { [K in keyof typeof BROKER_OPTIONS]?: string | undefined };
@@ -65,6 +73,10 @@ export async function brokerSettings(values: BrokerValues): Promise<BrokerSettin
   };
   if ((tls.cert === undefined) !== (tls.key === undefined)) throw new UsageError('--cert and --key-file go together for mutual TLS');
   const password = await file(values['password-file'], 'password file');
+  const version = values['mqtt-version'];
+  if (version !== undefined && version !== '4' && version !== '5') {
+    throw new UsageError(`--mqtt-version must be 5 (MQTT 5) or 4 (MQTT 3.1.1), got "${version}"`);
+  }
   return {
     url,
     topicRoot,
@@ -72,10 +84,11 @@ export async function brokerSettings(values: BrokerValues): Promise<BrokerSettin
     ...(values.username !== undefined && { username: values.username }),
     // First line only: editors and `echo` add a trailing newline that is not part of the password.
     ...(password !== undefined && { password: Buffer.from(password.toString('utf8').split(/\r?\n/)[0] ?? '') }),
+    ...(version !== undefined && { protocolVersion: Number(version) as MqttProtocolVersion }),
   };
 }
 
-/** What the broker announced in its CONNACK (MQTT 5). */
+/** What the broker announced in its CONNACK (MQTT 5; nothing on 3.1.1). */
 export interface BrokerLimits {
   maximumPacketSize?: number;
   receiveMaximum?: number;
@@ -238,7 +251,7 @@ export function topicMatches(filter: string, topic: string): boolean {
 /** Connects, or fails with "cannot reach broker at URL: why". */
 export async function connectBroker(settings: BrokerSettings): Promise<Broker> {
   const options: IClientOptions = {
-    protocolVersion: 5,
+    protocolVersion: settings.protocolVersion ?? 5,
     clean: true,
     reconnectPeriod: 0,
     connectTimeout: CONNECT_TIMEOUT_MS,

@@ -9,6 +9,8 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } 
 import { BlockPullError, BlockPuller, clearArtifactProgress } from '../agent/rollout/block-puller.js';
 import type { ArtifactBlocks, BlockPullerOptions, MinimalMqtt } from '../agent/rollout/block-puller.js';
 import { AgentDatabase } from '../agent/store/database.js';
+import type { EmbeddedBroker } from '../demo/broker.js';
+import { startEmbeddedBroker } from '../demo/broker.js';
 import { mosquittoSkipReason, startMosquitto } from './helpers/mosquitto.js';
 import type { Mosquitto } from './helpers/mosquitto.js';
 
@@ -284,5 +286,45 @@ describe.skipIf(skip)(`BlockPuller against Mosquitto${skip ? ` (skipped: ${skip}
     expect(p.blocksRequested).toBeGreaterThan(128);
     expect(p.blocksRequested).toBeLessThanOrEqual(128 + 4);
     expect(spy.maxActive).toBeLessThanOrEqual(4);
+  });
+});
+
+describe('BlockPuller against aedes (MQTT 3.1.1 only, the broker of `npm start`)', () => {
+  let broker: EmbeddedBroker;
+  let publisher: MqttClient;
+  let client: MqttClient;
+  let dir: string;
+  let db: AgentDatabase;
+
+  beforeAll(async () => {
+    broker = await startEmbeddedBroker({ port: 0 });
+    publisher = await connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 100 });
+    client = await connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 100 });
+    dir = await mkdtemp(join(tmpdir(), 'edgefleet-puller-aedes-'));
+    db = AgentDatabase.open(join(dir, 'agent.db'));
+  });
+  afterAll(async () => {
+    await client?.endAsync(true);
+    await publisher?.endAsync(true);
+    db?.close();
+    await broker?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('pulls every block a window at a time, and gets a late block by re-asking', async () => {
+    const root = `t${randomBytes(4).toString('hex')}`;
+    const { data, artifact } = makeArtifact(300 * KiB, 16 * KiB);
+    const publish = (i: number): Promise<unknown> =>
+      publisher.publishAsync(`${root}/artifacts/${artifact.sha256}/blocks/${i}`, data.subarray(i * artifact.blockSize, (i + 1) * artifact.blockSize), { qos: 1, retain: true });
+    // Block 7 is published only after the puller has asked for it once and timed out.
+    await Promise.all(artifact.blockSha256.map((_, i) => i).filter((i) => i !== 7).map(publish));
+    const spy = new SpyClient(client);
+    const p = new BlockPuller({ client: spy, topicRoot: root, artifact, stagingFile: join(dir, 'staging', `${artifact.sha256}.part`), db, logger, window: 3, blockTimeoutMs: 100 });
+    const pulling = p.pull();
+    await vi.waitFor(() => expect(spy.indices().filter((i) => i === 7).length).toBeGreaterThanOrEqual(2), { timeout: 5_000 });
+    await publish(7);
+    await pulling;
+    expect((await readFile(join(dir, 'staging', `${artifact.sha256}.part`))).equals(data)).toBe(true);
+    expect(spy.maxActive).toBeLessThanOrEqual(3);
   });
 });

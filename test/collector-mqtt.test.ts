@@ -236,6 +236,31 @@ describe.skipIf(skip !== false)(`collector on Mosquitto${skip ? ` (skipped: ${sk
     expect(collector.stats.points).toBe(10);
   });
 
+  it('over MQTT 3.1.1 (protocol version 4): plain subscriptions, and a failed write still comes back after a reconnect', async () => {
+    const inner = await sqliteStore(dbFile());
+    let failures = 2;
+    const flaky: FleetStore = Object.assign(Object.create(inner) as FleetStore, {
+      insertPoints: async (device: string, points: Parameters<FleetStore['insertPoints']>[1]) => {
+        if (failures > 0) {
+          failures -= 1;
+          throw new Error('disk full (simulated)');
+        }
+        return inner.insertPoints(device, points);
+      },
+    });
+    const collector = await startCollector(flaky, { broker: { url: broker.url, topicRoot: ROOT, tls: {}, protocolVersion: 4 } });
+    expect(Object.keys(collector.subscriptions()).some((f) => f.startsWith('$share/'))).toBe(false);
+    const pi = await mqtt.connectAsync(broker.url, { protocolVersion: 4, clientId: `device-v4-${Math.random().toString(16).slice(2)}`, reconnectPeriod: 200 });
+    cleanups.push(() => pi.endAsync());
+    await pi.publishAsync(topics.device(ROOT, 'pi-v4', 'state'), stateOf('pi-v4', ['lab']), { qos: 1, retain: true });
+    for (let i = 0; i < 10; i++) await publishTelemetry(pi, 'pi-v4', [i + 1]);
+    await waitFor('all ten points', async () => (await inner.series('pi-v4', { from: 0, to: Date.now() })).health.length === 10);
+    await waitFor('the retained state', () => collector.stats.states >= 1);
+    expect(failures).toBe(0);
+    expect(collector.stats.points).toBe(10);
+    await pi.publishAsync(topics.device(ROOT, 'pi-v4', 'state'), '', { qos: 1, retain: true });
+  });
+
   it('acknowledges and skips a message that is not valid, and goes on', async () => {
     const store = await sqliteStore(dbFile());
     const collector = await startCollector(store);
@@ -292,6 +317,8 @@ describe('edgefleet collect options', () => {
     await expect(usage(['--http', 'localhost'])).rejects.toThrow(/--http must be host:port/);
     await expect(usage(['--db', 'mysql://x'])).rejects.toThrow(/--db must be sqlite:PATH or postgres/);
     await expect(usage(['--log-level', 'loud'])).rejects.toThrow(/--log-level/);
+    await expect(usage(['--mqtt-version', '3'])).rejects.toThrow(/--mqtt-version must be 5 \(MQTT 5\) or 4/);
+    await expect(usage(['--mqtt-version', '4', '--share-group', 'g'])).rejects.toThrow(/--share-group needs MQTT 5/);
   });
 
   it('reads --http addresses', () => {

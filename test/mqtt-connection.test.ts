@@ -12,6 +12,8 @@ import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { MqttConfig } from '../agent/rollout/mqtt-connection.js';
 import { backoffDelay, MqttConnection } from '../agent/rollout/mqtt-connection.js';
+import type { EmbeddedBroker } from '../demo/broker.js';
+import { startEmbeddedBroker } from '../demo/broker.js';
 import { parseStatus } from '../protocol/index.js';
 import { MOSQUITTO_BIN, mosquittoSkipReason, startMosquitto } from './helpers/mosquitto.js';
 import type { Mosquitto } from './helpers/mosquitto.js';
@@ -338,5 +340,64 @@ describe.skipIf(skip || opensslMissing)(`MqttConnection with TLS and passwords${
     cleanups.push(() => refused.stop());
     await refused.start();
     expect(refused.connected).toBe(false);
+  });
+});
+
+describe('MqttConnection over MQTT 3.1.1 (mqtt.protocolVersion 4) against aedes', () => {
+  let broker: EmbeddedBroker;
+  const cleanups: (() => Promise<unknown>)[] = [];
+
+  beforeAll(async () => {
+    broker = await startEmbeddedBroker({ port: 0 });
+  });
+  afterAll(async () => {
+    await broker?.stop();
+  });
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  const v4 = (): MqttConfig => cfg(broker.url, { protocolVersion: 4 });
+  function connection(config: MqttConfig, deviceId = `dev-${uid()}`): MqttConnection {
+    const conn = new MqttConnection({ config, deviceId, logger, startWaitMs: 5000 });
+    cleanups.push(() => conn.stop());
+    return conn;
+  }
+  async function watcher(filter: string): Promise<Seen[]> {
+    const client = await connectAsync(broker.url, { protocolVersion: 4, clientId: `watch-${uid()}`, reconnectPeriod: 100 });
+    cleanups.push(() => client.endAsync(true));
+    const seen: Seen[] = [];
+    client.on('message', (topic, payload, packet) => seen.push({ topic, text: payload.toString(), retain: packet.retain }));
+    await client.subscribeAsync(filter, { qos: 1 });
+    return seen;
+  }
+
+  it('connects, publishes a retained online status, leaves its will when the socket dies, and reconnects', async () => {
+    const conn = connection(v4());
+    await conn.start();
+    expect(conn.connected).toBe(true);
+    expect(conn.client.options.protocolVersion).toBe(4);
+    const status = await watcher(conn.statusTopic);
+    await waitFor(() => status.find((m) => m.retain && parseStatus(m.text).online), 'retained online status');
+    conn.client.stream.destroy();
+    const will = await waitFor(() => status.find((m) => JSON.parse(m.text).online === false), 'last will');
+    await waitFor(() => status.slice(status.indexOf(will)).find((m) => JSON.parse(m.text).online === true), 'online again');
+  });
+
+  it('keeps its session across a clean stop: QoS 1 messages sent while away arrive on the next start', async () => {
+    const deviceId = `dev-${uid()}`;
+    const config = v4();
+    const first = connection(config, deviceId);
+    await first.start();
+    await first.subscribe(`${config.topicRoot}/cmd`);
+    await first.stop();
+    const publisher = await connectAsync(broker.url, { protocolVersion: 4, clientId: `pub-${uid()}` });
+    cleanups.push(() => publisher.endAsync(true));
+    await publisher.publishAsync(`${config.topicRoot}/cmd`, 'while-away', { qos: 1 });
+    const second = connection(config, deviceId);
+    const inbox: string[] = [];
+    second.onMessage((_topic, payload) => inbox.push(payload.toString()));
+    await second.start();
+    await waitFor(() => inbox.includes('while-away'), 'queued message');
   });
 });

@@ -55,6 +55,11 @@ export const configSchema = z.strictObject({
       username: z.string().optional(),
       passwordFile: path.optional(),
       keepaliveS: z.number().int().min(5).max(3600).default(30),
+      /**
+       * 5 (MQTT 5) or 4 (MQTT 3.1.1, for brokers without MQTT 5 such as aedes):
+       * 3.1.1 has no session expiry, so the broker keeps the session as long as its own settings say.
+       */
+      protocolVersion: z.literal([4, 5]).default(5),
     })
     .optional(),
   http: z

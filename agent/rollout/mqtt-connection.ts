@@ -8,15 +8,18 @@ import type { AgentConfig } from '../config/schema.js';
 import { EdgefleetError, errorMessage } from '../errors.js';
 
 /**
- * The agent's one MQTT connection (PROTOCOL.md section 7). MQTT 5 with a
- * persistent session (clientId = device id, clean: false), so QoS 1
- * subscriptions and in-flight messages survive reconnects; a retained last
- * will marks the device offline when its socket dies. The agent keeps serving
+ * The agent's one MQTT connection (PROTOCOL.md section 7). MQTT 5 (or 3.1.1
+ * with `mqtt.protocolVersion: 4`) with a persistent session (clientId =
+ * device id, clean: false), so QoS 1 subscriptions and in-flight messages
+ * survive reconnects; a retained last will marks the device offline when its
+ * socket dies. Only MQTT 5 can ask for a session expiry; on 3.1.1 the broker
+ * keeps the session as long as its own settings say. The agent keeps serving
  * without a broker: start() never fails for an unreachable broker, it waits a
  * bounded time and keeps retrying in the background with capped backoff.
  */
 
-export type MqttConfig = NonNullable<AgentConfig['mqtt']>;
+/** The `mqtt` config section; protocolVersion may be left out (MQTT 5) when built by hand. */
+export type MqttConfig = Omit<NonNullable<AgentConfig['mqtt']>, 'protocolVersion'> & { protocolVersion?: 4 | 5 };
 export type MessageHandler = (topic: string, payload: Buffer, packet: IPublishPacket) => void;
 
 export interface MqttConnectionOptions {
@@ -32,7 +35,7 @@ export interface MqttConnectionOptions {
   maxBackoffMs?: number;
   /** Bound on stop(): offline status plus a clean DISCONNECT. */
   stopTimeoutMs?: number;
-  /** How long the broker keeps the session (subscriptions, queued QoS 1) while the device is away. */
+  /** How long the broker keeps the session (subscriptions, queued QoS 1) while the device is away; MQTT 5 only. */
   sessionExpiryS?: number;
 }
 
@@ -116,7 +119,7 @@ export class MqttConnection {
     const client = connect(this.opts.config.url, options);
     this.mqtt = client;
     this.attach(client);
-    this.log.info({ url: safeUrl(this.opts.config.url), clientId: this.opts.deviceId }, 'connecting to MQTT broker');
+    this.log.info({ url: safeUrl(this.opts.config.url), clientId: this.opts.deviceId, protocolVersion: options.protocolVersion }, 'connecting to MQTT broker');
     const waitMs = this.opts.startWaitMs ?? 5000;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
@@ -132,11 +135,13 @@ export class MqttConnection {
     if ((config.cert === undefined) !== (config.key === undefined)) {
       throw new EdgefleetError('CONFIG', 'mqtt.cert and mqtt.key must be set together for mutual TLS');
     }
+    const protocolVersion = config.protocolVersion ?? 5;
     const options: IClientOptions = {
-      protocolVersion: 5,
+      protocolVersion,
       clientId: deviceId,
       clean: false,
-      properties: { sessionExpiryInterval: this.opts.sessionExpiryS ?? DEFAULT_SESSION_EXPIRY_S },
+      // MQTT 3.1.1 has no properties: a v4 CONNECT carrying them is malformed.
+      ...(protocolVersion === 5 && { properties: { sessionExpiryInterval: this.opts.sessionExpiryS ?? DEFAULT_SESSION_EXPIRY_S } }),
       keepalive: config.keepaliveS,
       connectTimeout: 10_000,
       reconnectPeriod: backoffDelay(0, this.initialBackoffMs, this.maxBackoffMs),

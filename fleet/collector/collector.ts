@@ -11,6 +11,17 @@
  * and drop the connection: the broker sends every unacknowledged message of
  * the session again after the reconnect. mqtt.js hands over one PUBLISH at a
  * time, so writes happen in arrival order, one after the other.
+ *
+ * Over MQTT 3.1.1 (`protocolVersion: 4`, for brokers such as aedes) there are
+ * no shared subscriptions: telemetry and events are plain subscriptions, so
+ * every collector on the broker gets (and stores) every message, and only one
+ * collector per store makes sense. mqtt.js ignores `customHandleAcks` on
+ * 3.1.1; it acknowledges a QoS 1 PUBLISH once `handleMessage` calls back, so
+ * the collector stores there and store-then-acknowledge still holds (3.1.1
+ * also resends a persistent session's unacknowledged QoS 1 messages on
+ * reconnect). A 3.1.1 PUBACK cannot say why a message was refused, and there
+ * is no session expiry: the broker keeps the session as long as its own
+ * settings say, and a session expiry of 0 becomes a clean session instead.
  */
 import { connect } from 'mqtt';
 import type { IClientOptions, ISubscriptionMap, MqttClient } from 'mqtt';
@@ -18,7 +29,7 @@ import type { Logger } from 'pino';
 import type { ParsedTopic } from '../../protocol/index.js';
 import { parseEvent, parseReportedState, parseStatus, parseTelemetryBatch, parseTopic, topics } from '../../protocol/index.js';
 import { FailureError, errorMessage, safeUrl } from '../errors.js';
-import type { BrokerSettings } from '../mqtt.js';
+import type { BrokerSettings, MqttProtocolVersion } from '../mqtt.js';
 import type { FleetStore } from './store.js';
 
 /** PUBACK reason codes (MQTT 5, 3.4.2.1). */
@@ -34,9 +45,9 @@ export interface CollectorOptions {
   store: FleetStore;
   /** Stable per collector instance: the broker keeps this id's session while it is away. */
   clientId: string;
-  /** Collectors with the same share group split telemetry and events between them. */
+  /** Collectors with the same share group split telemetry and events between them (MQTT 5 only). */
   shareGroup: string;
-  /** How long the broker keeps the session (and queues messages) after a disconnect. */
+  /** How long the broker keeps the session (and queues messages) after a disconnect (MQTT 5; on 3.1.1 only 0 counts: a clean session). */
   sessionExpiryS: number;
   /** Points and events older than this are deleted; null keeps everything. */
   retentionMs: number | null;
@@ -67,10 +78,17 @@ export class Collector {
 
   constructor(private readonly options: CollectorOptions) {}
 
-  /** The subscriptions, by filter: shared for telemetry and events, plain for the retained channels. */
+  get protocolVersion(): MqttProtocolVersion {
+    return this.options.broker.protocolVersion ?? 5;
+  }
+
+  /**
+   * The subscriptions, by filter: shared for telemetry and events, plain for
+   * the retained channels. MQTT 3.1.1 has no shared subscriptions: all plain.
+   */
   subscriptions(): ISubscriptionMap {
     const root = this.options.broker.topicRoot;
-    const shared = (filter: string): string => `$share/${this.options.shareGroup}/${filter}`;
+    const shared = (filter: string): string => (this.protocolVersion === 5 ? `$share/${this.options.shareGroup}/${filter}` : filter);
     return {
       [shared(topics.allDevices(root, 'telemetry'))]: { qos: 1 },
       [shared(topics.allDevices(root, 'events'))]: { qos: 1 },
@@ -83,6 +101,18 @@ export class Collector {
     const { broker, log } = this.options;
     const client = connect(broker.url, this.clientOptions());
     this.client = client;
+    if (this.protocolVersion === 4) {
+      // mqtt.js sends a 3.1.1 PUBACK once handleMessage calls back, and none when it calls back with an error.
+      client.handleMessage = (packet, done) => {
+        this.handle(packet.topic, typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload).then(
+          () => done(),
+          (err: unknown) => {
+            done(err instanceof Error ? err : new Error(String(err)));
+            this.storeFailed(packet.topic, err);
+          },
+        );
+      };
+    }
     client.on('error', (err) => log.warn({ err: errorMessage(err) }, 'mqtt problem'));
     client.on('offline', () => log.warn({ broker: safeUrl(broker.url) }, 'broker connection lost, reconnecting'));
     client.on('connect', (connack) => {
@@ -100,7 +130,8 @@ export class Collector {
       await this.prune();
       this.pruneTimer = setInterval(() => void this.prune(), this.options.pruneEveryMs ?? DEFAULT_PRUNE_EVERY_MS);
     }
-    log.info({ clientId: this.options.clientId, shareGroup: this.options.shareGroup, store: this.options.store.kind }, 'collector started');
+    const group = this.protocolVersion === 5 ? { shareGroup: this.options.shareGroup } : { protocolVersion: this.protocolVersion };
+    log.info({ clientId: this.options.clientId, ...group, store: this.options.store.kind }, 'collector started');
   }
 
   /** Disconnects cleanly; the broker keeps the session for the next start. */
@@ -129,24 +160,28 @@ export class Collector {
   }
 
   private clientOptions(): IClientOptions {
-    const { broker } = this.options;
+    const { broker, sessionExpiryS } = this.options;
+    const v5 = this.protocolVersion === 5;
     return {
-      protocolVersion: 5,
-      clean: false,
+      protocolVersion: this.protocolVersion,
+      // 3.1.1 cannot ask for an expiry; "end the session with the connection" is a clean session there.
+      clean: !v5 && sessionExpiryS === 0,
       clientId: this.options.clientId,
-      properties: { sessionExpiryInterval: this.options.sessionExpiryS },
+      ...(v5 && { properties: { sessionExpiryInterval: sessionExpiryS } }),
       reconnectPeriod: this.options.reconnectMs ?? 2000,
       connectTimeout: 10_000,
-      customHandleAcks: (topic, payload, _packet, ack) => {
-        this.handle(topic, payload).then(
-          (code) => ack(code),
-          (err: unknown) => {
-            this.options.log.error({ topic, err: errorMessage(err) }, 'could not store a message; it stays unacknowledged and comes again after a reconnect');
-            ack(err instanceof Error ? err : new Error(String(err)));
-            this.redeliver();
-          },
-        );
-      },
+      // mqtt.js honours customHandleAcks on MQTT 5 only; on 3.1.1 start() hooks handleMessage instead.
+      ...(v5 && {
+        customHandleAcks: (topic: string, payload: Buffer, _packet: unknown, ack: (err: Error | number, code?: number) => void) => {
+          this.handle(topic, payload).then(
+            (code) => ack(code),
+            (err: unknown) => {
+              ack(err instanceof Error ? err : new Error(String(err)));
+              this.storeFailed(topic, err);
+            },
+          );
+        },
+      }),
       ...broker.tls,
       ...(broker.username !== undefined && { username: broker.username }),
       ...(broker.password !== undefined && { password: broker.password }),
@@ -157,11 +192,18 @@ export class Collector {
     const grants = await client.subscribeAsync(this.subscriptions());
     const refused = grants.filter((g) => g.qos >= 0x80);
     if (refused.length === 0) return;
-    const shared = refused.some((g) => (g.qos as number) === SHARED_SUBSCRIPTIONS_NOT_SUPPORTED) ? ' (the broker does not support MQTT 5 shared subscriptions)' : '';
+    const shared = refused.some((g) => (g.qos as number) === SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+      ? ' (the broker does not support MQTT 5 shared subscriptions; --mqtt-version 4 subscribes without them)'
+      : '';
     throw new FailureError(`broker refused the subscription to ${refused.map((g) => g.topic).join(', ')}${shared}`);
   }
 
-  /** Unacknowledged messages are sent again only on a new connection (MQTT 5, 4.4). */
+  private storeFailed(topic: string, err: unknown): void {
+    this.options.log.error({ topic, err: errorMessage(err) }, 'could not store a message; it stays unacknowledged and comes again after a reconnect');
+    this.redeliver();
+  }
+
+  /** Unacknowledged messages are sent again only on a new connection (MQTT 5 and 3.1.1, 4.4). */
   private redeliver(): void {
     if (this.dropping || this.client === undefined) return;
     this.dropping = true;

@@ -44,11 +44,17 @@ every device. Stores them; a point is stored once per (device, seq) however
 often it arrives, and acknowledged to the broker only once stored. Runs until
 SIGINT or SIGTERM. Logs are JSON lines on stdout.
 
+With --mqtt-version 4 (MQTT 3.1.1 brokers such as aedes) there are no shared
+subscriptions: every collector gets every message, so run one per store;
+messages are still acknowledged only once stored, and the broker's own
+settings decide how long it keeps the session (--session-expiry 0 asks for a
+clean session, any other value is left to the broker).
+
 Options:
 ${DB_HELP}
   --retention D       delete points and events older than D (30d; s, m, h, d, w; "off" keeps all)
   --http HOST:PORT    serve the dashboard and its JSON API there (off unless given)
-  --share-group NAME  shared subscription group (default edgefleet-collectors)
+  --share-group NAME  shared subscription group (default edgefleet-collectors; MQTT 5 only)
   --client-id ID      MQTT client id; stable and unique per collector instance, so
                       the broker keeps its session (default edgefleet-collector-HOSTNAME)
   --session-expiry D  how long the broker queues messages for a stopped collector
@@ -60,6 +66,9 @@ ${BROKER_HELP}`,
   async run(args, io) {
     const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
     const settings = checkOptions(values);
+    if (values['mqtt-version'] === '4' && values['share-group'] !== undefined) {
+      throw new UsageError('--share-group needs MQTT 5 shared subscriptions; leave it out with --mqtt-version 4');
+    }
     const broker = await brokerSettings(values);
     const log = createLogger({ level: settings.level });
     const db = resolveDb(values.db);

@@ -1,0 +1,114 @@
+/**
+ * `npm start` headless: the demo as a child process (embedded aedes broker,
+ * fleet commands, collector, agent) in a temp folder. The printed prediction
+ * must be the digit's true label, the printed curl must work against the
+ * running agent, `edgefleet status` must show the device serving, and
+ * SIGINT must stop everything with exit status 0.
+ */
+import { execFile, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve as resolvePath } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { devices } from '../fleet/commands/devices.js';
+import { REPO, freePort } from './helpers/child.js';
+
+const run = promisify(execFile);
+
+interface Demo {
+  proc: ChildProcess;
+  output: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  httpPort: number;
+}
+
+async function startDemo(dir: string, args: string[] = []): Promise<Demo> {
+  const httpPort = await freePort();
+  const env = { ...process.env, EDGEFLEET_DEMO_DIR: dir, EDGEFLEET_HTTP_PORT: String(httpPort), EDGEFLEET_DEMO_MQTT_PORT: '0', EDGEFLEET_DEMO_DASHBOARD_PORT: '0' };
+  const proc = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'demo', 'start.ts'), ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  return { proc, output: () => out, exited, httpPort };
+}
+
+async function waitForOutput(demo: Demo, text: string, timeoutMs: number): Promise<string> {
+  const until = Date.now() + timeoutMs;
+  while (!demo.output().includes(text)) {
+    if (demo.proc.exitCode !== null) throw new Error(`demo exited early (${demo.proc.exitCode}):\n${demo.output()}`);
+    if (Date.now() > until) throw new Error(`demo did not print "${text}" within ${timeoutMs / 1000} s:\n${demo.output()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return demo.output();
+}
+
+const argmax = (xs: readonly number[]): number => xs.indexOf(Math.max(...xs));
+
+describe('npm start (demo/start.ts)', () => {
+  let dir: string;
+  const children: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'edgefleet-demo-'));
+  });
+  afterAll(async () => {
+    for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('publishes, deploys and serves MNIST over the embedded broker; the printed curl works; SIGINT exits 0', async () => {
+    const demo = await startDemo(dir);
+    children.push(demo.proc);
+    const out = await waitForOutput(demo, 'Ctrl-C stops', 75_000);
+
+    const answer = /^Answer: class (\d) \(probability [\d.]+\); true label (\d)$/m.exec(out);
+    expect(answer, out).not.toBeNull();
+    expect(answer?.[1]).toBe(answer?.[2]);
+
+    // The curl as printed, against the running agent.
+    const curl = /^ {2}(curl -s -X POST \S+ -d @\S+)$/m.exec(out)?.[1];
+    expect(curl, out).toContain(`http://127.0.0.1:${demo.httpPort}/v1/models/mnist:predict`);
+    const body = existsSync('/usr/bin/curl') || existsSync('/bin/curl')
+      ? (await run('sh', ['-c', curl as string], { cwd: REPO })).stdout
+      : await fetchLike(curl as string);
+    const predictions = (JSON.parse(body) as { predictions: number[][] }).predictions;
+    expect(argmax(predictions[0] ?? [])).toBe(Number(answer?.[2]));
+
+    // edgefleet status, as printed: the device online, serving the model, with telemetry.
+    const row = out.split('\n').find((l) => l.trimStart().startsWith('demo-pi'));
+    expect(row, out).toMatch(/demo-pi\s+yes\s+-\s+1 applied\s+mnist:1 serving\s+\d/);
+
+    // The fleet tools speak MQTT 3.1.1 to the same broker.
+    const broker = /devices\s+npx tsx fleet\/bin\.ts devices --broker (\S+) --mqtt-version 4/.exec(out)?.[1];
+    const lines: string[] = [];
+    await devices.run(['--broker', broker as string, '--mqtt-version', '4', '--wait-ms', '300'], { out: (l) => lines.push(l), note: () => undefined, stderr: process.stderr, cwd: REPO });
+    expect(lines.join('\n')).toMatch(/demo-pi/);
+
+    demo.proc.kill('SIGINT');
+    expect(await demo.exited).toEqual({ code: 0, signal: null });
+    expect(demo.output()).toContain('Stopped.');
+    expect(demo.output()).not.toMatch(/demo failed|stopping the .* failed/);
+  }, 90_000);
+
+  it('--once exits 0 by itself after printing, reusing the trained model', async () => {
+    const demo = await startDemo(dir, ['--once']);
+    children.push(demo.proc);
+    const { code } = await demo.exited;
+    expect(code, demo.output()).toBe(0);
+    expect(demo.output()).toContain('(cached)');
+    expect(demo.output()).toMatch(/^Answer: class 7 .*; true label 7$/m);
+    expect(demo.output()).toContain('Stopped (--once).');
+  }, 60_000);
+});
+
+/** Without a curl binary: the same request with fetch. */
+async function fetchLike(curl: string): Promise<string> {
+  const [, url, file] = /POST (\S+) -d @(\S+)/.exec(curl) ?? [];
+  const { readFile } = await import('node:fs/promises');
+  const res = await fetch(url as string, { method: 'POST', body: await readFile(resolvePath(REPO, file as string)) });
+  return res.text();
+}
