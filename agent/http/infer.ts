@@ -5,10 +5,11 @@ import type { HostTensor } from '../runtime/tensor.js';
 import type { Servable } from '../serving/servable.js';
 import { parseJson } from './body.js';
 import { encodeV1Response, parseV1Request } from './codec/v1.js';
-import { encodeV2Response, parseV2Request, splitV2Body } from './codec/v2.js';
+import { encodeV2ResponseParts, parseV2Body } from './codec/v2.js';
 
 export interface InferResult {
   headers: OutgoingHttpHeaders;
+  /** A string when the whole answer is JSON: node:http then writes it with the head in one go. */
   body: Buffer | string;
   queueMs: number;
   computeMs: number;
@@ -39,16 +40,32 @@ export async function predictV1(servable: Servable, body: Buffer): Promise<Infer
 /** POST /v2/models/{name}[/versions/{v}]/infer, JSON or with the binary tensor extension. */
 export async function inferV2(servable: Servable, modelName: string, body: Buffer, headers: IncomingHttpHeaders): Promise<InferResult> {
   const headerLength = headers['inference-header-content-length'];
-  const { json, binary } = splitV2Body(body, Array.isArray(headerLength) ? headerLength[0] : headerLength);
-  const request = parseV2Request(json, servable.session, binary);
+  const request = parseV2Body(body, Array.isArray(headerLength) ? headerLength[0] : headerLength, servable.session);
   const result = await run(servable, request.inputs, request.outputs?.map((o) => o.name));
-  const encoded = encodeV2Response(
+  const { header, chunks } = encodeV2ResponseParts(
     { modelName, modelVersion: String(servable.version), ...(request.id !== undefined && { id: request.id }) },
     result.value,
     request,
   );
-  const payload = encoded.body.length === 1 ? (encoded.body[0] as Buffer) : Buffer.concat(encoded.body);
-  const out: OutgoingHttpHeaders = { 'Content-Type': encoded.contentType, 'Content-Length': payload.length };
-  if (encoded.headerLength !== undefined) out['Inference-Header-Content-Length'] = encoded.headerLength;
-  return { headers: out, body: payload, queueMs: result.queueMs, computeMs: result.computeMs };
+  if (chunks.length === 0) {
+    return {
+      headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(header) },
+      body: header,
+      queueMs: result.queueMs,
+      computeMs: result.computeMs,
+    };
+  }
+  // One buffer: the JSON header, then each binary output.
+  const headerBytes = Buffer.byteLength(header);
+  let size = headerBytes;
+  for (const c of chunks) size += c.length;
+  const payload = Buffer.allocUnsafe(size);
+  let at = payload.write(header, 0, 'utf8');
+  for (const c of chunks) at += c.copy(payload, at);
+  return {
+    headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': size, 'Inference-Header-Content-Length': headerBytes },
+    body: payload,
+    queueMs: result.queueMs,
+    computeMs: result.computeMs,
+  };
 }

@@ -78,17 +78,16 @@ export class HttpServer {
     this.inFlight++;
     this.options.metrics.inFlight.inc();
     if (this.draining) res.setHeader('Connection', 'close');
-    res.once('close', () => {
-      this.inFlight--;
-      this.options.metrics.inFlight.dec();
-      if (this.draining && this.inFlight === 0) this.drained?.();
-    });
-    this.dispatch(req, res, started).catch((err: unknown) => {
-      // Last line of defence: the process never crashes on a request.
-      this.options.logger.error({ err: errorMessage(err) }, 'request handler failed');
-      if (!res.writableEnded) sendError(res, err);
-    });
+    res.once('close', this.responseClosed);
+    void this.dispatch(req, res, started);
   }
+
+  /** One listener for every response: nothing per request to allocate. */
+  private readonly responseClosed = (): void => {
+    this.inFlight--;
+    this.options.metrics.inFlight.dec();
+    if (this.draining && this.inFlight === 0) this.drained?.();
+  };
 
   private async dispatch(req: IncomingMessage, res: ServerResponse, started: number): Promise<void> {
     let route: Route | undefined;
@@ -102,12 +101,18 @@ export class HttpServer {
       }
       await this.info(route, res);
     } catch (err) {
-      req.resume();
-      const status = sendError(res, err);
-      if (route && (route.kind === 'v1-predict' || route.kind === 'v2-infer')) {
-        this.options.metrics.requests.inc({ model: route.model, version: '', api: route.kind === 'v1-predict' ? 'v1' : 'v2', code: String(status) });
+      try {
+        req.resume();
+        const status = sendError(res, err);
+        if (route && (route.kind === 'v1-predict' || route.kind === 'v2-infer')) {
+          this.options.metrics.requests.inc({ model: route.model, version: '', api: route.kind === 'v1-predict' ? 'v1' : 'v2', code: String(status) });
+        }
+        if (status >= 500) this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
+      } catch (fatal) {
+        // Last line of defence: the process never crashes on a request.
+        this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
+        if (!res.writableEnded) sendError(res, fatal);
       }
-      if (status >= 500) this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
     }
   }
 

@@ -34,7 +34,7 @@ export function canBatch(inputs: readonly TensorSpec[]): boolean {
  * time.
  */
 export class Batcher {
-  private readonly queue: Pending[] = [];
+  private queue: Pending[] = [];
   private running = false;
   private timer: NodeJS.Timeout | undefined;
   private turnEnd: NodeJS.Immediate | undefined;
@@ -56,7 +56,7 @@ export class Batcher {
       return Promise.reject(unavailable(`${this.label}: the batch queue is full (${this.queue.length} requests waiting); retry later`));
     }
     const rows = inputs[0]?.shape[0] ?? 1;
-    const key = `${inputs.map((t) => `${t.name}:${t.shape.slice(1).join('x')}`).join(',')}|${outputNames?.join(',') ?? '*'}`;
+    const key = batchKey(inputs, outputNames);
     return new Promise((resolve, reject) => {
       this.queue.push({ inputs, outputNames, rows, key, enqueuedAt: performance.now(), resolve, reject });
       this.schedule();
@@ -106,15 +106,16 @@ export class Batcher {
   /** Takes requests matching the head, in arrival order, up to maxBatchSize rows (the head always goes). */
   private cut(head: Pending): Pending[] {
     const batch: Pending[] = [];
+    const rest: Pending[] = [];
     let rows = 0;
-    for (let i = 0; i < this.queue.length; ) {
-      const p = this.queue[i] as Pending;
+    // One pass; splicing each taken request out would shift the queue once per request.
+    for (const p of this.queue) {
       if (p.key === head.key && (batch.length === 0 || rows + p.rows <= this.config.maxBatchSize)) {
         batch.push(p);
         rows += p.rows;
-        this.queue.splice(i, 1);
-      } else i++;
+      } else rest.push(p);
     }
+    this.queue = rest;
     return batch;
   }
 
@@ -142,6 +143,22 @@ export class Batcher {
     if (this.turnEnd) clearImmediate(this.turnEnd);
     for (const p of this.queue.splice(0)) p.reject(unavailable(reason));
   }
+}
+
+/**
+ * Requests share a batch when their inputs agree in everything but the first
+ * dimension and they ask for the same outputs:
+ * `name:d1xd2,...|out1,out2` (or `|*` for all outputs).
+ */
+function batchKey(inputs: readonly HostTensor[], outputNames: readonly string[] | undefined): string {
+  let key = '';
+  for (let k = 0; k < inputs.length; k++) {
+    const t = inputs[k] as HostTensor;
+    if (k > 0) key += ',';
+    key += `${t.name}:`;
+    for (let d = 1; d < t.shape.length; d++) key += d > 1 ? `x${t.shape[d]}` : `${t.shape[d]}`;
+  }
+  return `${key}|${outputNames?.join(',') ?? '*'}`;
 }
 
 function concatInputs(batch: readonly Pending[]): HostTensor[] {

@@ -43,16 +43,38 @@ export function decodeJson(value: unknown, datatype: Datatype, opts: JsonDecodeO
   // Row lengths are checked before allocating, so the shape's product is real data.
   if (shape.length > 1) checkRows(value as unknown[], shape, 0, opts.input);
   const count = elementCount(shape);
+  checkCount(count, opts);
+  const sink = makeSink(datatype, count, opts);
+  if (shape.length === 0) sink.put(value, 0);
+  else fillLeaves(value as unknown[], shape, 0, sink, 0, opts.input);
+  return { data: sink.data, shape };
+}
+
+/**
+ * decodeJson of a flat array of JSON numbers that fast-json.ts already read
+ * into a Float64Array: the same checks, errors and result as
+ * `decodeJson(Array.from(values), datatype, opts)`, without the per-element
+ * round trip through a JS array. The result never shares memory with `values`.
+ */
+export function decodeNumbers(values: Float64Array, datatype: Datatype, opts: JsonDecodeOptions): DecodedJson {
+  const count = values.length;
+  checkCount(count, opts);
+  const shape = [count];
+  // Storing a double into a Float32Array rounds it exactly as the element-wise sink does.
+  if (datatype === 'FP32') return { data: new Float32Array(values), shape };
+  if (datatype === 'FP64') return { data: values.slice(), shape };
+  const sink = makeSink(datatype, count, opts);
+  for (let i = 0; i < count; i++) sink.put(values[i], i);
+  return { data: sink.data, shape };
+}
+
+function checkCount(count: number, opts: JsonDecodeOptions): void {
   if (opts.expectedShape && count !== elementCount(opts.expectedShape)) {
     throw badRequest(
       `input "${opts.input}": data has ${count} elements, but shape ${fmtShape(opts.expectedShape)} ` +
         `needs ${elementCount(opts.expectedShape)}`,
     );
   }
-  const sink = makeSink(datatype, count, opts);
-  if (shape.length === 0) sink.put(value, 0);
-  else fillLeaves(value as unknown[], shape, 0, sink, 0, opts.input);
-  return { data: sink.data, shape };
 }
 
 /** Shape implied by nested arrays, following first elements (checkRows then verifies every row). */
@@ -89,6 +111,10 @@ function fillLeaves(rows: unknown[], shape: readonly number[], depth: number, si
     return at;
   }
   // Row lengths were checked already; leaves still have to be non-arrays.
+  if (sink instanceof FloatSink) {
+    sink.putRow(rows, at);
+    return at + rows.length;
+  }
   for (let i = 0; i < rows.length; i++) {
     const v = rows[i];
     if (typeof v === 'object' && Array.isArray(v)) throw ragged(input, `element ${at + i} is an array`);
@@ -108,8 +134,8 @@ type NumberArray = Uint8Array | Int8Array | Uint16Array | Int16Array | Uint32Arr
 function makeSink(dt: Datatype, n: number, opts: JsonDecodeOptions): Sink {
   const input = opts.input;
   switch (dt) {
-    case 'FP32': return floatSink(new Float32Array(n), dt, input);
-    case 'FP64': return floatSink(new Float64Array(n), dt, input);
+    case 'FP32': return new FloatSink(new Float32Array(n), dt, input);
+    case 'FP64': return new FloatSink(new Float64Array(n), dt, input);
     case 'FP16': {
       const out = new Uint16Array(n);
       return { data: out, put: (v, i) => { out[i] = floatToHalf(typeof v === 'number' ? v : special(v, i, dt, input)); } };
@@ -139,8 +165,28 @@ function makeSink(dt: Datatype, n: number, opts: JsonDecodeOptions): Sink {
   }
 }
 
-function floatSink(out: Float32Array | Float64Array, dt: Datatype, input: string): Sink {
-  return { data: out, put: (v, i) => { out[i] = typeof v === 'number' ? v : special(v, i, dt, input); } };
+/** The common case, as a class: no closures to build per request, and a whole row per call. */
+class FloatSink implements Sink {
+  constructor(
+    readonly data: Float32Array | Float64Array,
+    private readonly dt: Datatype,
+    private readonly input: string,
+  ) {}
+
+  put(v: unknown, i: number): void {
+    this.data[i] = typeof v === 'number' ? v : special(v, i, this.dt, this.input);
+  }
+
+  /** fillLeaves' leaf loop for floats: same checks, in the same order, element by element. */
+  putRow(row: readonly unknown[], at: number): void {
+    const out = this.data;
+    for (let i = 0; i < row.length; i++) {
+      const v = row[i];
+      if (typeof v === 'number') out[at + i] = v;
+      else if (Array.isArray(v)) throw ragged(this.input, `element ${at + i} is an array`);
+      else out[at + i] = special(v, at + i, this.dt, this.input);
+    }
+  }
 }
 
 function intSink(out: NumberArray, dt: Datatype, min: number, max: number, input: string): Sink {
@@ -277,6 +323,27 @@ export function encodeJsonFlat(datatype: Datatype, data: TensorData, opts: JsonE
       for (let i = 0; i < n; i++) out[i] = data[i] as number;
       return out;
   }
+}
+
+/**
+ * `JSON.stringify(encodeJsonFlat(datatype, data, opts))`, the text of a v2
+ * `data` array. Number formatting is JSON.stringify's own (nothing written in
+ * JS beats it); float arrays without NaN or infinities skip the mixed array.
+ */
+export function encodeJsonFlatText(datatype: Datatype, data: TensorData, opts: JsonEncodeOptions = {}): string {
+  if (datatype === 'FP32' || datatype === 'FP64') {
+    const d = data as Float32Array | Float64Array;
+    let finiteOnly = true;
+    for (let i = 0; i < d.length; i++) {
+      const x = d[i] as number;
+      if (x - x !== 0) {
+        finiteOnly = false;
+        break;
+      }
+    }
+    if (finiteOnly) return JSON.stringify(Array.from(d));
+  }
+  return JSON.stringify(encodeJsonFlat(datatype, data, opts));
 }
 
 /** Element data nested to `shape` (v1); a rank-0 shape gives the bare scalar. */

@@ -8,8 +8,8 @@ import { Buffer } from 'node:buffer';
 import { EdgefleetError, badRequest, unsupported } from '../../errors.js';
 import { DATATYPES, ELEMENT_SIZE, elementCount } from '../../runtime/tensor.js';
 import type { Datatype, HostTensor, TensorData, TensorSpec } from '../../runtime/tensor.js';
-import { bytesToText, decodeJson, encodeJsonFlat, fmtShape, show } from './json-data.js';
-import type { JsonValue } from './json-data.js';
+import { parseV2Json } from './fast-json.js';
+import { bytesToText, decodeJson, decodeNumbers, encodeJsonFlatText, fmtShape, show } from './json-data.js';
 
 /** What the codecs need to know about a model. */
 export interface ModelIo {
@@ -60,7 +60,26 @@ export function splitV2Body(
   body: Buffer,
   headerLength?: number | string,
 ): { json: unknown; binary: Buffer | undefined } {
-  if (headerLength === undefined) return { json: parseJson(body, body.length), binary: undefined };
+  return split(body, headerLength, parseJson);
+}
+
+/**
+ * `parseV2Request(...splitV2Body(body, headerLength), model)` for the infer
+ * route, with the same result and errors, faster: numeric `inputs[k].data`
+ * arrays are read by fast-json.ts into Float64Arrays (views of its scratch,
+ * consumed here before anything else parses), never into JS arrays.
+ */
+export function parseV2Body(body: Buffer, headerLength: number | string | undefined, model: ModelIo): V2InferRequest {
+  const { json, binary } = split(body, headerLength, parseFast);
+  return parseV2Request(json, model, binary);
+}
+
+function split(
+  body: Buffer,
+  headerLength: number | string | undefined,
+  parse: (body: Buffer, end: number) => unknown,
+): { json: unknown; binary: Buffer | undefined } {
+  if (headerLength === undefined) return { json: parse(body, body.length), binary: undefined };
   const n = typeof headerLength === 'number' ? headerLength : /^\d+$/.test(headerLength) ? Number(headerLength) : NaN;
   if (!Number.isSafeInteger(n) || n < 0) {
     throw badRequest(`Inference-Header-Content-Length ${show(headerLength)} is not a byte count`);
@@ -68,7 +87,11 @@ export function splitV2Body(
   if (n > body.length) {
     throw badRequest(`Inference-Header-Content-Length ${n} is longer than the ${body.length}-byte body`);
   }
-  return { json: parseJson(body, n), binary: body.subarray(n) };
+  return { json: parse(body, n), binary: body.subarray(n) };
+}
+
+function parseFast(body: Buffer, end: number): unknown {
+  return parseV2Json(body, end) ?? parseJson(body, end);
 }
 
 function parseJson(body: Buffer, end: number): unknown {
@@ -187,6 +210,8 @@ export function checkShape(spec: TensorSpec, shape: readonly number[]): void {
 }
 
 function decodeJsonInput(data: unknown, head: InputHead): TensorData {
+  // Only parseV2Body makes these (JSON.parse never does): a flat array of numbers.
+  if (data instanceof Float64Array) return decodeNumbers(data, head.datatype, { input: head.name, expectedShape: head.shape }).data;
   if (!Array.isArray(data)) throw badRequest(`input "${head.name}": "data" must be an array`);
   return decodeJson(data, head.datatype, { input: head.name, expectedShape: head.shape }).data;
 }
@@ -360,34 +385,59 @@ export function encodeV2Response(
   outputs: readonly HostTensor[],
   selection: V2OutputSelection,
 ): EncodedV2Response {
-  const chunks: Buffer[] = [];
-  const entries = selectOutputs(outputs, selection).map(({ tensor: t, binary }) => {
-    const head = { name: t.name, datatype: t.datatype, shape: [...t.shape] };
-    if (!binary) return { ...head, data: encodeJsonFlat(t.datatype, t.data) };
-    const raw = encodeBinaryTensor(t.datatype, t.data);
-    chunks.push(raw);
-    return { ...head, parameters: { binary_data_size: raw.length } };
-  });
-  const json: { [key: string]: JsonValue } = {
-    model_name: meta.modelName,
-    model_version: meta.modelVersion,
-    ...(meta.id !== undefined && { id: meta.id }),
-    outputs: entries,
-  };
-  const header = Buffer.from(JSON.stringify(json), 'utf8');
+  const { header: text, chunks } = encodeV2ResponseParts(meta, outputs, selection);
+  const header = Buffer.from(text, 'utf8');
   if (chunks.length === 0) return { body: [header], headerLength: undefined, contentType: 'application/json' };
   return { body: [header, ...chunks], headerLength: header.length, contentType: 'application/octet-stream' };
 }
 
-function selectOutputs(
+export interface V2ResponseParts {
+  /** The JSON header as text: the whole body when `chunks` is empty. */
+  header: string;
+  /** Raw bytes of the binary outputs, in order, to follow the header. */
+  chunks: Buffer[];
+}
+
+/**
+ * encodeV2Response before it becomes bytes. The header is written as text
+ * directly rather than as objects for JSON.stringify: it is exactly
+ * `JSON.stringify({model_name, model_version, id?, outputs: [{name, datatype,
+ * shape, data | parameters: {binary_data_size}}]})`.
+ */
+export function encodeV2ResponseParts(
+  meta: V2ResponseMeta,
   outputs: readonly HostTensor[],
   selection: V2OutputSelection,
-): { tensor: HostTensor; binary: boolean }[] {
-  if (!selection.outputs) return outputs.map((tensor) => ({ tensor, binary: selection.binaryOutput }));
-  return selection.outputs.map(({ name, binary }) => {
-    const tensor = outputs.find((t) => t.name === name);
-    // Requested names were validated against the model, so a gap is ours, not the client's.
-    if (!tensor) throw new EdgefleetError('INTERNAL', `the model produced no output "${name}"`);
-    return { tensor, binary };
-  });
+): V2ResponseParts {
+  const chunks: Buffer[] = [];
+  let text = `{"model_name":${JSON.stringify(meta.modelName)},"model_version":${JSON.stringify(meta.modelVersion)}`;
+  if (meta.id !== undefined) text += `,"id":${JSON.stringify(meta.id)}`;
+  text += ',"outputs":[';
+  const requested = selection.outputs;
+  const n = requested ? requested.length : outputs.length;
+  for (let k = 0; k < n; k++) {
+    let t: HostTensor;
+    let binary: boolean;
+    if (requested) {
+      const want = requested[k] as V2RequestedOutput;
+      const found = outputs.find((o) => o.name === want.name);
+      // Requested names were validated against the model, so a gap is ours, not the client's.
+      if (!found) throw new EdgefleetError('INTERNAL', `the model produced no output "${want.name}"`);
+      t = found;
+      binary = want.binary;
+    } else {
+      t = outputs[k] as HostTensor;
+      binary = selection.binaryOutput;
+    }
+    if (k > 0) text += ',';
+    text += `{"name":${JSON.stringify(t.name)},"datatype":${JSON.stringify(t.datatype)},"shape":${JSON.stringify(t.shape)}`;
+    if (!binary) {
+      text += `,"data":${encodeJsonFlatText(t.datatype, t.data)}}`;
+    } else {
+      const raw = encodeBinaryTensor(t.datatype, t.data);
+      chunks.push(raw);
+      text += `,"parameters":{"binary_data_size":${raw.length}}}`;
+    }
+  }
+  return { header: `${text}]}`, chunks };
 }
