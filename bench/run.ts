@@ -19,6 +19,7 @@ interface Benchmark {
 const benchmarks: Benchmark[] = [
   { name: 'serving', run: () => runServing() },
   { name: 'pull', run: () => import('./pull.js').then((m) => m.runPullBench()) },
+  { name: 'telemetry', run: () => import('./telemetry.js').then((m) => m.runTelemetryBench()) },
 ];
 
 function ortVersion(): string {
