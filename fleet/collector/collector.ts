@@ -65,12 +65,14 @@ export interface CollectorStats {
   states: number;
   /** Messages acknowledged without storing: not valid per PROTOCOL.md section 7. */
   rejected: number;
+  /** Subscriptions made: the first, and one after each reconnect to a restored session. */
+  subscribes: number;
 }
 
 type DeviceTopic = Extract<ParsedTopic, { deviceId: string }>;
 
 export class Collector {
-  readonly stats: CollectorStats = { batches: 0, points: 0, duplicates: 0, events: 0, statuses: 0, states: 0, rejected: 0 };
+  readonly stats: CollectorStats = { batches: 0, points: 0, duplicates: 0, events: 0, statuses: 0, states: 0, rejected: 0, subscribes: 0 };
   private client: MqttClient | undefined;
   private pruneTimer: NodeJS.Timeout | undefined;
   private pruning: Promise<void> | undefined;
@@ -115,9 +117,17 @@ export class Collector {
     }
     client.on('error', (err) => log.warn({ err: errorMessage(err) }, 'mqtt problem'));
     client.on('offline', () => log.warn({ broker: safeUrl(broker.url) }, 'broker connection lost, reconnecting'));
+    let first = true;
     client.on('connect', (connack) => {
       this.dropping = false;
       log.info({ broker: safeUrl(broker.url), sessionPresent: connack.sessionPresent }, 'connected to the broker');
+      // A broker restored from its persistence can come back with the session but
+      // without its shared subscriptions (Mosquitto 2 does not persist them), and
+      // mqtt.js resubscribes only when the session is gone: subscribe again each time.
+      if (!first && connack.sessionPresent) {
+        this.subscribe(client, true).catch((err: unknown) => log.error({ err: errorMessage(err) }, 'could not subscribe again after reconnecting'));
+      }
+      first = false;
     });
     try {
       await firstConnect(client, broker.url);
@@ -188,8 +198,11 @@ export class Collector {
     };
   }
 
-  private async subscribe(client: MqttClient): Promise<void> {
-    const grants = await client.subscribeAsync(this.subscriptions());
+  private async subscribe(client: MqttClient, again = false): Promise<void> {
+    // `resubscribe` makes mqtt.js send it although it counts these topics as subscribed.
+    const map = again ? ({ ...this.subscriptions(), resubscribe: true } as unknown as ISubscriptionMap) : this.subscriptions();
+    const grants = await client.subscribeAsync(map);
+    this.stats.subscribes++;
     const refused = grants.filter((g) => g.qos >= 0x80);
     if (refused.length === 0) return;
     const shared = refused.some((g) => (g.qos as number) === SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
