@@ -3,8 +3,6 @@ import { describe, expect, it } from 'vitest';
 import { verifyDesired } from '../protocol/desired.js';
 import type { DesiredContext } from '../protocol/desired.js';
 import { signEnvelope } from '../protocol/dsse.js';
-import { ProtocolError } from '../protocol/errors.js';
-import type { ProtocolErrorCode } from '../protocol/errors.js';
 import { generateKeyPair } from '../protocol/keys.js';
 import type { KeyPair } from '../protocol/keys.js';
 import { manifestSchema, verifyManifest } from '../protocol/manifest.js';
@@ -14,20 +12,7 @@ import { parseTelemetryBatch, parseReportedState } from '../protocol/reported.js
 import { compareSemver } from '../protocol/semver.js';
 import { buildTrustDocument, loadTrust, PAYLOAD_TYPES } from '../protocol/trust.js';
 import { validate } from '../protocol/validate.js';
-
-function expectError(fn: () => unknown, code: ProtocolErrorCode, message: RegExp): ProtocolError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ProtocolError);
-  const err = caught as ProtocolError;
-  expect(err.code).toBe(code);
-  expect(err.message).toMatch(message);
-  return err;
-}
+import { expectError } from './helpers/protocol.js';
 
 const hex = (s: string): string => createHash('sha256').update(s).digest('hex');
 const sign = (type: string, doc: unknown, keys: KeyPair[]): unknown =>

@@ -3,32 +3,17 @@ import { describe, expect, it } from 'vitest';
 import { decodeBase64 } from '../protocol/base64.js';
 import { pae, signEnvelope, verifyEnvelope } from '../protocol/dsse.js';
 import type { Envelope } from '../protocol/dsse.js';
-import { ProtocolError } from '../protocol/errors.js';
-import type { ProtocolErrorCode } from '../protocol/errors.js';
 import {
   generateKeyPair, keyIdOf, privateKeyFromPem, privateKeyToPem, publicKeyFromBase64, publicKeyToBase64, rawPublicKey,
 } from '../protocol/keys.js';
 import type { KeyPair } from '../protocol/keys.js';
+import { expectError } from './helpers/protocol.js';
 
 const TYPE = 'application/vnd.edgefleet.model+json';
 const PAYLOAD = Buffer.from('{"hello":"world"}');
 
 function trusted(...pairs: KeyPair[]): Map<string, KeyObject> {
   return new Map(pairs.map((p) => [p.keyid, p.publicKey]));
-}
-
-function expectError(fn: () => unknown, code: ProtocolErrorCode, message: RegExp): ProtocolError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ProtocolError);
-  const err = caught as ProtocolError;
-  expect(err.code).toBe(code);
-  expect(err.message).toMatch(message);
-  return err;
 }
 
 function toUrlSafe(text: string): string {

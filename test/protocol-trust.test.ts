@@ -1,7 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { signEnvelope } from '../protocol/dsse.js';
-import { ProtocolError } from '../protocol/errors.js';
-import type { ProtocolErrorCode } from '../protocol/errors.js';
 import { generateKeyPair } from '../protocol/keys.js';
 import type { KeyPair } from '../protocol/keys.js';
 import {
@@ -10,20 +8,7 @@ import {
 import type { Role, Trust, TrustDocument } from '../protocol/trust.js';
 import { encodeDocument } from '../protocol/validate.js';
 import { trustDocumentSchema } from '../protocol/trust.js';
-
-function expectError(fn: () => unknown, code: ProtocolErrorCode, message: RegExp): ProtocolError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ProtocolError);
-  const err = caught as ProtocolError;
-  expect(err.code).toBe(code);
-  expect(err.message).toMatch(message);
-  return err;
-}
+import { expectError } from './helpers/protocol.js';
 
 type RoleKeyPairs = Record<Role, { pairs: KeyPair[]; threshold: number }>;
 

@@ -1,17 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { BUCKETS, LatencyHistogram } from '../agent/telemetry/histogram.js';
+import { mulberry32 } from '../models/onnx/zoo.js';
 
-/** A seeded PRNG (mulberry32) so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded PRNG so a failure can be replayed. */
+const rng = mulberry32;
 
 /** The exact value at quantile q: the ceil(q * n)-th smallest, as the histogram defines it. */
 function exact(sorted: readonly number[], q: number): number {
