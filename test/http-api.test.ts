@@ -5,6 +5,7 @@ import { agentVersion } from '../agent/version.js';
 import type { ElemType } from '../models/onnx/builder.js';
 import { castModel, identityModel, mlpModel, multiIoModel, staticShapeModel, writeModelTree } from '../models/onnx/zoo.js';
 import { getJson, postJson, startTestAgent, type TestAgent } from './helpers/agent.js';
+import { SAMPLES } from './helpers/tensor-samples.js';
 
 /** The 13 Open Inference Protocol datatypes and the identity model element type of each. */
 const ELEM: Record<Datatype, ElemType> = {
@@ -14,22 +15,6 @@ const ELEM: Record<Datatype, ElemType> = {
 type Dt = Datatype;
 const DATATYPES = Object.keys(ELEM) as Dt[];
 
-/** Four values per datatype at the type's edges: what is sent is exactly what must come back. */
-const SAMPLES: Record<Dt, unknown[]> = {
-  BOOL: [true, false, false, true],
-  UINT8: [0, 1, 128, 255],
-  INT8: [-128, -1, 0, 127],
-  UINT16: [0, 1, 40000, 65535],
-  INT16: [-32768, -1, 0, 32767],
-  UINT32: [0, 1, 3000000000, 4294967295],
-  INT32: [-2147483648, -1, 0, 2147483647],
-  INT64: ['-9223372036854775808', -9007199254740991, 9007199254740991, '9223372036854775807'],
-  UINT64: [0, 9007199254740991, '9007199254740993', '18446744073709551615'],
-  FP16: [0, -1.5, 65504, 2 ** -24],
-  FP32: [0, -1.5, 3.4028234663852886e38, 1.401298464324817e-45],
-  FP64: [0, -1.5, Number.MAX_VALUE, Number.MIN_VALUE],
-  BYTES: ['', 'hello', 'ünïcødé ✓', 'tab\tnew\nline'],
-};
 
 /** IEEE half bit patterns of SAMPLES.FP16. */
 const FP16_BITS = [0x0000, 0xbe00, 0x7bff, 0x0001];
