@@ -262,9 +262,14 @@ export class Rollout {
     this.o.kv.setJson(KEYS.blocked, this.blocked);
   }
 
+  /** Model names the fleet manages: listed in the active document or serving from an earlier one. */
+  private managedNames(): Set<string> {
+    return new Set([...(this.active?.models.map((m) => m.name) ?? []), ...(this.o.kv.getJson<VersionRef[]>(KEYS.serving) ?? []).map((s) => s.name)]);
+  }
+
   /** The fleet-managed serving set, persisted so a restart serves it again before any network. */
   private saveServing(): void {
-    const names = new Set([...(this.active?.models.map((m) => m.name) ?? []), ...(this.o.kv.getJson<VersionRef[]>(KEYS.serving) ?? []).map((s) => s.name)]);
+    const names = this.managedNames();
     const serving: (VersionRef & { isDefault: boolean })[] = [];
     for (const name of names) {
       const def = this.o.registry.defaultOf(name);
@@ -274,7 +279,7 @@ export class Rollout {
   }
 
   private async current(): Promise<CurrentState> {
-    const names = new Set([...(this.active?.models.map((m) => m.name) ?? []), ...(this.o.kv.getJson<VersionRef[]>(KEYS.serving) ?? []).map((s) => s.name)]);
+    const names = this.managedNames();
     const serving: CurrentState['serving'][number][] = [];
     const labels: Record<string, Record<string, number>> = {};
     for (const name of names) {
