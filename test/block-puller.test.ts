@@ -33,6 +33,8 @@ type Listener = (...args: never[]) => void;
 /** Wraps a real mqtt.js client to record what the puller asks for and receives. */
 class SpyClient implements MinimalMqtt {
   readonly subscribed: string[] = [];
+  /** Topics per SUBSCRIBE packet, in order. */
+  readonly subscribeCalls: string[][] = [];
   readonly acked = new Set<string>();
   readonly messages: { topic: string; length: number }[] = [];
   private readonly active = new Set<string>();
@@ -44,19 +46,24 @@ class SpyClient implements MinimalMqtt {
   get connected(): boolean {
     return this.inner.connected;
   }
-  subscribeAsync(topic: string, opts: { qos: 0 | 1 }): Promise<unknown> {
-    this.subscribed.push(topic);
-    this.active.add(topic);
+  subscribeAsync(topics: string[], opts: { qos: 0 | 1 }): Promise<unknown> {
+    this.subscribeCalls.push([...topics]);
+    for (const topic of topics) {
+      this.subscribed.push(topic);
+      this.active.add(topic);
+    }
     this.maxActive = Math.max(this.maxActive, this.active.size);
-    return this.inner.subscribeAsync(topic, opts).then((granted) => {
-      this.acked.add(topic);
+    return this.inner.subscribeAsync(topics, opts).then((granted) => {
+      for (const topic of topics) this.acked.add(topic);
       return granted;
     });
   }
-  unsubscribeAsync(topic: string): Promise<unknown> {
-    this.active.delete(topic);
-    this.acked.delete(topic);
-    return this.inner.unsubscribeAsync(topic);
+  unsubscribeAsync(topics: string[]): Promise<unknown> {
+    for (const topic of topics) {
+      this.active.delete(topic);
+      this.acked.delete(topic);
+    }
+    return this.inner.unsubscribeAsync(topics);
   }
   on(event: 'message' | 'connect', listener: Listener): this {
     this.inner.on(event, listener as never);
@@ -157,6 +164,8 @@ describe.skipIf(skip)(`BlockPuller against Mosquitto${skip ? ` (skipped: ${skip}
     await puller(artifact, { client: spy, window: 3 }).pull();
     expect(spy.maxActive).toBe(3);
     expect(spy.indices()).toEqual([...Array(19).keys()]);
+    // The first window goes out as one SUBSCRIBE packet with three topics.
+    expect(spy.subscribeCalls[0]).toHaveLength(3);
   });
 
   it('asks for a tampered block three more times, then rejects with BLOCK_HASH', async () => {
@@ -248,6 +257,34 @@ describe.skipIf(skip)(`BlockPuller against Mosquitto${skip ? ` (skipped: ${skip}
     const err = await pullError(puller(wrong));
     expect(err.code).toBe('FILE_HASH');
     expect(rows(wrong.sha256)).toBe(0);
+  });
+
+  it('rejects with FILE_HASH on a resumed pull too (the file is read back to check it)', async () => {
+    const { data, artifact } = makeArtifact(300 * KiB, 16 * KiB);
+    const wrong = { ...artifact, sha256: sha256(randomBytes(32)) };
+    await publishBlocks(data, artifact, { topicSha: wrong.sha256 });
+    const first = puller(wrong, { window: 2 });
+    let seen = 0;
+    client.on('message', () => {
+      if (++seen === 5) first.abort();
+    });
+    expect((await pullError(first)).code).toBe('ABORTED');
+    expect(rows(wrong.sha256)).toBeGreaterThan(0);
+    const err = await pullError(puller(wrong));
+    expect(err.code).toBe('FILE_HASH');
+    expect(err.message).toContain(`${100 * 3 * KiB} bytes with sha256 ${artifact.sha256}`);
+    expect(rows(wrong.sha256)).toBe(0);
+  });
+
+  it('verifies the whole file when its first block comes last, after more than 8 MiB of later blocks', async () => {
+    const { data, artifact } = makeArtifact(9 * 1024 * KiB, 64 * KiB);
+    await publishBlocks(data, artifact, { skip: [0] });
+    const p = puller(artifact, { window: 16, blockTimeoutMs: 30_000 });
+    const pulling = p.pull();
+    await vi.waitFor(() => expect(rows(artifact.sha256)).toBe(artifact.blockSha256.length - 1), { timeout: 10_000 });
+    await publishBlocks(data, artifact, { skip: artifact.blockSha256.map((_, i) => i).filter((i) => i !== 0) });
+    await pulling;
+    expect((await staged(artifact)).equals(data)).toBe(true);
   });
 
   it('clearArtifactProgress forgets one artifact only', async () => {

@@ -31,6 +31,25 @@ describe('AgentDatabase', () => {
     }
   });
 
+  it('relaxed() commits with synchronous=NORMAL and restores FULL, even when the write throws', () => {
+    const db = AgentDatabase.open(agentDatabasePath(join(dir, 'state')));
+    const sync = (): number => db.db.pragma('synchronous', { simple: true }) as number;
+    const seen = db.relaxed(() => {
+      db.db.prepare("INSERT INTO artifact_blocks (sha256, idx) VALUES ('a', 1)").run();
+      return sync();
+    });
+    expect(seen).toBe(1); // NORMAL
+    expect(sync()).toBe(2); // FULL
+    expect(() =>
+      db.relaxed(() => {
+        throw new Error('boom');
+      }),
+    ).toThrow('boom');
+    expect(sync()).toBe(2);
+    expect(db.db.prepare('SELECT count(*) AS n FROM artifact_blocks').get()).toEqual({ n: 1 });
+    db.close();
+  });
+
   it('reopens idempotently and keeps its data', () => {
     const file = join(dir, 'agent.db');
     const first = AgentDatabase.open(file);

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, webcrypto, type Hash } from 'node:crypto';
 import { mkdir, open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -10,9 +10,16 @@ import { fsyncDir } from '../store/fs-atomic.js';
 /**
  * Pulls one artifact's blocks from the broker (PROTOCOL.md section 5): retained
  * QoS 1 messages on `{root}/artifacts/{sha256}/blocks/{i}`, asked for by
- * subscribing a window at a time. Progress is durable: a block is recorded in
- * `artifact_blocks` only after its bytes are fsynced in the staging file, so a
- * restart asks only for what is missing and never trusts half-written bytes.
+ * subscribing a window at a time. The window is what is in flight on the
+ * network: a block that arrives frees its place at once, and its check and
+ * write run behind it (bounded by 2 windows of bytes in memory).
+ *
+ * Progress is durable: a block is recorded in `artifact_blocks` only after its
+ * bytes are fsynced in the staging file (group commit), so a restart asks only
+ * for what is missing and never trusts half-written bytes. The rows are
+ * committed without a WAL fsync of their own (AgentDatabase.relaxed): a kill
+ * keeps them, power loss may drop the last few, which only means those blocks
+ * are fetched again.
  */
 
 type MessageListener = (topic: string, payload: Buffer) => void;
@@ -20,8 +27,8 @@ type MessageListener = (topic: string, payload: Buffer) => void;
 /** The part of mqtt.js's MqttClient the puller uses; a real client fits it. */
 export interface MinimalMqtt {
   readonly connected: boolean;
-  subscribeAsync(topic: string, opts: { qos: 0 | 1 }): Promise<unknown>;
-  unsubscribeAsync(topic: string): Promise<unknown>;
+  subscribeAsync(topics: string[], opts: { qos: 0 | 1 }): Promise<unknown>;
+  unsubscribeAsync(topics: string[]): Promise<unknown>;
   on(event: 'message', listener: MessageListener): unknown;
   on(event: 'connect', listener: () => void): unknown;
   off(event: 'message', listener: MessageListener): unknown;
@@ -76,7 +83,6 @@ export interface BlockPullerOptions {
 }
 
 interface Slot {
-  hashFailures: number;
   timeouts: number;
   timer: NodeJS.Timeout | undefined;
 }
@@ -107,10 +113,24 @@ export class BlockPuller {
   /** Missing blocks not yet asked for, in order. */
   private queue: number[] = [];
   private readonly outstanding = new Map<number, Slot>();
+  /** Blocks that failed their check so far, by index. */
+  private readonly hashFailures = new Map<number, number>();
   /** Written to the staging file but not yet fsynced. */
   private written: number[] = [];
   private durable = 0;
-  private readonly writes = new Set<Promise<void>>();
+  /** Blocks being verified and written. */
+  private readonly pipeline = new Set<Promise<void>>();
+  /** Bytes received and not yet written; the window stops growing past maxBuffered. */
+  private buffered = 0;
+  private readonly maxBuffered: number;
+  /** The running whole-file hash (a fresh pull only; see hashInOrder). */
+  private fileHash: Hash | undefined;
+  private hashNext = 0;
+  private readonly hashAhead = new Map<number, Buffer>();
+  private hashAheadBytes = 0;
+  private toSubscribe: string[] = [];
+  private toUnsubscribe: string[] = [];
+  private requestsQueued = false;
   private flushing: Promise<void> | undefined;
   private ioFailed = false;
   private stallTimer: NodeJS.Timeout | undefined;
@@ -134,6 +154,7 @@ export class BlockPuller {
     this.maxBlockRetries = options.maxBlockRetries ?? 3;
     this.giveUpAfterMs = options.giveUpAfterMs ?? 600_000;
     this.log = options.logger.child({ component: 'block-puller', artifact: artifact.sha256 });
+    this.maxBuffered = 2 * this.window * artifact.blockSize;
   }
 
   /** Resolves once the whole staging file is in and matches size and sha256. Call once. */
@@ -147,6 +168,7 @@ export class BlockPuller {
       this.durable = done.size;
       this.queue = [];
       for (let i = 0; i < this.total; i++) if (!done.has(i)) this.queue.push(i);
+      if (done.size === 0) this.fileHash = createHash('sha256');
       this.log.info({ blocks: this.total, missing: this.queue.length }, 'pulling artifact blocks');
       this.options.onProgress?.(this.durable, this.total);
       if (this.aborted) throw abortedError();
@@ -214,10 +236,10 @@ export class BlockPuller {
   }
 
   private fillWindow(): void {
-    while (this.settle && this.outstanding.size < this.window) {
+    while (this.settle && this.outstanding.size < this.window && this.buffered < this.maxBuffered) {
       const i = this.queue.shift();
       if (i === undefined) return;
-      const slot: Slot = { hashFailures: 0, timeouts: 0, timer: undefined };
+      const slot: Slot = { timeouts: 0, timer: undefined };
       this.outstanding.set(i, slot);
       this.ask(i, slot);
     }
@@ -232,17 +254,39 @@ export class BlockPuller {
     // QoS 0 delivery: a block lost with a connection is asked again on connect
     // (see onConnect) rather than resent by the broker from the session, which
     // would resend whole windows the device had already received.
-    this.client.subscribeAsync(this.topic(i), { qos: 0 }).catch((err: unknown) => {
-      this.log.debug({ err, block: i }, 'subscribe failed');
-    });
+    this.request('sub', i);
     this.armTimer(i, slot);
   }
 
   private unsubscribe(i: number): void {
-    this.client.unsubscribeAsync(this.topic(i)).catch((err: unknown) => {
-      this.log.debug({ err, block: i }, 'unsubscribe failed');
-    });
+    this.request('unsub', i);
   }
+
+  /**
+   * Subscribes and unsubscribes made in one event-loop turn go out as one
+   * UNSUBSCRIBE and one SUBSCRIBE packet (MQTT carries a list of topics in
+   * each), in that order, so an unsubscribe-then-subscribe re-ask stays one.
+   */
+  private request(kind: 'sub' | 'unsub', i: number): void {
+    (kind === 'sub' ? this.toSubscribe : this.toUnsubscribe).push(this.topic(i));
+    if (this.requestsQueued) return;
+    this.requestsQueued = true;
+    queueMicrotask(this.sendRequests);
+  }
+
+  private readonly sendRequests = (): void => {
+    this.requestsQueued = false;
+    const unsub = this.toUnsubscribe;
+    const sub = this.toSubscribe;
+    this.toUnsubscribe = [];
+    this.toSubscribe = [];
+    if (unsub.length > 0) {
+      this.client.unsubscribeAsync(unsub).catch((err: unknown) => this.log.debug({ err, topics: unsub.length }, 'unsubscribe failed'));
+    }
+    if (sub.length > 0) {
+      this.client.subscribeAsync(sub, { qos: 0 }).catch((err: unknown) => this.log.debug({ err, topics: sub.length }, 'subscribe failed'));
+    }
+  };
 
   /** Unsubscribing first makes the broker deliver the retained block again on subscribe. */
   private reask(i: number, slot: Slot): void {
@@ -291,40 +335,106 @@ export class BlockPuller {
       this.log.warn({ block: i }, 'artifact block was retired (empty message); waiting for it');
       return;
     }
-    if (!this.blockMatches(i, payload)) {
-      this.onBadBlock(i, slot, payload.length);
-      return;
-    }
     clearTimeout(slot.timer);
     this.outstanding.delete(i);
     this.unsubscribe(i);
-    this.stallTimer?.refresh();
-    this.storeBlock(i, payload);
+    if (payload.length !== this.blockLength(i)) {
+      this.onBadBlock(i, payload.length);
+      return;
+    }
+    // The next block is asked for now, while this one is checked and written
+    // off the event loop: the window is what is in flight on the network.
+    this.buffered += payload.length;
+    this.track(this.verifyAndStore(i, payload));
     this.fillWindow();
   };
 
-  private blockMatches(i: number, payload: Buffer): boolean {
+  private blockLength(i: number): number {
     const { size, blockSize } = this.artifact;
-    const length = Math.min(blockSize, size - i * blockSize);
-    if (payload.length !== length) return false;
-    return createHash('sha256').update(payload).digest('hex') === this.expected[i];
+    return Math.min(blockSize, size - i * blockSize);
   }
 
-  private onBadBlock(i: number, slot: Slot, length: number): void {
-    slot.hashFailures++;
-    if (slot.hashFailures > this.maxBlockRetries) {
+  private track(work: Promise<void>): void {
+    this.pipeline.add(work);
+    void work.finally(() => this.pipeline.delete(work));
+  }
+
+  /**
+   * sha256 on libuv's thread pool (the event loop stays free to serve), then
+   * the write at the block's offset; a bad block goes back in the queue.
+   * Never rejects: an I/O error fails the pull.
+   */
+  private async verifyAndStore(i: number, payload: Buffer): Promise<void> {
+    try {
+      const ok = hex(await subtle.digest('SHA-256', payload)) === this.expected[i];
+      if (!ok) {
+        if (this.settle) this.onBadBlock(i, payload.length);
+        return;
+      }
+      this.stallTimer?.refresh();
+      this.hashInOrder(i, payload);
+      const fh = this.fh;
+      if (!fh || this.ioFailed) return;
+      await fh.write(payload, 0, payload.length, i * this.artifact.blockSize);
+      this.written.push(i);
+      this.kickFlush();
+    } catch (err) {
+      this.ioFailed = true;
+      this.fail(err);
+    } finally {
+      this.buffered -= payload.length;
+      this.fillWindow();
+    }
+  }
+
+  /**
+   * The whole-file sha256, fed block by block in order as they are verified,
+   * so that the check at the end needs no second pass over the file. Blocks
+   * verified ahead of a gap wait in memory up to MAX_HASH_AHEAD_BYTES; past
+   * that (a block keeps failing to come) the running hash is dropped and the
+   * file is read back at the end instead, as it is on a resumed pull.
+   */
+  private hashInOrder(i: number, payload: Buffer): void {
+    if (!this.fileHash) return;
+    if (i !== this.hashNext) {
+      this.hashAhead.set(i, payload);
+      this.hashAheadBytes += payload.length;
+      if (this.hashAheadBytes > MAX_HASH_AHEAD_BYTES) this.dropFileHash();
+      return;
+    }
+    this.fileHash.update(payload);
+    this.hashNext++;
+    for (let next = this.hashAhead.get(this.hashNext); next; next = this.hashAhead.get(this.hashNext)) {
+      this.hashAhead.delete(this.hashNext);
+      this.hashAheadBytes -= next.length;
+      this.fileHash.update(next);
+      this.hashNext++;
+    }
+  }
+
+  private dropFileHash(): void {
+    this.fileHash = undefined;
+    this.hashAhead.clear();
+    this.hashAheadBytes = 0;
+  }
+
+  private onBadBlock(i: number, length: number): void {
+    const failures = (this.hashFailures.get(i) ?? 0) + 1;
+    this.hashFailures.set(i, failures);
+    if (failures > this.maxBlockRetries) {
       this.fail(
         new BlockPullError(
           'BLOCK_HASH',
-          `artifact block ${i} of ${this.total} failed its sha256 check ${slot.hashFailures} times; ` +
+          `artifact block ${i} of ${this.total} failed its sha256 check ${failures} times; ` +
             'the published artifact does not match its signed manifest',
           i,
         ),
       );
       return;
     }
-    this.log.warn({ block: i, length, failures: slot.hashFailures }, 'artifact block failed its hash check; asking again');
-    this.reask(i, slot);
+    this.log.warn({ block: i, length, failures }, 'artifact block failed its hash check; asking again');
+    this.queue.unshift(i); // first in line for the window
+    this.fillWindow();
   }
 
   private giveUp(): void {
@@ -337,24 +447,6 @@ export class BlockPuller {
         i,
       ),
     );
-  }
-
-  private storeBlock(i: number, payload: Buffer): void {
-    const fh = this.fh;
-    if (!fh) return;
-    const { blockSize } = this.artifact;
-    const write = fh.write(payload, 0, payload.length, i * blockSize).then(
-      () => {
-        this.written.push(i);
-        this.kickFlush();
-      },
-      (err: unknown) => {
-        this.ioFailed = true;
-        this.fail(err);
-      },
-    );
-    this.writes.add(write);
-    void write.finally(() => this.writes.delete(write));
   }
 
   /**
@@ -388,7 +480,7 @@ export class BlockPuller {
       const batch = this.written;
       this.written = [];
       await fh.sync(); // the bytes are durable before a row says so
-      record(batch);
+      this.options.db.relaxed(() => record(batch));
       this.durable += batch.length;
       this.options.onProgress?.(this.durable, this.total);
       if (this.durable >= this.total) this.settle?.resolve();
@@ -410,7 +502,7 @@ export class BlockPuller {
   /** Waits for writes in flight and records them, so an abort keeps its progress. */
   private async cleanup(): Promise<void> {
     this.stopReceiving();
-    await Promise.allSettled([...this.writes]);
+    while (this.pipeline.size > 0) await Promise.allSettled([...this.pipeline]);
     while (this.flushing) await this.flushing;
     const fh = this.fh;
     this.fh = undefined;
@@ -421,13 +513,16 @@ export class BlockPuller {
     const fh = this.fh;
     if (!fh) throw new Error('staging file is not open');
     const { size } = await fh.stat();
-    const hash = createHash('sha256');
-    const buffer = Buffer.alloc(1 << 20);
-    for (let position = 0; position < size; ) {
-      const { bytesRead } = await fh.read(buffer, 0, buffer.length, position);
-      if (bytesRead === 0) break;
-      hash.update(buffer.subarray(0, bytesRead));
-      position += bytesRead;
+    let hash = this.fileHash;
+    if (!hash || this.hashNext !== this.total) {
+      hash = createHash('sha256');
+      const buffer = Buffer.alloc(1 << 20);
+      for (let position = 0; position < size; ) {
+        const { bytesRead } = await fh.read(buffer, 0, buffer.length, position);
+        if (bytesRead === 0) break;
+        hash.update(buffer.subarray(0, bytesRead));
+        position += bytesRead;
+      }
     }
     const digest = hash.digest('hex');
     if (size === this.artifact.size && digest === this.artifact.sha256.toLowerCase()) return;
@@ -440,6 +535,15 @@ export class BlockPuller {
         `the manifest says ${this.artifact.size} bytes with that sha256`,
     );
   }
+}
+
+const { subtle } = webcrypto;
+
+/** Verified blocks kept for the running whole-file hash while an earlier one is missing. */
+const MAX_HASH_AHEAD_BYTES = 8 * 1024 * 1024;
+
+function hex(digest: ArrayBuffer): string {
+  return Buffer.from(digest).toString('hex');
 }
 
 function abortedError(): BlockPullError {

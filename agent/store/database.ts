@@ -83,6 +83,24 @@ export class AgentDatabase {
     return this.db.pragma('user_version', { simple: true }) as number;
   }
 
+  /**
+   * Runs `fn` (a write) with `synchronous = NORMAL`: the commit skips its WAL
+   * fsync, so it costs microseconds instead of a disk flush on the event loop.
+   * It still survives the process being killed (the WAL is in the page cache),
+   * and a later FULL commit or checkpoint makes it durable; only power loss
+   * in between can undo it. For rows that are hints, such as pull progress
+   * whose loss only means a block is fetched again, never for data the agent
+   * must not lose.
+   */
+  relaxed<T>(fn: () => T): T {
+    this.db.pragma('synchronous = NORMAL');
+    try {
+      return fn();
+    } finally {
+      this.db.pragma('synchronous = FULL');
+    }
+  }
+
   close(): void {
     if (this.db.open) this.db.close();
   }
