@@ -13,8 +13,11 @@
  *    sha256, writes it into the staging file, fsyncs (group commit), records
  *    it in SQLite (synchronous=FULL), and hashes the whole file at the end.
  *    Ratios are against the faster baseline, per round (runs interleaved),
- *    median over rounds. A "disk floor" row (write every block, one fsync,
- *    hash the file; no MQTT) shows what durability alone costs on this disk.
+ *    median over rounds. Two floor rows show what the puller must do besides
+ *    receiving, with no MQTT at all: "verify floor" hashes every block and
+ *    the whole file once each in memory (the two sha256 passes PROTOCOL.md
+ *    section 5 asks for), "disk floor" writes every block, fsyncs once and
+ *    hashes the file.
  * 2. Bytes received with 3 forced disconnects: the puller's connection goes
  *    through a TCP relay that drops every connection when 25, 50 and 75% of
  *    the blocks have arrived; mqtt.js reconnects (persistent session) and the
@@ -24,8 +27,9 @@
  *    listener counts blocks that arrived twice and re-asks after a timeout.
  * 3. Last block → serving through the full agent (bench/pull-agent.ts).
  *
- * Timings are medians of 3 runs (BENCH_QUICK=1: 1 run), after one unmeasured
- * warm-up pull per block size. Run alone: `npx tsx bench/pull.ts`.
+ * Throughput timings are medians of 7 interleaved rounds after 4 unmeasured
+ * ones (the first pulls of a process run cold, 2-3x slower, for every
+ * client); the other sections take 3 runs. BENCH_QUICK=1: 1 round after 1. Run alone: `npx tsx bench/pull.ts`.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, open, readFile, rm, statfs } from 'node:fs/promises';
@@ -286,6 +290,14 @@ async function diskFloor(v: Variant, bytes: Buffer, stateParent: string): Promis
   }
 }
 
+/** The two sha256 passes PROTOCOL.md section 5 asks for (each block, then the whole file), in memory on this thread. */
+function verifyFloor(v: Variant, bytes: Buffer): number {
+  const t0 = performance.now();
+  for (let off = 0; off < bytes.length; off += v.blockSize) createHash('sha256').update(bytes.subarray(off, off + v.blockSize)).digest('hex');
+  createHash('sha256').update(bytes).digest('hex');
+  return performance.now() - t0;
+}
+
 async function fsType(dir: string): Promise<string> {
   const known: Record<number, string> = { 0xef53: 'ext4', 0x01021994: 'tmpfs', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x794c7630: 'overlayfs', 0x6969: 'nfs', 0x2fc12fc1: 'zfs' };
   const { type } = await statfs(dir);
@@ -321,11 +333,13 @@ export async function runPullBench(): Promise<void> {
   }
   const settings = benchSettings();
   const runs = settings.quick ? 1 : 3;
+  const rounds = settings.quick ? 1 : 7;
+  const warmupRounds = settings.quick ? 1 : 4;
   const bytes = await readFile(MODEL_FILE);
   const sha256 = createHash('sha256').update(bytes).digest('hex');
   const stateParent = tmpdir();
   console.log(`\n## Artifact pull: PP-OCRv4 rec (${bytes.length} B = ${fmt(bytes.length / 1e6)} MB, sha256 ${sha256.slice(0, 12)}…) over loopback Mosquitto, window ${WINDOW}`);
-  console.log(`runs: ${runs} per timing (median), after one warm-up pull per block size; staging + SQLite in ${stateParent} (${await fsType(stateParent)}); MB = 10^6 B`);
+  console.log(`throughput: median of ${rounds} interleaved rounds after ${warmupRounds} unmeasured ones; other timings: median of ${runs}; staging + SQLite in ${stateParent} (${await fsType(stateParent)}); MB = 10^6 B`);
 
   const broker = await startMosquitto();
   const fleet = await connectFleet(broker.url);
@@ -346,18 +360,19 @@ export async function runPullBench(): Promise<void> {
     }
 
     // 1. Throughput, interleaved per round.
-    type Kind = 'wildcard' | 'window' | 'puller' | 'floor';
+    type Kind = 'wildcard' | 'window' | 'puller';
     interface Samples {
       wildcard: Timed[];
       window: Timed[];
       puller: PullerRun[];
       floor: number[];
+      verify: number[];
     }
     const samples = new Map<string, Samples>();
-    for (const v of variants) samples.set(v.root, { wildcard: [], window: [], puller: [], floor: [] });
+    for (const v of variants) samples.set(v.root, { wildcard: [], window: [], puller: [], floor: [], verify: [] });
     const order: Kind[] = ['wildcard', 'window', 'puller'];
     const otherLoad: number[] = [];
-    for (let r = -1; r < runs; r++) {
+    for (let r = -warmupRounds; r < rounds; r++) {
       for (const v of variants) {
         const s = samples.get(v.root) as Samples;
         // Shared machine: start each group when other jobs are quiet (bounded wait).
@@ -380,6 +395,8 @@ export async function runPullBench(): Promise<void> {
         await sleep(50);
         const floor = await diskFloor(v, bytes, stateParent);
         if (r >= 0) s.floor.push(floor);
+        const verify = verifyFloor(v, bytes);
+        if (r >= 0) s.verify.push(verify);
       }
     }
     const rows: Cell[][] = [];
@@ -400,14 +417,16 @@ export async function runPullBench(): Promise<void> {
       rows.push(row(`baseline: wildcard blocks/#${fastest === 'wildcard' ? ' *' : ''}`, s.wildcard.map((x) => x.ms), [fastest === 'wildcard' ? '1.00' : fmt(pairedRatio(s.wildcard, base)), '-', rx(s.wildcard)]));
       rows.push(row(`baseline: window ${WINDOW}${fastest === 'window' ? ' *' : ''}`, s.window.map((x) => x.ms), [fastest === 'window' ? '1.00' : fmt(pairedRatio(s.window, base)), '-', rx(s.window)]));
       rows.push(row('BlockPuller (verify, write, fsync, SQLite, file hash)', s.puller.map((x) => x.ms), [fmt(ratio), fmt(median(s.puller.map((x) => x.durableMs)), 1), rx(s.puller)]));
+      rows.push(row('(verify floor: sha256 of each block + of the file, in memory)', s.verify, ['-', '-', '-']));
       rows.push(row('(disk floor: write blocks + 1 fsync + hash, no MQTT)', s.floor, ['-', '-', '-']));
       verdicts.push(
         `${kib(v.blockSize)}: BlockPuller / fastest baseline (${fastest}) = ${fmt(ratio * 100, 0)}% (target >= ${TARGET_RATIO * 100}%) ${ratio >= TARGET_RATIO ? 'PASS' : 'FAIL'}; ` +
-          `vs the window-${WINDOW} baseline (same request pattern) ${fmt(ratioWin * 100, 0)}%`,
+          `vs the window-${WINDOW} baseline (same request pattern) ${fmt(ratioWin * 100, 0)}%; ` +
+          `the verify floor alone is ${fmt(median(s.verify), 1)} ms = ${fmt(median(s.verify) / median(base.map((x) => x.ms)))}x the fastest baseline's whole pull`,
       );
     }
     printTable(
-      `Pull throughput (median of ${runs}; * = the faster baseline, reference for "ratio" = median per-round MB/s ratio; "all durable" = pull() start -> last block fsynced + recorded, before the whole-file hash)`,
+      `Pull throughput (median of ${rounds}; * = the faster baseline, reference for "ratio" = median per-round MB/s ratio; "all durable" = pull() start -> last block fsynced + recorded)`,
       ['block size', 'client', 'ms', 'min', 'max', 'MB/s', 'ratio', 'all durable ms', 'rx/size'],
       rows,
       (i) => i > 1,
