@@ -1,7 +1,8 @@
 /**
  * A closed-loop HTTP load generator: N clients, each sending its next request
- * as soon as the previous answer has been read, over a keep-alive http.Agent
- * with one socket per client (maxSockets = concurrency). A warm-up period runs
+ * as soon as the previous answer has been read, each over its own keep-alive
+ * connection (bench/raw-http.ts: pre-encoded requests on a bare socket, a few
+ * µs of CPU per request, so one generator core outruns the servers measured). A warm-up period runs
  * first (same clients, not recorded). Then either a fixed duration, cut into
  * `windows` equal windows reported separately (so a window disturbed by
  * another job on a shared machine can be told apart), or a fixed request count.
@@ -9,6 +10,7 @@
  * sent after the warm-up; requests still in flight at the end are not counted.
  */
 import http from 'node:http';
+import { RawConnection, encodeRequest } from './raw-http.js';
 
 export interface LoadRequest {
   body: Buffer;
@@ -98,6 +100,14 @@ export function post(agent: http.Agent | undefined, host: string, port: number, 
   });
 }
 
+function plainHeaders(headers: http.OutgoingHttpHeaders): Record<string, string | number> {
+  const out: Record<string, string | number> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined) out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return out;
+}
+
 const cpuSeconds = (): number => {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1e6;
@@ -111,7 +121,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   if (byCount && opts.count === undefined) throw new Error('runLoad: give windowMs or count');
   const nWindows = byCount ? 1 : Math.max(1, opts.windows ?? 1);
   const windowMs = opts.windowMs ?? Infinity;
-  const agent = new http.Agent({ keepAlive: true, maxSockets: opts.concurrency, maxFreeSockets: opts.concurrency });
+  const encoded = opts.requests.map((r) => encodeRequest(host, opts.port, { path: opts.path, headers: plainHeaders(r.headers), body: r.body }));
+  const connections: RawConnection[] = [];
   const latencies: number[][] = Array.from({ length: nWindows }, () => []);
   const errors = new Array<number>(nWindows).fill(0);
   const errorSamples = new Set<string>();
@@ -135,15 +146,16 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   for (let i = 0; i < boundaries; i++) timers.push(setTimeout(() => mark(i), Math.max(0, from + (i === 0 ? 0 : i * windowMs) - performance.now())));
 
   const client = async (): Promise<void> => {
+    const connection = new RawConnection(host, opts.port, timeoutMs);
+    connections.push(connection);
     while (!done) {
-      const req = opts.requests[next++ % opts.requests.length] as LoadRequest;
+      const req = encoded[next++ % encoded.length] as Buffer;
       const start = performance.now();
       if (start >= until) break;
       let status = 0;
       let failure: string | undefined;
       try {
-        const res = await post(agent, host, opts.port, opts.path, req, timeoutMs, false);
-        status = res.status;
+        status = await connection.send(req);
         if (status !== 200) failure = `HTTP ${status}`;
       } catch (err) {
         failure = (err as Error).message;
@@ -167,7 +179,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
 
   await Promise.all(Array.from({ length: opts.concurrency }, () => client()));
   for (const t of timers) clearTimeout(t);
-  agent.destroy();
+  for (const c of connections) c.close();
   // The last boundary timer may not have run yet when the last client returns.
   for (let i = 0; i <= nWindows; i++) if (boundaryAt[i] === undefined) mark(i);
   const windows = latencies.map((lat, w): WindowResult => {
