@@ -417,6 +417,8 @@ export async function runServing(settings: BenchSettings = benchSettings()): Pro
       naive.baseline = naive;
       const group = [naive];
       if (c === 1) group.unshift(scenario('HTTP floor (no-op node:http server)', '-', c, echo, '/v2/models/mlp/infer', mlpRequests['v2-binary']));
+      // At 64 clients the floor reads the naive server's very requests: the most any node:http server answers here.
+      if (c === 64) group.unshift(scenario('HTTP floor (no-op node:http server)', '-', c, echo, '/v2/models/mlp/infer', mlpRequests['v2-json'], naive));
       for (const format of ['v1-json', 'v2-json', 'v2-binary'] as const) {
         for (const batched of [false, true]) {
           const label = `agent ${FORMAT_LABEL[format]}${batched ? `, batching ${BATCHING.maxBatchSize}/${BATCHING.maxQueueDelayMs}ms` : ''}`;
@@ -499,6 +501,8 @@ export async function runServing(settings: BenchSettings = benchSettings()): Pro
     for (const f of ['v1-json', 'v2-binary'] as const) {
       targets.push([`    (info) agent ${FORMAT_LABEL[f]} with batching ÷ naive, 64 clients`, `${fmt(pairedRatio(find(64, batchedLabel(f)), naiveAt(64)))}x`, '', 'info']);
     }
+    const floor64 = pairedRatio(find(64, 'HTTP floor (no-op node:http server)'), naiveAt(64));
+    targets.push(['    (info) no-op node:http server ÷ naive, 64 clients: the ceiling for any node:http server', `${fmt(floor64)}x`, '', 'info']);
     for (const n of OCR_CLIENTS) {
       const g = ocrGroups.get(n) ?? [];
       const d = pairedRatio(g.find((s) => s.label === 'agent v2 binary'), g.find((s) => s.label === 'agent v2 JSON'));
