@@ -17,11 +17,9 @@
  * outbox <ms in outbox calls> <outbox calls> <longest call ms>` to stderr at start and after every
  * SIGUSR2 or SIGHUP. SIGTERM stops the agent cleanly.
  */
-import { pino } from 'pino';
-import { parseConfig } from '../agent/config/load.js';
-import { createAgent } from '../agent/main.js';
 import { TelemetryOutbox } from '../agent/telemetry/outbox.js';
 import { InferenceRecorder } from '../agent/telemetry/recorder.js';
+import { runAgentProcess } from './agent-process.js';
 
 const raw = process.argv[2];
 if (!raw) throw new Error('usage: telemetry-agent-child.ts <config JSON> [on|off]');
@@ -72,23 +70,4 @@ process.on('SIGHUP', () => {
   say();
 });
 
-const config = parseConfig(JSON.parse(raw) as unknown, { source: 'bench config' });
-const agent = createAgent(config, pino({ level: 'warn' }, pino.destination({ dest: 2, sync: false })));
-await agent.start();
-const port = agent.httpAddress?.port;
-if (port === undefined) throw new Error('agent did not listen');
-say();
-process.stdout.write(`READY ${port}\n`);
-
-let stopping = false;
-process.on('SIGTERM', () => {
-  if (stopping) return;
-  stopping = true;
-  agent.stop().then(
-    () => process.exit(0),
-    (err: unknown) => {
-      process.stderr.write(`agent stop failed: ${String(err)}\n`);
-      process.exit(1);
-    },
-  );
-});
+await runAgentProcess(raw, say);

@@ -123,6 +123,21 @@ async function startCollector(store: FleetStore, options: Partial<CollectorOptio
   return collector;
 }
 
+/** A SQLite store whose first `failures` point inserts throw, as a full disk would. */
+async function flakyStore(failures: number): Promise<{ inner: FleetStore; flaky: FleetStore; failuresLeft: () => number }> {
+  const inner = await sqliteStore(dbFile());
+  const flaky: FleetStore = Object.assign(Object.create(inner) as FleetStore, {
+    insertPoints: async (device: string, points: Parameters<FleetStore['insertPoints']>[1]) => {
+      if (failures > 0) {
+        failures -= 1;
+        throw new Error('disk full (simulated)');
+      }
+      return inner.insertPoints(device, points);
+    },
+  });
+  return { inner, flaky, failuresLeft: () => failures };
+}
+
 async function device(id: string): Promise<MqttClient> {
   const client = await connectDevice(broker.url, id);
   cleanups.push(() => client.endAsync());
@@ -217,37 +232,17 @@ describe.skipIf(skip !== false)(`collector on Mosquitto${skip ? ` (skipped: ${sk
   });
 
   it('acknowledges nothing it could not store: a failed write comes back after a reconnect', async () => {
-    const inner = await sqliteStore(dbFile());
-    let failures = 2;
-    const flaky: FleetStore = Object.assign(Object.create(inner) as FleetStore, {
-      insertPoints: async (device: string, points: Parameters<FleetStore['insertPoints']>[1]) => {
-        if (failures > 0) {
-          failures -= 1;
-          throw new Error('disk full (simulated)');
-        }
-        return inner.insertPoints(device, points);
-      },
-    });
+    const { inner, flaky, failuresLeft } = await flakyStore(2);
     const collector = await startCollector(flaky);
     const pi = await device('pi-flaky');
     for (let i = 0; i < 10; i++) await publishTelemetry(pi, 'pi-flaky', [i + 1]);
     await waitFor('all ten points', async () => (await inner.series('pi-flaky', { from: 0, to: Date.now() })).health.length === 10);
-    expect(failures).toBe(0);
+    expect(failuresLeft()).toBe(0);
     expect(collector.stats.points).toBe(10);
   });
 
   it('over MQTT 3.1.1 (protocol version 4): plain subscriptions, and a failed write still comes back after a reconnect', async () => {
-    const inner = await sqliteStore(dbFile());
-    let failures = 2;
-    const flaky: FleetStore = Object.assign(Object.create(inner) as FleetStore, {
-      insertPoints: async (device: string, points: Parameters<FleetStore['insertPoints']>[1]) => {
-        if (failures > 0) {
-          failures -= 1;
-          throw new Error('disk full (simulated)');
-        }
-        return inner.insertPoints(device, points);
-      },
-    });
+    const { inner, flaky, failuresLeft } = await flakyStore(2);
     const collector = await startCollector(flaky, { broker: { url: broker.url, topicRoot: ROOT, tls: {}, protocolVersion: 4 } });
     expect(Object.keys(collector.subscriptions()).some((f) => f.startsWith('$share/'))).toBe(false);
     const pi = await mqtt.connectAsync(broker.url, { protocolVersion: 4, clientId: `device-v4-${Math.random().toString(16).slice(2)}`, reconnectPeriod: 200 });
@@ -256,7 +251,7 @@ describe.skipIf(skip !== false)(`collector on Mosquitto${skip ? ` (skipped: ${sk
     for (let i = 0; i < 10; i++) await publishTelemetry(pi, 'pi-v4', [i + 1]);
     await waitFor('all ten points', async () => (await inner.series('pi-v4', { from: 0, to: Date.now() })).health.length === 10);
     await waitFor('the retained state', () => collector.stats.states >= 1);
-    expect(failures).toBe(0);
+    expect(failuresLeft()).toBe(0);
     expect(collector.stats.points).toBe(10);
     await pi.publishAsync(topics.device(ROOT, 'pi-v4', 'state'), '', { qos: 1, retain: true });
   });
