@@ -1,8 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
-import { tmpdir, userInfo } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { MqttClient } from 'mqtt';
@@ -10,9 +9,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../protocol/manifest.js';
 import { parseReportedState, type ReportedState } from '../protocol/reported.js';
 import { startTestAgent, waitFor, type TestAgent } from './helpers/agent.js';
-import { freePort, REPO, spawnAgent, type ChildAgent } from './helpers/child.js';
+import { REPO, spawnAgent, type ChildAgent } from './helpers/child.js';
 import { buildManifest, connectFleet, makeFleetKeys, publishBlocks, publishDesired, signDesired, signManifest, writeTrust, type FleetKeys } from './helpers/fleet.js';
-import { MOSQUITTO_BIN, mosquittoSkipReason } from './helpers/mosquitto.js';
+import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
 
 /**
  * Resuming an interrupted artifact pull (PROTOCOL.md section 5): "After a
@@ -38,74 +37,21 @@ const CUT_AT = 0.3;
  */
 const LINK_BYTES_PER_S = 2.5 * 1024 * 1024;
 
-/** A Mosquitto broker whose log records subscriptions and sent PUBLISH sizes; stop and start are separate. */
-interface LoggedBroker {
-  readonly url: string;
-  readonly logFile: string;
-  start(): Promise<void>;
-  stop(): Promise<void>;
+/** Mosquitto logging every SUBSCRIBE and (at debug level) every PUBLISH it sends, read back by the test. */
+interface LoggedBroker extends Mosquitto {
   /** Byte length of the log now: a mark to read "what happened after". */
   mark(): number;
   subscriptions(clientId: string, since?: number): string[];
   sentBytes(clientId: string, topicPrefix: string, since?: number): { messages: number; bytes: number };
-  dispose(): Promise<void>;
 }
 
 async function startLoggedBroker(): Promise<LoggedBroker> {
-  const dir = await mkdtemp(join(tmpdir(), 'edgefleet-resume-broker-'));
-  const port = await freePort();
-  const logFile = join(dir, 'broker.log');
-  const config = join(dir, 'mosquitto.conf');
-  await writeFile(
-    config,
-    [
-      `listener ${port} 127.0.0.1`,
-      'allow_anonymous true',
-      'persistence true',
-      `persistence_location ${dir}/`,
-      'persistence_file mosquitto.db',
-      `user ${userInfo().username}`,
-      'max_packet_size 1048576',
-      'max_inflight_messages 0',
-      'max_queued_messages 10000',
-      `log_dest file ${logFile}`,
-      'log_timestamp false',
-      'log_type error',
-      'log_type warning',
-      'log_type subscribe',
-      'log_type debug',
-      '',
-    ].join('\n'),
-  );
-  let child: ChildProcess | undefined;
+  const broker = await startMosquitto({ logTypes: ['subscribe', 'debug'] });
+  const logFile = broker.logFile as string;
   const read = (since = 0): string[] => readFileSync(logFile).subarray(since).toString('utf8').split('\n');
-  const broker: LoggedBroker = {
-    url: `mqtt://127.0.0.1:${port}`,
-    logFile,
-    async start() {
-      const proc = spawn(MOSQUITTO_BIN, ['-c', config], { stdio: ['ignore', 'ignore', 'pipe'] });
-      child = proc;
-      let err = '';
-      proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-      const until = Date.now() + 10_000;
-      while (!(await canConnect(port))) {
-        if (proc.exitCode !== null) throw new Error(`mosquitto exited early: ${err}`);
-        if (Date.now() > until) throw new Error(`mosquitto did not listen on ${port}: ${err}`);
-        await sleep(25);
-      }
-    },
-    async stop() {
-      const proc = child;
-      child = undefined;
-      if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-      const exited = new Promise((resolve) => proc.once('exit', resolve));
-      proc.kill('SIGTERM'); // saves retained messages and sessions
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(timer);
-    },
+  return Object.assign(broker, {
     mark: () => readFileSync(logFile).length,
-    subscriptions(clientId, since = 0) {
+    subscriptions(clientId: string, since = 0): string[] {
       const out: string[] = [];
       for (const line of read(since)) {
         // log_type subscribe: "<client id> <qos> <topic filter>"
@@ -114,7 +60,7 @@ async function startLoggedBroker(): Promise<LoggedBroker> {
       }
       return out;
     },
-    sentBytes(clientId, topicPrefix, since = 0) {
+    sentBytes(clientId: string, topicPrefix: string, since = 0): { messages: number; bytes: number } {
       let messages = 0;
       let bytes = 0;
       for (const line of read(since)) {
@@ -126,13 +72,7 @@ async function startLoggedBroker(): Promise<LoggedBroker> {
       }
       return { messages, bytes };
     },
-    async dispose() {
-      await broker.stop();
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-  await broker.start();
-  return broker;
+  });
 }
 
 /** A TCP relay to the broker that throttles what the broker sends; cut() drops every connection through it. */
@@ -177,16 +117,6 @@ async function slowLink(targetPort: number, bytesPerSecond: number): Promise<Slo
   };
 }
 
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ port, host: '127.0.0.1' });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -240,7 +170,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await fleet?.endAsync();
   await link?.close();
-  await broker?.dispose();
+  await broker?.stop();
   if (trustFile) await rm(join(trustFile, '..'), { recursive: true, force: true });
 });
 
@@ -353,7 +283,7 @@ describe.skipIf(skip)('resuming an interrupted artifact pull', () => {
     const started = Date.now();
     await deploy(device);
     const progress = await waitFor(progressPast(device, CUT_AT), 30_000, `reported progress past ${CUT_AT}`);
-    await broker.stop();
+    await broker.halt();
     link.cut();
     const cutAfterMs = Date.now() - started;
     await sleep(300); // blocks already received are written and recorded

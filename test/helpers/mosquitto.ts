@@ -2,10 +2,11 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { removeQuietly } from '../../agent/store/fs-atomic.js';
+import { freePort } from './child.js';
 
 /**
  * A real Mosquitto broker for tests (STYLE.md item 8), on a free loopback
@@ -27,11 +28,25 @@ export function mosquittoSkipReason(): string | false {
   return `${MOSQUITTO_BIN} not found; install mosquitto (apt-get install -y mosquitto) to run the MQTT tests`;
 }
 
+export interface MosquittoOptions {
+  /**
+   * Extra `log_type`s (say `subscribe`, `debug`): the log then goes, without
+   * timestamps, to the file `logFile` names, for a test to read back.
+   */
+  logTypes?: readonly string[];
+}
+
 export interface Mosquitto {
   readonly url: string;
   readonly port: number;
+  /** The broker's log file, when logTypes were asked for. */
+  readonly logFile: string | undefined;
   /** Stops the broker (saving retained messages) and starts it again on the same port. */
   restart(options?: { downMs?: number }): Promise<void>;
+  /** Stops the broker, saving retained messages and sessions, until start(). */
+  halt(): Promise<void>;
+  /** Starts a halted broker again on the same port and state. */
+  start(): Promise<void>;
   /** Stops the broker for good and removes its temp directory. */
   stop(): Promise<void>;
 }
@@ -39,28 +54,36 @@ export interface Mosquitto {
 const READY_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 5_000;
 
-export async function startMosquitto(): Promise<Mosquitto> {
+export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mosquitto> {
   const dir = await mkdtemp(join(tmpdir(), 'edgefleet-mosquitto-'));
   const port = await freePort();
   const config = join(dir, 'mosquitto.conf');
-  await writeFile(config, configText(port, dir));
+  const logFile = options.logTypes ? join(dir, 'broker.log') : undefined;
+  await writeFile(config, configText(port, dir, logFile, options.logTypes ?? []));
   let child = await launch(config, port);
+  const halt = (): Promise<void> => terminate(child);
+  const start = async (): Promise<void> => {
+    child = await launch(config, port);
+  };
   return {
     url: `mqtt://127.0.0.1:${port}`,
     port,
-    async restart(options = {}) {
-      await terminate(child);
-      if (options.downMs) await new Promise((r) => setTimeout(r, options.downMs));
-      child = await launch(config, port);
+    logFile,
+    async restart(restartOptions = {}) {
+      await halt();
+      if (restartOptions.downMs) await new Promise((r) => setTimeout(r, restartOptions.downMs));
+      await start();
     },
+    halt,
+    start,
     async stop() {
-      await terminate(child);
+      await halt();
       await removeQuietly(dir);
     },
   };
 }
 
-function configText(port: number, dir: string): string {
+function configText(port: number, dir: string, logFile: string | undefined, logTypes: readonly string[]): string {
   return [
     `listener ${port} 127.0.0.1`,
     'allow_anonymous true',
@@ -73,23 +96,12 @@ function configText(port: number, dir: string): string {
     'max_packet_size 1048576',
     'max_inflight_messages 0',
     'max_queued_messages 10000',
-    'log_dest stderr',
+    ...(logFile ? [`log_dest file ${logFile}`, 'log_timestamp false'] : ['log_dest stderr']),
     'log_type error',
     'log_type warning',
+    ...logTypes.map((type) => `log_type ${type}`),
     '',
   ].join('\n');
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('no TCP address for a free port');
-  return address.port;
 }
 
 async function launch(config: string, port: number): Promise<ChildProcess> {
