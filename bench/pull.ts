@@ -47,7 +47,7 @@ import type { Manifest } from '../protocol/manifest.js';
 import { buildManifest, connectFleet, makeFleetKeys, publishBlocks, signManifest, writeTrust } from '../test/helpers/fleet.js';
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from '../test/helpers/mosquitto.js';
 import { measureServe, type ServeRun } from './pull-agent.js';
-import { startCountingRelay } from './pull-relay.js';
+import { startCountingRelay } from '../test/helpers/relay.js';
 import { waitForQuiet } from './cpu.js';
 import { benchSettings } from './settings.js';
 import { fmt, printTable, type Cell } from './table.js';

@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -12,6 +11,7 @@ import { startTestAgent, waitFor, type TestAgent } from './helpers/agent.js';
 import { REPO, spawnAgent, type ChildAgent } from './helpers/child.js';
 import { buildManifest, connectFleet, makeFleetKeys, publishBlocks, publishDesired, signDesired, signManifest, writeTrust, type FleetKeys } from './helpers/fleet.js';
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
+import { startCountingRelay, type CountingRelay } from './helpers/relay.js';
 
 /**
  * Resuming an interrupted artifact pull (PROTOCOL.md section 5): "After a
@@ -75,49 +75,6 @@ async function startLoggedBroker(): Promise<LoggedBroker> {
   });
 }
 
-/** A TCP relay to the broker that throttles what the broker sends; cut() drops every connection through it. */
-interface SlowLink {
-  readonly url: string;
-  cut(): void;
-  close(): Promise<void>;
-}
-
-async function slowLink(targetPort: number, bytesPerSecond: number): Promise<SlowLink> {
-  const sockets = new Set<Socket>();
-  const server = createServer((down) => {
-    const up = connect({ port: targetPort, host: '127.0.0.1' });
-    sockets.add(down).add(up);
-    const drop = (): void => {
-      down.destroy();
-      up.destroy();
-      sockets.delete(down);
-      sockets.delete(up);
-    };
-    for (const s of [down, up]) s.on('error', drop).on('close', drop);
-    down.pipe(up);
-    up.on('data', (chunk: Buffer) => {
-      down.write(chunk);
-      up.pause();
-      setTimeout(() => up.resume(), (chunk.length * 1000) / bytesPerSecond);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  const cut = (): void => {
-    for (const s of sockets) s.destroy();
-    sockets.clear();
-  };
-  return {
-    url: `mqtt://127.0.0.1:${port}`,
-    cut,
-    async close() {
-      cut();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
-
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Blocks recorded done in the agent's database (PROTOCOL.md section 5: "records it as done in durable storage"). */
@@ -139,7 +96,7 @@ function blockIndexes(topicsSubscribed: readonly string[], sha256: string): numb
 
 const skip = mosquittoSkipReason();
 let broker: LoggedBroker;
-let link: SlowLink;
+let link: CountingRelay;
 let fleet: MqttClient;
 let keys: FleetKeys;
 let bytes: Buffer;
@@ -151,7 +108,7 @@ const states = new Map<string, ReportedState>();
 beforeAll(async () => {
   if (skip) return;
   broker = await startLoggedBroker();
-  link = await slowLink(Number(new URL(broker.url).port), LINK_BYTES_PER_S);
+  link = await startCountingRelay(broker.port, { downBytesPerSecond: LINK_BYTES_PER_S });
   fleet = await connectFleet(broker.url);
   keys = makeFleetKeys();
   trustFile = join(await mkdtemp(join(tmpdir(), 'edgefleet-trust-')), 'trust.json');

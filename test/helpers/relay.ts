@@ -1,11 +1,13 @@
 import { connect, createServer, type Socket } from 'node:net';
 
 /**
- * A TCP relay in front of the broker for the pull benchmark: it counts the
- * bytes that cross it in each direction (what the device's link would carry,
- * MQTT framing and bytes lost in a cut included) and cut() drops every
- * connection through it at once, like a network outage. The client's
- * reconnect goes through the relay again.
+ * A TCP relay in front of the broker, for the pull benchmark and the resume
+ * tests: it counts the bytes that cross it in each direction (what the
+ * device's link would carry, MQTT framing and bytes lost in a cut included),
+ * can throttle what the broker sends (a slow link, so that a pull takes long
+ * enough to be cut part way), and cut() drops every connection through it at
+ * once, like a network outage. The client's reconnect goes through the relay
+ * again.
  */
 export interface CountingRelay {
   readonly url: string;
@@ -19,7 +21,12 @@ export interface CountingRelay {
   close(): Promise<void>;
 }
 
-export async function startCountingRelay(targetPort: number): Promise<CountingRelay> {
+export interface RelayOptions {
+  /** Throttle broker → client to about this rate; unlimited when absent. */
+  downBytesPerSecond?: number;
+}
+
+export async function startCountingRelay(targetPort: number, options: RelayOptions = {}): Promise<CountingRelay> {
   const sockets = new Set<Socket>();
   let downBytes = 0;
   let upBytes = 0;
@@ -37,20 +44,8 @@ export async function startCountingRelay(targetPort: number): Promise<CountingRe
       sockets.delete(up);
     };
     for (const s of [down, up]) s.on('error', drop).on('close', drop);
-    down.on('data', (chunk: Buffer) => {
-      upBytes += chunk.length;
-      if (!up.write(chunk)) {
-        down.pause();
-        up.once('drain', () => down.resume());
-      }
-    });
-    up.on('data', (chunk: Buffer) => {
-      downBytes += chunk.length;
-      if (!down.write(chunk)) {
-        up.pause();
-        down.once('drain', () => up.resume());
-      }
-    });
+    forward(down, up, (n) => (upBytes += n));
+    forward(up, down, (n) => (downBytes += n), options.downBytesPerSecond);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -78,4 +73,21 @@ export async function startCountingRelay(targetPort: number): Promise<CountingRe
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** Copies `from` to `to`, pausing `from` until `to` drains and, when throttled, until the chunk's time at that rate has passed. */
+function forward(from: Socket, to: Socket, count: (bytes: number) => void, bytesPerSecond?: number): void {
+  from.on('data', (chunk: Buffer) => {
+    count(chunk.length);
+    const drained = to.write(chunk);
+    const delayMs = bytesPerSecond ? (chunk.length * 1000) / bytesPerSecond : 0;
+    if (drained && delayMs === 0) return;
+    from.pause();
+    let waits = (drained ? 0 : 1) + (delayMs > 0 ? 1 : 0);
+    const done = (): void => {
+      if (--waits === 0) from.resume();
+    };
+    if (!drained) to.once('drain', done);
+    if (delayMs > 0) setTimeout(done, delayMs);
+  });
 }
