@@ -1,6 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
+import { CoalescedPass } from '../coalesce.js';
 import type { AgentConfig } from '../config/schema.js';
 import type { VersionLoader } from './loader.js';
 import type { ModelRegistry } from './registry.js';
@@ -23,8 +24,10 @@ export class ModelRepository {
   private readonly loaded = new Map<string, Map<number, FileSignature>>();
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
-  private again = false;
+  private readonly syncs = new CoalescedPass(
+    () => this.reconcile(),
+    () => !this.stopped,
+  );
   private stopped = false;
 
   constructor(
@@ -47,7 +50,7 @@ export class ModelRepository {
     this.stopped = true;
     clearTimeout(this.timer);
     this.watcher?.close();
-    await this.running;
+    await this.syncs.running;
   }
 
   private kick(delayMs: number): void {
@@ -60,17 +63,7 @@ export class ModelRepository {
 
   /** One reconcile pass; concurrent calls coalesce into one more pass. */
   sync(): Promise<void> {
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        await this.reconcile();
-      } while (this.again && !this.stopped);
-    })().finally(() => (this.running = undefined));
-    return this.running;
+    return this.syncs.run();
   }
 
   private async reconcile(): Promise<void> {

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { topics } from '../../protocol/index.js';
+import { CoalescedPass } from '../coalesce.js';
 import { errorMessage } from '../errors.js';
 import type { OutboxBatch, TelemetryOutbox } from './outbox.js';
 
@@ -48,8 +49,9 @@ export interface TelemetryUploaderOptions {
 export class TelemetryUploader {
   private readonly topic: string;
   private readonly prefix: string;
-  private running: Promise<void> | undefined;
-  private again = false;
+  private readonly drains = new CoalescedPass(async () => {
+    while (await this.sendOne());
+  });
   private stopped = true;
   /** Set when stop() has given up waiting: the loop must not start another batch. */
   private halted = false;
@@ -94,19 +96,7 @@ export class TelemetryUploader {
    */
   drain(final = false): Promise<void> {
     if (this.stopped && !final) return Promise.resolve();
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        while (await this.sendOne());
-      } while (this.again);
-    })().finally(() => {
-      this.running = undefined;
-    });
-    return this.running;
+    return this.drains.run();
   }
 
   private soon(): void {
