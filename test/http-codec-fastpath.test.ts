@@ -1,14 +1,16 @@
 /**
- * The infer route's fast paths against their definitions: parseV2Body must
+ * The infer routes' fast paths against their definitions: parseV2Body must
  * answer exactly as parseV2Request(splitV2Body(...)) (values and error
- * messages), and encodeV2ResponseParts exactly as the object-and-stringify
+ * messages), parseV1Request of the fast v1 reader's result exactly as of
+ * JSON.parse's, and encodeV2ResponseParts exactly as the object-and-stringify
  * encoder it replaced.
  */
 import { Buffer } from 'node:buffer';
 import { describe, expect, it } from 'vitest';
 import { EdgefleetError } from '../agent/errors.js';
-import { parseV2Json } from '../agent/http/codec/fast-json.js';
+import { parseV1Json, parseV2Json } from '../agent/http/codec/fast-json.js';
 import { encodeJsonFlat, encodeJsonFlatText } from '../agent/http/codec/json-data.js';
+import { parseV1Request } from '../agent/http/codec/v1.js';
 import { encodeV2Response, encodeV2ResponseParts, parseV2Body, parseV2Request, splitV2Body } from '../agent/http/codec/v2.js';
 import type { ModelIo, V2OutputSelection, V2ResponseMeta } from '../agent/http/codec/v2.js';
 import { DATATYPES } from '../agent/runtime/tensor.js';
@@ -96,6 +98,59 @@ describe('parseV2Body', () => {
     for (const len of [header.length, String(header.length), 'x', header.length - 3, body.length + 1]) {
       expect(outcome(() => parseV2Body(body, len, model))).toEqual(outcome(() => { const s = splitV2Body(body, len); return parseV2Request(s.json, model, s.binary); }));
     }
+  });
+});
+
+describe('parseV1Request on the fast v1 reader', () => {
+  /** A v1 value of rank `rank` with trailing dims `dims`, sometimes ragged or holding a stray value. */
+  function tensor(dt: Datatype, dims: readonly number[]): unknown {
+    if (dims.length === 0) return element(dt);
+    const n = rand() < 0.05 ? (dims[0] as number) + 1 : (dims[0] as number);
+    const rows = Array.from({ length: n }, () => tensor(dt, dims.slice(1)));
+    if (rand() < 0.03) rows[0] = pick([[1, 2], 5, [[1]]]);
+    return rows;
+  }
+
+  it('answers exactly as on JSON.parse, every datatype, row and columnar, valid or not', () => {
+    let fast = 0;
+    const runs = 4000;
+    for (let i = 0; i < runs; i++) {
+      const dt = pick(DATATYPES);
+      const rank = 1 + Math.floor(rand() * 3);
+      const dims = Array.from({ length: rank - 1 }, () => 1 + Math.floor(rand() * 3));
+      const twoInputs = rand() < 0.4;
+      const specs = twoInputs
+        ? [{ name: 'x', datatype: dt, shape: [-1, ...dims] }, { name: 'y', datatype: 'FP32' as const, shape: [-1] }]
+        : [{ name: 'x', datatype: dt, shape: [-1, ...dims] }];
+      const batch = 1 + Math.floor(rand() * 3);
+      let body: unknown;
+      if (rand() < 0.5) {
+        const instances = Array.from({ length: batch }, () => (twoInputs || rand() < 0.3 ? { x: tensor(dt, dims), ...(twoInputs && { y: element('FP32') }) } : tensor(dt, dims)));
+        body = { instances, ...(rand() < 0.2 && { signature_name: 'serving_default' }) };
+      } else {
+        const x = tensor(dt, [batch, ...dims]);
+        body = { inputs: twoInputs || rand() < 0.3 ? { x, ...(twoInputs && { y: tensor('FP32', [batch]) }) } : x };
+      }
+      const bytes = Buffer.from(JSON.stringify(body));
+      const read = parseV1Json(bytes, bytes.length);
+      if (read !== undefined) fast++;
+      const expected = outcome(() => parseV1Request(JSON.parse(bytes.toString('utf8')), specs));
+      const actual = outcome(() => parseV1Request(read ?? JSON.parse(bytes.toString('utf8')), specs));
+      expect(actual).toEqual(expected);
+      if (expected.ok && actual.ok) {
+        const e = expected.value as { inputs: HostTensor[] };
+        (actual.value as { inputs: HostTensor[] }).inputs.forEach((t, k) => expect(t.data.constructor).toBe(e.inputs[k]?.data.constructor));
+      }
+    }
+    expect(fast).toBeGreaterThan(runs * 0.6);
+  });
+
+  it('copies out of the reader scratch', () => {
+    const specs = [{ name: 'x', datatype: 'FP64' as const, shape: [-1, 2] }];
+    const read = (text: string): unknown => parseV1Json(Buffer.from(text), Buffer.byteLength(text));
+    const first = parseV1Request(read('{"instances":[[1,2],[3,4]]}'), specs);
+    parseV1Request(read('{"instances":[[5,6],[7,8]]}'), specs);
+    expect([...(first.inputs[0]?.data as Float64Array)]).toEqual([1, 2, 3, 4]);
   });
 });
 

@@ -1,6 +1,6 @@
 import { Buffer } from 'node:buffer';
 import { describe, expect, it } from 'vitest';
-import { parseV2Json } from '../agent/http/codec/fast-json.js';
+import { parseV1Json, parseV2Json } from '../agent/http/codec/fast-json.js';
 import { mulberry32 } from '../models/onnx/zoo.js';
 
 /** JSON.parse's answer with every Float64Array the fast reader may produce turned back into an array. */
@@ -24,10 +24,10 @@ function same(a: unknown, b: unknown): boolean {
 }
 
 /** The fast reader either gives up or agrees with JSON.parse. Returns whether it answered. */
-function check(text: string | Buffer, end?: number): boolean {
+function check(text: string | Buffer, end?: number, read: (body: Buffer, end: number) => unknown = parseV2Json): boolean {
   const body = typeof text === 'string' ? Buffer.from(text) : text;
   const n = end ?? body.length;
-  const fast = parseV2Json(body, n);
+  const fast = read(body, n);
   let expected: unknown;
   let threw = false;
   try {
@@ -132,5 +132,47 @@ describe('fast v2 JSON reader', () => {
     const body = Buffer.concat([Buffer.from(json), Buffer.from([1, 2, 3, 0x5d])]);
     expect(check(body, json.length)).toBe(true);
     expect(parseV2Json(body, json.length - 1)).toBeUndefined();
+  });
+});
+
+describe('fast v1 JSON reader', () => {
+  const checkV1 = (text: string | Buffer): boolean => check(text, undefined, parseV1Json);
+
+  it('reads numbers exactly as JSON.parse does', () => {
+    for (const lit of EDGES) expect(checkV1(`{"instances":[[${lit}],[${lit}]],"n":${lit}}`)).toBe(true);
+    for (let i = 0; i < 5000; i++) expect(checkV1(`{"inputs":{"x":[[${numberLiteral()},${numberLiteral()}]]}}`)).toBe(true);
+  });
+
+  it('turns number rows at any depth under instances or inputs into Float64Arrays, and nothing else', () => {
+    type Doc = { instances: unknown[]; signature_name: string; other: unknown[] };
+    const body = '{"signature_name":"serving_default","other":[1,2],"instances":[[[1,2],[3,4]],{"x":[5],"y":{"b64":"AAE="},"z":[[6]]},[1,"NaN"],[],7]}';
+    const out = parseV1Json(Buffer.from(body), body.length) as Doc;
+    const [nested, named, mixed, empty, bare] = out.instances as [unknown[], Record<string, unknown>, unknown[], unknown[], number];
+    expect(nested[0]).toBeInstanceOf(Float64Array);
+    expect(nested[1]).toBeInstanceOf(Float64Array);
+    expect(named.x).toBeInstanceOf(Float64Array);
+    expect((named.z as unknown[])[0]).toBeInstanceOf(Float64Array);
+    expect(named.y).toEqual({ b64: 'AAE=' });
+    expect(Array.isArray(mixed) && Array.isArray(empty) && bare === 7).toBe(true);
+    expect(Array.isArray(out.other)).toBe(true);
+    expect(checkV1(body)).toBe(true);
+    const columnar = parseV1Json(Buffer.from('{"inputs":[1,2,3]}'), 18) as { inputs: unknown };
+    expect(columnar.inputs).toBeInstanceOf(Float64Array);
+  });
+
+  it('agrees with JSON.parse on random and corrupted documents', () => {
+    const value = (d: number): unknown => {
+      const r = rand();
+      if (d > 4 || r < 0.3) return pick([0, -1.5, 1e21, 'x', '', true, null, 123456789, Number(numberLiteral())]);
+      if (r < 0.7) return Array.from({ length: Math.floor(rand() * 4) }, () => value(d + 1));
+      return Object.fromEntries(Array.from({ length: Math.floor(rand() * 3) }, () => [pick(['x', 'b64', 'instances', 'inputs']), value(d + 1)]));
+    };
+    for (let i = 0; i < 3000; i++) expect(checkV1(JSON.stringify({ [pick(['instances', 'inputs'])]: value(0), other: value(2) }))).toBe(true);
+    const base = JSON.stringify({ instances: [[0.5, -1, 2e-3], [7, 8, 9]] });
+    for (let i = 0; i < 10000; i++) {
+      const b = Buffer.from(base);
+      b[Math.floor(rand() * b.length)] = pick([...Buffer.from('{}[],:"-.e0123456789 x'), 0xc3]);
+      checkV1(b);
+    }
   });
 });

@@ -4,6 +4,7 @@ import type { Timed } from '../runtime/batcher.js';
 import type { HostTensor } from '../runtime/tensor.js';
 import type { Servable } from '../serving/servable.js';
 import { parseJson } from './body.js';
+import { parseV1Json } from './codec/fast-json.js';
 import { encodeV1Response, parseV1Request } from './codec/v1.js';
 import { encodeV2ResponseParts, parseV2Body } from './codec/v2.js';
 
@@ -31,7 +32,7 @@ async function run(servable: Servable, inputs: readonly HostTensor[], outputs?: 
 
 /** POST /v1/models/...:predict, TensorFlow Serving's REST predict. */
 export async function predictV1(servable: Servable, body: Buffer): Promise<InferResult> {
-  const request = parseV1Request(parseJson(body), servable.session.inputs);
+  const request = parseV1Request(parseV1Json(body, body.length) ?? parseJson(body), servable.session.inputs);
   const result = await run(servable, request.inputs);
   const text = JSON.stringify(encodeV1Response(request.format, result.value));
   return { headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) }, body: text, queueMs: result.queueMs, computeMs: result.computeMs };

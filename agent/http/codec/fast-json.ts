@@ -1,17 +1,21 @@
 /**
- * A JSON reader for v2 infer bodies, for the hot path: V8's JSON.parse spends
+ * A JSON reader for infer bodies, for the hot path: V8's JSON.parse spends
  * about 13 ns on every element of a number array (an MNIST digit's 784 pixels
  * cost 10 µs, more than the model), building a JS array the codec then copies
  * into a typed one. This reader scans the bytes once and puts the numbers of
- * each `inputs[k].data` array straight into a Float64Array.
+ * each tensor's arrays straight into a Float64Array.
  *
- * Contract: `parseV2Json(buf, end)` returns either exactly what
- * `JSON.parse(buf.toString('utf8', 0, end))` returns, except that a non-empty
- * `data` array of an object in the top-level `inputs` array whose elements are
- * all numbers comes back as a Float64Array of the same values; or undefined,
- * and the caller runs JSON.parse (which also words any syntax error). It gives
- * up rather than guess: on any syntax error, string escape, non-ASCII byte,
- * `__proto__` key or deep nesting.
+ * Contract: `parseV2Json(buf, end)` and `parseV1Json(buf, end)` return either
+ * exactly what `JSON.parse(buf.toString('utf8', 0, end))` returns, except that
+ * some non-empty arrays whose elements are all numbers come back as a
+ * Float64Array of the same values; or undefined, and the caller runs
+ * JSON.parse (which also words any syntax error). Which arrays: for v2 (Open
+ * Inference Protocol) the `data` array of an object in the top-level `inputs`
+ * array; for v1 (TensorFlow Serving `:predict`) any array at any depth under
+ * the top-level `instances` or `inputs`, so a nested tensor comes back as JS
+ * arrays whose innermost rows are Float64Arrays. The reader gives up rather
+ * than guess: on any syntax error, string escape, non-ASCII byte, `__proto__`
+ * key or deep nesting.
  *
  * The Float64Arrays are views of a scratch buffer that the next call reuses:
  * read (copy) them before parsing again. Allocating a typed array per request
@@ -38,6 +42,9 @@ const AT_ROOT = 1;
 const AT_INPUTS = 2;
 const AT_INPUT = 3;
 const AT_DATA = 4;
+const AT_V1_ROOT = 5;
+/** Inside v1 `instances` or `inputs`: every number array is a tensor row. */
+const AT_V1_TENSOR = 6;
 
 /** Numbers of the data arrays of one parse, one region each; reused by the next parse. */
 const SCRATCH = 4096;
@@ -55,14 +62,24 @@ const COMMON = [
   'BOOL', 'UINT8', 'UINT16', 'UINT32', 'UINT64', 'INT8', 'INT16', 'INT32', 'INT64', 'FP16', 'FP32', 'FP64', 'BYTES',
 ].map((text) => ({ text, bytes: Buffer.from(text, 'latin1') }));
 
+/** A v2 infer body (or the JSON header of a binary one); see the contract above. */
 export function parseV2Json(body: Buffer, length: number): unknown {
+  return parse(body, length, AT_ROOT);
+}
+
+/** A v1 `:predict` body; see the contract above. */
+export function parseV1Json(body: Buffer, length: number): unknown {
+  return parse(body, length, AT_V1_ROOT);
+}
+
+function parse(body: Buffer, length: number, root: number): unknown {
   used = 0;
   text = undefined;
   if (scratch.length > KEEP) scratch = new Float64Array(SCRATCH);
   const end = Math.min(length, body.length);
   const reader = new Reader(end === body.length ? body : body.subarray(0, end), end);
   try {
-    const value = reader.value(AT_ROOT);
+    const value = reader.value(root);
     reader.skipWhitespace();
     return reader.p === reader.end ? value : undefined;
   } catch (err) {
@@ -70,6 +87,22 @@ export function parseV2Json(body: Buffer, length: number): unknown {
     throw err;
   } finally {
     text = undefined; // do not keep the body's text alive
+  }
+}
+
+/** Where the value of `key` sits, in an object at `at`. */
+function childOf(at: number, key: string): number {
+  switch (at) {
+    case AT_ROOT:
+      return key === 'inputs' ? AT_INPUTS : AT_OTHER;
+    case AT_INPUT:
+      return key === 'data' ? AT_DATA : AT_OTHER;
+    case AT_V1_ROOT:
+      return key === 'instances' || key === 'inputs' ? AT_V1_TENSOR : AT_OTHER;
+    case AT_V1_TENSOR: // named instances and columnar inputs: {"input name": tensor}
+      return AT_V1_TENSOR;
+    default:
+      return AT_OTHER;
   }
 }
 
@@ -106,7 +139,7 @@ class Reader {
       case 0x7b: // {
         return this.object(at);
       case 0x5b: // [
-        if (at === AT_DATA) {
+        if (at === AT_DATA || at === AT_V1_TENSOR) {
           const numbers = this.numberArray();
           if (numbers) return numbers;
         }
@@ -163,7 +196,7 @@ class Reader {
         this.skipWhitespace();
         if (this.at(this.p) !== 0x3a) throw GIVE_UP; // :
         this.p++;
-        obj[key] = this.value(at === AT_ROOT && key === 'inputs' ? AT_INPUTS : at === AT_INPUT && key === 'data' ? AT_DATA : AT_OTHER);
+        obj[key] = this.value(childOf(at, key));
       } while (this.next(0x7d));
     }
     this.depth--;
@@ -177,7 +210,7 @@ class Reader {
     if (this.at(this.p) === 0x5d) {
       this.p++;
     } else {
-      const child = at === AT_INPUTS ? AT_INPUT : AT_OTHER;
+      const child = at === AT_INPUTS ? AT_INPUT : at === AT_V1_TENSOR ? AT_V1_TENSOR : AT_OTHER;
       do arr.push(this.value(child));
       while (this.next(0x5d));
     }

@@ -37,16 +37,28 @@ export interface DecodedJson {
 /** Deeper nesting is certainly a mistake, and recursion must stay bounded. */
 const MAX_RANK = 32;
 
-/** Converts a JSON scalar or (nested) array into typed element data. */
+/**
+ * An array as decodeJson takes it: a JS array, or a Float64Array standing for
+ * a JS array of those numbers (fast-json.ts reads rows of numbers that way).
+ */
+type Rows = readonly unknown[] | Float64Array;
+
+const isRows = (v: unknown): v is Rows => Array.isArray(v) || v instanceof Float64Array;
+
+/**
+ * Converts a JSON scalar or (nested) array into typed element data. Any
+ * array may be a Float64Array of numbers instead (see Rows), with the same
+ * result and the same errors.
+ */
 export function decodeJson(value: unknown, datatype: Datatype, opts: JsonDecodeOptions): DecodedJson {
   const shape = nestedShape(value, opts.input);
   // Row lengths are checked before allocating, so the shape's product is real data.
-  if (shape.length > 1) checkRows(value as unknown[], shape, 0, opts.input);
+  if (shape.length > 1) checkRows(value as Rows, shape, 0, opts.input);
   const count = elementCount(shape);
   checkCount(count, opts);
   const sink = makeSink(datatype, count, opts);
   if (shape.length === 0) sink.put(value, 0);
-  else fillLeaves(value as unknown[], shape, 0, sink, 0, opts.input);
+  else fillLeaves(value as Rows, shape, 0, sink, 0, opts.input);
   return { data: sink.data, shape };
 }
 
@@ -81,7 +93,7 @@ function checkCount(count: number, opts: JsonDecodeOptions): void {
 function nestedShape(value: unknown, input: string): number[] {
   const shape: number[] = [];
   let v = value;
-  while (Array.isArray(v)) {
+  while (isRows(v)) {
     if (shape.length === MAX_RANK) throw badRequest(`input "${input}": arrays nested deeper than ${MAX_RANK}`);
     shape.push(v.length);
     if (v.length === 0) break;
@@ -94,20 +106,20 @@ function ragged(input: string, detail: string): Error {
   return badRequest(`input "${input}": ragged nested array (${detail}); every row must have the same length`);
 }
 
-function checkRows(rows: unknown[], shape: readonly number[], depth: number, input: string): void {
+function checkRows(rows: Rows, shape: readonly number[], depth: number, input: string): void {
   if (rows.length !== shape[depth]) {
     throw ragged(input, `a row at depth ${depth} has ${rows.length} elements, expected ${shape[depth]}`);
   }
   if (depth === shape.length - 1) return;
   for (const row of rows) {
-    if (!Array.isArray(row)) throw ragged(input, `a value appears where depth ${depth + 1} needs an array`);
+    if (!isRows(row)) throw ragged(input, `a value appears where depth ${depth + 1} needs an array`);
     checkRows(row, shape, depth + 1, input);
   }
 }
 
-function fillLeaves(rows: unknown[], shape: readonly number[], depth: number, sink: Sink, at: number, input: string): number {
+function fillLeaves(rows: Rows, shape: readonly number[], depth: number, sink: Sink, at: number, input: string): number {
   if (depth < shape.length - 1) {
-    for (const row of rows) at = fillLeaves(row as unknown[], shape, depth + 1, sink, at, input);
+    for (const row of rows) at = fillLeaves(row as Rows, shape, depth + 1, sink, at, input);
     return at;
   }
   // Row lengths were checked already; leaves still have to be non-arrays.
@@ -117,7 +129,7 @@ function fillLeaves(rows: unknown[], shape: readonly number[], depth: number, si
   }
   for (let i = 0; i < rows.length; i++) {
     const v = rows[i];
-    if (typeof v === 'object' && Array.isArray(v)) throw ragged(input, `element ${at + i} is an array`);
+    if (isRows(v)) throw ragged(input, `element ${at + i} is an array`);
     sink.put(v, at + i);
   }
   return at + rows.length;
@@ -178,12 +190,17 @@ class FloatSink implements Sink {
   }
 
   /** fillLeaves' leaf loop for floats: same checks, in the same order, element by element. */
-  putRow(row: readonly unknown[], at: number): void {
+  putRow(row: Rows, at: number): void {
     const out = this.data;
+    if (row instanceof Float64Array) {
+      // Numbers only: storing them rounds exactly as the element-wise loop does.
+      out.set(row, at);
+      return;
+    }
     for (let i = 0; i < row.length; i++) {
       const v = row[i];
       if (typeof v === 'number') out[at + i] = v;
-      else if (Array.isArray(v)) throw ragged(this.input, `element ${at + i} is an array`);
+      else if (isRows(v)) throw ragged(this.input, `element ${at + i} is an array`);
       else out[at + i] = special(v, at + i, this.dt, this.input);
     }
   }
@@ -377,14 +394,17 @@ function bigToJson(b: bigint): number | string {
   return b >= -9007199254740991n && b <= 9007199254740991n ? Number(b) : b.toString();
 }
 
+/** Shows a Float64Array that stands for a JSON array (Rows) as that array. */
+const asArrays = (_key: string, x: unknown): unknown => (x instanceof Float64Array ? Array.from(x) : x);
+
 /** A short rendering of a client's value for error messages. */
 export function show(v: unknown): string {
   let s: string;
   try {
-    s = (JSON.stringify(v)) ?? String(v);
+    s = JSON.stringify(v, asArrays) ?? String(v);
   } catch {
     // Valid JSON can nest deeper than JSON.stringify's stack allows.
-    s = Array.isArray(v) ? '[...]' : '{...}';
+    s = isRows(v) ? '[...]' : '{...}';
   }
   return s.length > 40 ? `${s.slice(0, 37)}...` : s;
 }

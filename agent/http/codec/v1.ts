@@ -38,8 +38,9 @@ export function parseV1Request(json: unknown, specs: readonly TensorSpec[]): V1P
   return { format: row ? 'row' : 'columnar', signatureName, inputs };
 }
 
+/** Not an array: neither a JS array nor a Float64Array the fast reader made of one (parseV1Json). */
 function isPlainObject(v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Float64Array);
 }
 
 /** An object keyed by input name, as opposed to a value (a `{"b64"}` object is a value). */
@@ -51,7 +52,9 @@ function names(specs: readonly TensorSpec[]): string {
   return specs.map((s) => `"${s.name}"`).join(', ');
 }
 
-function rowInputs(instances: unknown, specs: readonly TensorSpec[]): HostTensor[] {
+function rowInputs(raw: unknown, specs: readonly TensorSpec[]): HostTensor[] {
+  // A bare list of numbers (a single-input model with a 1-D input) may come as the fast reader's Float64Array.
+  const instances = raw instanceof Float64Array ? Array.from(raw) : raw;
   if (!Array.isArray(instances) || instances.length === 0) {
     throw badRequest('"instances" must be a non-empty list');
   }
