@@ -4,31 +4,42 @@ import { EdgefleetError, badRequest } from '../errors.js';
 const tooLarge = (limit: number): EdgefleetError =>
   new EdgefleetError('PAYLOAD_TOO_LARGE', `request body is larger than the limit of ${limit} bytes (http.bodyLimitBytes)`);
 
-/** Reads a request body into one Buffer, refusing it as soon as it passes `limit`. */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * Reads a request body into one Buffer, refusing it as soon as it passes
+ * `limit`, and calls `done` exactly once. A callback rather than a promise:
+ * this runs for every inference request.
+ */
+export function readBody(req: IncomingMessage, limit: number, done: (err: Error | undefined, body: Buffer) => void): void {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) {
     req.resume(); // drain so the connection can answer
-    return Promise.reject(tooLarge(limit));
+    done(tooLarge(limit), EMPTY);
+    return;
   }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        chunks.length = 0;
-        req.removeAllListeners('data');
-        req.resume();
-        reject(tooLarge(limit));
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size)));
-    req.on('error', (err) => reject(badRequest(`request body could not be read: ${err.message}`)));
+  let chunks: Buffer[] = [];
+  let size = 0;
+  let settled = false;
+  const settle = (err: Error | undefined, body: Buffer): void => {
+    if (settled) return;
+    settled = true;
+    done(err, body);
+  };
+  req.on('data', (chunk: Buffer) => {
+    if (settled) return;
+    size += chunk.length;
+    if (size > limit) {
+      chunks = [];
+      req.resume();
+      settle(tooLarge(limit), EMPTY);
+      return;
+    }
+    chunks.push(chunk);
   });
+  req.on('end', () => settle(undefined, chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size)));
+  req.on('error', (err) => settle(badRequest(`request body could not be read: ${err.message}`), EMPTY));
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /** Parses JSON, naming where it broke. */
 export function parseJson(text: string | Buffer, what = 'request body'): unknown {

@@ -8,7 +8,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { InferenceRecorder } from '../telemetry/recorder.js';
 import { readBody } from './body.js';
 import { sendError, sendJson } from './errors.js';
-import { inferV2, predictV1, type InferResult } from './infer.js';
+import { prepareV1, prepareV2, runError, type PreparedInfer } from './infer.js';
 import { v1Metadata, v1Status, v2Metadata, v2ModelReady } from './model-info.js';
 import { matchRoute, type Route } from './routes.js';
 
@@ -79,7 +79,21 @@ export class HttpServer {
     this.options.metrics.inFlight.inc();
     if (this.draining) res.setHeader('Connection', 'close');
     res.once('close', this.responseClosed);
-    void this.dispatch(req, res, started);
+    let route: Route | undefined;
+    try {
+      route = matchRoute(req.method ?? 'GET', req.url ?? '/');
+      if (!route) throw notFound(`no such endpoint: ${req.method ?? ''} ${req.url ?? ''}`);
+      if (this.inFlight > this.options.config.maxInFlight) throw unavailable(`server is overloaded (${this.inFlight} requests in flight); retry later`);
+      if (route.kind === 'v1-predict' || route.kind === 'v2-infer') {
+        this.infer(route, req, res, started);
+        return;
+      }
+    } catch (err) {
+      this.fail(req, res, route, err);
+      return;
+    }
+    const info = route;
+    this.info(info, res).catch((err: unknown) => this.fail(req, res, info, err));
   }
 
   /** One listener for every response: nothing per request to allocate. */
@@ -89,30 +103,19 @@ export class HttpServer {
     if (this.draining && this.inFlight === 0) this.drained?.();
   };
 
-  private async dispatch(req: IncomingMessage, res: ServerResponse, started: number): Promise<void> {
-    let route: Route | undefined;
+  /** Answers a request that failed before it reached a model. */
+  private fail(req: IncomingMessage, res: ServerResponse, route: Route | undefined, err: unknown): void {
     try {
-      route = matchRoute(req.method ?? 'GET', req.url ?? '/');
-      if (!route) throw notFound(`no such endpoint: ${req.method ?? ''} ${req.url ?? ''}`);
-      if (this.inFlight > this.options.config.maxInFlight) throw unavailable(`server is overloaded (${this.inFlight} requests in flight); retry later`);
-      if (route.kind === 'v1-predict' || route.kind === 'v2-infer') {
-        await this.infer(route, req, res, started);
-        return;
+      req.resume();
+      const status = sendError(res, err);
+      if (route && (route.kind === 'v1-predict' || route.kind === 'v2-infer')) {
+        this.options.metrics.requests.inc({ model: route.model, version: '', api: route.kind === 'v1-predict' ? 'v1' : 'v2', code: String(status) });
       }
-      await this.info(route, res);
-    } catch (err) {
-      try {
-        req.resume();
-        const status = sendError(res, err);
-        if (route && (route.kind === 'v1-predict' || route.kind === 'v2-infer')) {
-          this.options.metrics.requests.inc({ model: route.model, version: '', api: route.kind === 'v1-predict' ? 'v1' : 'v2', code: String(status) });
-        }
-        if (status >= 500) this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
-      } catch (fatal) {
-        // Last line of defence: the process never crashes on a request.
-        this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
-        if (!res.writableEnded) sendError(res, fatal);
-      }
+      if (status >= 500) this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
+    } catch (fatal) {
+      // Last line of defence: the process never crashes on a request.
+      this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
+      if (!res.writableEnded) sendError(res, fatal);
     }
   }
 
@@ -146,29 +149,58 @@ export class HttpServer {
     }
   }
 
-  private async infer(route: Extract<Route, { kind: 'v1-predict' | 'v2-infer' }>, req: IncomingMessage, res: ServerResponse, started: number): Promise<void> {
+  /**
+   * The inference path, in callbacks rather than async functions: it runs for
+   * every request, and each await layer costs a promise and a microtask turn.
+   * Acquiring may throw (unknown model or version: the caller's 404); after
+   * that, every outcome goes through finish() exactly once.
+   */
+  private infer(route: Extract<Route, { kind: 'v1-predict' | 'v2-infer' }>, req: IncomingMessage, res: ServerResponse, started: number): void {
     const { registry, metrics, config } = this.options;
     const servable = registry.acquire(route.model, route.selector);
     const series = metrics.forRequest(route.model, servable.version, route.kind === 'v1-predict' ? 'v1' : 'v2');
-    let status = 200;
-    try {
-      const body = await readBody(req, config.bodyLimitBytes);
-      const result: InferResult =
-        route.kind === 'v1-predict' ? await predictV1(servable, body) : await inferV2(servable, route.model, body, req.headers);
-      series.queue.observe(result.queueMs / 1000);
-      series.compute.observe(result.computeMs / 1000);
-      res.writeHead(200, result.headers);
-      res.end(result.body);
-    } catch (err) {
-      req.resume();
-      status = sendError(res, err);
-    } finally {
+    const finish = (err: unknown): void => {
+      // Never throws: it runs in stream and promise callbacks, where a throw would take the process down.
       servable.release();
-      if (status === 200) series.ok.inc();
-      else series.status(status).inc();
-      const latencyMs = performance.now() - started;
-      series.duration.observe(latencyMs / 1000);
-      this.options.telemetry?.record(route.model, servable.version, status, latencyMs);
-    }
+      try {
+        let status = 200;
+        if (err !== undefined) {
+          req.resume();
+          status = sendError(res, err);
+        }
+        if (status === 200) series.ok.inc();
+        else series.status(status).inc();
+        const latencyMs = performance.now() - started;
+        series.duration.observe(latencyMs / 1000);
+        this.options.telemetry?.record(route.model, servable.version, status, latencyMs);
+      } catch (fatal) {
+        this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
+        if (!res.writableEnded) res.destroy();
+      }
+    };
+    readBody(req, config.bodyLimitBytes, (bodyError, body) => {
+      if (bodyError) return finish(bodyError);
+      let prepared: PreparedInfer;
+      try {
+        prepared = route.kind === 'v1-predict' ? prepareV1(servable, body) : prepareV2(servable, route.model, body, req.headers);
+      } catch (err) {
+        return finish(err);
+      }
+      servable.infer(prepared.inputs, prepared.outputs).then(
+        (result) => {
+          try {
+            const { headers, body: answer } = prepared.answer(result.value);
+            series.queue.observe(result.queueMs / 1000);
+            series.compute.observe(result.computeMs / 1000);
+            res.writeHead(200, headers);
+            res.end(answer);
+          } catch (err) {
+            return finish(err);
+          }
+          finish(undefined);
+        },
+        (err: unknown) => finish(runError(servable, err)),
+      );
+    });
   }
 }

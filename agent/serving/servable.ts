@@ -35,19 +35,23 @@ export class Servable {
   }
 
   /** Runs one request; the caller must have acquired the servable. */
-  async infer(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<Timed<HostTensor[]>> {
+  infer(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<Timed<HostTensor[]>> {
     this.runs++;
-    try {
-      if (this.batcher) return await this.batcher.submit(inputs, outputNames);
-      const started = performance.now();
-      const value = await this.session.run(inputs, outputNames);
-      return { value, queueMs: 0, computeMs: performance.now() - started };
-    } catch (err) {
-      // Overload (a full batch queue) is not the model's fault; ONNX Runtime failures are.
-      if (!(err instanceof EdgefleetError)) this.runFailures++;
-      throw err;
-    }
+    // A promise chain, not an async function: one promise fewer on every request.
+    return (this.batcher ? this.batcher.submit(inputs, outputNames) : this.runAlone(inputs, outputNames)).catch(this.countFailure);
   }
+
+  private async runAlone(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<Timed<HostTensor[]>> {
+    const started = performance.now();
+    const value = await this.session.run(inputs, outputNames);
+    return { value, queueMs: 0, computeMs: performance.now() - started };
+  }
+
+  /** Overload (a full batch queue) is not the model's fault; ONNX Runtime failures are. */
+  private readonly countFailure = (err: unknown): never => {
+    if (!(err instanceof EdgefleetError)) this.runFailures++;
+    throw err;
+  };
 
   acquire(): void {
     this.inFlight++;
