@@ -75,6 +75,14 @@ describe('HTTP inference path', () => {
     expect(servable.runFailures).toBe(1);
   });
 
+  it('logs a failure of its own (a 500) and answers it', async () => {
+    const { url, servable, logged } = await serve(scriptedSession(() => Promise.resolve([])));
+    const r = await post(url, '/v2/models/m/infer', JSON.stringify({ inputs: [{ name: 'x', shape: [1, 2], datatype: 'FP32', data: [1, 2] }], outputs: [{ name: 'y' }] }));
+    expect(r).toEqual({ status: 500, json: { error: 'the model produced no output "y"' } });
+    expect(logged.join('')).toContain('the model produced no output');
+    expect(servable.requestsInFlight).toBe(0);
+  });
+
   it('answers and keeps serving when the telemetry recorder throws', async () => {
     let calls = 0;
     const { url, servable, logged } = await serve(scriptedSession(double), () => {

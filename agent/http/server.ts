@@ -173,6 +173,8 @@ export class HttpServer {
         const latencyMs = performance.now() - started;
         series.duration.observe(latencyMs / 1000);
         this.options.telemetry?.record(route.model, servable.version, status, latencyMs);
+        // A 500 here is the agent's own fault (503s, a full batch queue, are load and would flood the log).
+        if (status === 500) this.options.logger.error({ url: req.url, err: errorMessage(err) }, 'inference request failed');
       } catch (fatal) {
         this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
         if (!res.writableEnded) res.destroy();
