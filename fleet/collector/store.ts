@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import type { DeviceEvent, HealthPoint, InferencePoint, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
 import { formatTime, parseTime } from '../../protocol/index.js';
+import { applyReportedState, byDevice, emptySummary, type DeviceSummary } from '../device-summary.js';
 
 export interface FleetFilters {
   /** Only devices that report being in this group. */
@@ -38,14 +39,7 @@ export interface HealthSummary {
 }
 
 /** One line of `edgefleet status` and of the dashboard's table. */
-export interface FleetRow {
-  device: string;
-  /** null when no status has been received. */
-  online: boolean | null;
-  groups: string[];
-  desired: ReportedState['desired'];
-  models: ReportedState['models'];
-  agent: { version: string; arch: string } | null;
+export interface FleetRow extends DeviceSummary {
   inference: InferenceSummary[];
   health: HealthSummary | null;
   /** The newest time heard from the device: status, state or telemetry. */
@@ -199,7 +193,7 @@ export function assembleFleet(
     if (onlyDevices !== undefined && !onlyDevices.has(device)) return undefined;
     let row = rows.get(device);
     if (row === undefined) {
-      row = { device, online: null, groups: [], desired: null, models: [], agent: null, inference: [], health: null, lastSeen: null, seen: 0 };
+      row = { ...emptySummary(device), inference: [], health: null, lastSeen: null, seen: 0 };
       rows.set(device, row);
     }
     return row;
@@ -213,8 +207,7 @@ export function assembleFleet(
   for (const { device, state } of states) {
     const row = rowOf(device);
     if (row === undefined) continue;
-    Object.assign(row, { groups: state.groups, desired: state.desired, models: state.models });
-    row.agent = { version: state.agent.version, arch: state.agent.arch };
+    applyReportedState(row, state);
     row.seen = Math.max(row.seen, millis(state.ts));
   }
   for (const l of latest) {
@@ -224,7 +217,7 @@ export function assembleFleet(
     row.seen = Math.max(row.seen, l.ts);
   }
   return [...rows.values()]
-    .sort((a, b) => (a.device < b.device ? -1 : a.device > b.device ? 1 : 0))
+    .sort(byDevice)
     .map(({ seen, ...row }) => ({ ...row, lastSeen: seen > 0 ? formatTime(seen) : null }));
 }
 

@@ -1,6 +1,7 @@
 /** `edgefleet devices`: what every device last reported (its retained state and status). */
 import { parseArgs } from 'node:util';
 import type { ReportedState, Status } from '../../protocol/index.js';
+import { applyReportedState, byDevice, emptySummary, type DeviceSummary } from '../device-summary.js';
 import { GROUP_RE, parseReportedState, parseStatus, parseTopic, parseTime, topics } from '../../protocol/index.js';
 import { intOption, parseOrUsage } from '../args.js';
 import type { Command } from '../command.js';
@@ -14,14 +15,8 @@ const OPTIONS = {
   ...BROKER_OPTIONS,
 } as const;
 
-export interface DeviceRow {
-  device: string;
-  /** null when no status is retained. */
-  online: boolean | null;
-  groups: string[];
-  desired: ReportedState['desired'];
-  models: ReportedState['models'];
-  agent: { version: string; arch: string } | null;
+/** A device as its retained messages tell it; `online` is null when no status is retained. */
+export interface DeviceRow extends DeviceSummary {
   /** Time of the reported state, and of the status. */
   ts: string | null;
   statusTs: string | null;
@@ -72,7 +67,7 @@ export function toRows(root: string, retained: ReadonlyMap<string, Buffer>, warn
   const rowOf = (device: string): DeviceRow => {
     let row = rows.get(device);
     if (row === undefined) {
-      row = { device, online: null, groups: [], desired: null, models: [], agent: null, ts: null, statusTs: null };
+      row = { ...emptySummary(device), ts: null, statusTs: null };
       rows.set(device, row);
     }
     return row;
@@ -94,7 +89,7 @@ export function toRows(root: string, retained: ReadonlyMap<string, Buffer>, warn
       warn(`warning: ignoring the ${parsed.kind} of ${parsed.deviceId}: ${errorMessage(err)}`);
     }
   }
-  return [...rows.values()].sort((a, b) => (a.device < b.device ? -1 : a.device > b.device ? 1 : 0));
+  return [...rows.values()].sort(byDevice);
 }
 
 function applyStatus(row: DeviceRow, status: Status): void {
@@ -103,10 +98,7 @@ function applyStatus(row: DeviceRow, status: Status): void {
 }
 
 function applyState(row: DeviceRow, state: ReportedState): void {
-  row.groups = state.groups;
-  row.desired = state.desired;
-  row.models = state.models;
-  row.agent = { version: state.agent.version, arch: state.agent.arch };
+  applyReportedState(row, state);
   row.ts = state.ts;
 }
 
