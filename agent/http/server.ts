@@ -113,9 +113,18 @@ export class HttpServer {
       }
       if (status >= 500) this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
     } catch (fatal) {
-      // Last line of defence: the process never crashes on a request.
-      this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
-      if (!res.writableEnded) sendError(res, fatal);
+      this.lastResort(res, fatal);
+    }
+  }
+
+  /** Last line of defence: the process never crashes on a request, which gets a 500 if it can still have one. */
+  private lastResort(res: ServerResponse, fatal: unknown): void {
+    this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
+    if (res.writableEnded) return;
+    try {
+      sendError(res, fatal);
+    } catch {
+      res.destroy();
     }
   }
 
@@ -176,8 +185,7 @@ export class HttpServer {
         // A 500 here is the agent's own fault (503s, a full batch queue, are load and would flood the log).
         if (status === 500) this.options.logger.error({ url: req.url, err: errorMessage(err) }, 'inference request failed');
       } catch (fatal) {
-        this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
-        if (!res.writableEnded) res.destroy();
+        this.lastResort(res, fatal);
       }
     };
     readBody(req, config.bodyLimitBytes, (bodyError, body) => {
