@@ -1,4 +1,3 @@
-import { request } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { scaleModel, writeModelTree } from '../models/onnx/zoo.js';
 import { getJson, startTestAgent, waitFor, type TestAgent } from './helpers/agent.js';
@@ -77,27 +76,24 @@ describe('hot swap', () => {
     t = await startTestAgent({}, async (dir) => {
       await writeModelTree(dir, 'scale', 1, scaleModel(1));
     });
-    // A request whose body is still arriving holds version 1 through the swap.
-    const body = JSON.stringify({ inputs: [{ name: 'x', shape: [1, 1], datatype: 'FP32', data: [5] }] });
-    const port = Number(new URL(t.url).port);
-    let finish: () => void = () => undefined;
-    const slow = new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = request({ host: '127.0.0.1', port, method: 'POST', path: '/v2/models/scale/infer', headers: { 'content-length': Buffer.byteLength(body) } }, (res) => {
-        let text = '';
-        res.on('data', (d: Buffer) => (text += d.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-      });
-      req.on('error', reject);
-      req.write(body.slice(0, 10));
-      finish = () => req.end(body.slice(10));
-    });
+    // A request held inside version 1's model run (behind a gate) stays in flight through the swap.
     const old = t.agent.registry.servables()[0];
-    await waitFor(() => (old?.requestsInFlight ?? 0) > 0, 2000, 'request in flight');
+    if (!old) throw new Error('version 1 is not serving');
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const run = old.session.run.bind(old.session);
+    old.session.run = async (inputs, outputs) => {
+      await gate;
+      return run(inputs, outputs);
+    };
+    const body = JSON.stringify({ inputs: [{ name: 'x', shape: [1, 1], datatype: 'FP32', data: [5] }] });
+    const slow = fetch(`${t.url}/v2/models/scale/infer`, { method: 'POST', body }).then(async (r) => ({ status: r.status, text: await r.text() }));
+    await waitFor(() => old.requestsInFlight > 0, 2000, 'request in flight');
     await writeModelTree(t.modelsDir, 'scale', 2, scaleModel(2));
     await waitFor(async () => (await getJson(`${t!.url}/v2/models/scale`)).json.versions?.join() === '2', 10_000, 'version 2 serving');
     // Version 1 is out of routing but not released: its request is still in flight.
-    expect(old?.requestsInFlight).toBe(1);
-    finish();
+    expect(old.requestsInFlight).toBe(1);
+    open();
     const res = await slow;
     expect(res.status).toBe(200);
     const answer = JSON.parse(res.text) as { model_version: string; outputs: { data: number[] }[] };

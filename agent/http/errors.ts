@@ -1,5 +1,5 @@
-import type { ServerResponse } from 'node:http';
 import { EdgefleetError, type ErrorCode } from '../errors.js';
+import type { WireResponse } from './wire/server.js';
 
 /** The one place error codes become HTTP statuses. */
 export const HTTP_STATUS: Record<ErrorCode, number> = {
@@ -18,19 +18,13 @@ export function statusOf(err: unknown): number {
 }
 
 /** Writes `{"error": message}`; internal errors do not leak their details. */
-export function sendError(res: ServerResponse, err: unknown): number {
+export function sendError(res: WireResponse, err: unknown): number {
   const status = statusOf(err);
   const message = err instanceof EdgefleetError ? err.message : 'internal error; see the agent log';
   sendJson(res, status, { error: message });
   return status;
 }
 
-export function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
-  res.end(text);
+export function sendJson(res: WireResponse, status: number, body: unknown): void {
+  res.send(status, 'application/json', JSON.stringify(body));
 }

@@ -1,4 +1,3 @@
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import { EdgefleetError, errorMessage } from '../errors.js';
 import type { HostTensor } from '../runtime/tensor.js';
 import type { Servable } from '../serving/servable.js';
@@ -8,9 +7,11 @@ import { encodeV1Response, parseV1Request } from './codec/v1.js';
 import { encodeV2ResponseParts, parseV2Body } from './codec/v2.js';
 
 export interface InferAnswer {
-  headers: OutgoingHttpHeaders;
-  /** A string when the whole answer is JSON: node:http then writes it with the head in one go. */
+  contentType: string;
+  /** A string when the whole answer is JSON: it is written with the head in one go. */
   body: Buffer | string;
+  /** The binary tensor extension's Inference-Header-Content-Length. */
+  extra?: Record<string, number>;
 }
 
 /**
@@ -44,15 +45,14 @@ export function prepareV1(servable: Servable, body: Buffer): PreparedInfer {
     outputs: undefined,
     answer: (outputs) => {
       const text = JSON.stringify(encodeV1Response(request.format, outputs));
-      return { headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) }, body: text };
+      return { contentType: 'application/json', body: text };
     },
   };
 }
 
 /** POST /v2/models/{name}[/versions/{v}]/infer, JSON or with the binary tensor extension. */
-export function prepareV2(servable: Servable, modelName: string, body: Buffer, headers: IncomingHttpHeaders): PreparedInfer {
-  const headerLength = headers['inference-header-content-length'];
-  const request = parseV2Body(body, Array.isArray(headerLength) ? headerLength[0] : headerLength, servable.session);
+export function prepareV2(servable: Servable, modelName: string, body: Buffer, headers: Readonly<Record<string, string>>): PreparedInfer {
+  const request = parseV2Body(body, headers['inference-header-content-length'], servable.session);
   return {
     inputs: request.inputs,
     outputs: request.outputs?.map((o) => o.name),
@@ -62,7 +62,7 @@ export function prepareV2(servable: Servable, modelName: string, body: Buffer, h
         outputs,
         request,
       );
-      if (chunks.length === 0) return { headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(header) }, body: header };
+      if (chunks.length === 0) return { contentType: 'application/json', body: header };
       // One buffer: the JSON header, then each binary output.
       const headerBytes = Buffer.byteLength(header);
       let size = headerBytes;
@@ -70,10 +70,7 @@ export function prepareV2(servable: Servable, modelName: string, body: Buffer, h
       const payload = Buffer.allocUnsafe(size);
       let at = payload.write(header, 0, 'utf8');
       for (const c of chunks) at += c.copy(payload, at);
-      return {
-        headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': size, 'Inference-Header-Content-Length': headerBytes },
-        body: payload,
-      };
+      return { contentType: 'application/octet-stream', body: payload, extra: { 'Inference-Header-Content-Length': headerBytes } };
     },
   };
 }

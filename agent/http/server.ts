@@ -1,4 +1,3 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.js';
@@ -6,11 +5,11 @@ import { EdgefleetError, errorMessage, notFound, unavailable } from '../errors.j
 import type { ModelRegistry } from '../serving/registry.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { InferenceRecorder } from '../telemetry/recorder.js';
-import { readBody } from './body.js';
 import { sendError, sendJson } from './errors.js';
 import { prepareV1, prepareV2, runError, type PreparedInfer } from './infer.js';
 import { v1Metadata, v1Status, v2Metadata, v2ModelReady } from './model-info.js';
 import { matchRoute, type Route } from './routes.js';
+import { WireServer, type WireRequest, type WireResponse } from './wire/server.js';
 
 export interface HttpServerOptions {
   config: AgentConfig['http'];
@@ -24,13 +23,19 @@ export interface HttpServerOptions {
   isReady: () => boolean;
 }
 
+/** Longest wait at stop for connections still sending a request. */
+const DRAIN_MS = 5000;
+
+const tooLarge = (limit: number): EdgefleetError =>
+  new EdgefleetError('PAYLOAD_TOO_LARGE', `request body is larger than the limit of ${limit} bytes (http.bodyLimitBytes)`);
+
 /**
  * The local HTTP API: TensorFlow Serving REST v1, the Open Inference Protocol
- * (KServe v2) and Prometheus metrics, on plain node:http to keep the
- * per-request overhead near that of `session.run` itself.
+ * (KServe v2) and Prometheus metrics, on the lean HTTP/1.1 layer in wire/ to
+ * keep the per-request overhead near that of `session.run` itself.
  */
 export class HttpServer {
-  private server: Server | undefined;
+  private server: WireServer | undefined;
   private inFlight = 0;
   private draining = false;
   private drained: (() => void) | undefined;
@@ -38,75 +43,78 @@ export class HttpServer {
   constructor(private readonly options: HttpServerOptions) {}
 
   async start(): Promise<AddressInfo> {
-    const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => this.handle(req, res));
-    server.on('clientError', (err, socket) => {
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      this.options.logger.debug({ err: err.message }, 'malformed HTTP request');
+    const { logger, config } = this.options;
+    const server = new WireServer({
+      bodyLimitBytes: config.bodyLimitBytes,
+      onRequest: (req, res) => this.handle(req, res),
+      onRefused: (err) => logger.debug({ status: err.status, err: err.message }, 'malformed HTTP request refused'),
+      onHandlerError: (err) => logger.error({ err: errorMessage(err) }, 'request handler failed'),
     });
+    const address = await server.listen(config.port, config.host);
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.options.config.port, this.options.config.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const address = server.address() as AddressInfo;
-    this.options.logger.info({ host: address.address, port: address.port }, 'HTTP API listening');
+    logger.info({ host: address.address, port: address.port }, 'HTTP API listening');
     return address;
   }
 
   get address(): AddressInfo | undefined {
-    return (this.server?.address() as AddressInfo | null) ?? undefined;
+    return this.server?.address;
   }
 
-  /** Stops taking requests and waits for those in flight to finish. */
+  /**
+   * Stops taking requests and waits for those in flight to finish, including
+   * requests whose body is still arriving (for up to DRAIN_MS: a stalled
+   * upload must not hold up the rest of the shutdown).
+   */
   async stop(): Promise<void> {
     const server = this.server;
     if (!server) return;
     this.draining = true;
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeIdleConnections();
-    if (this.inFlight > 0) await new Promise<void>((resolve) => (this.drained = resolve));
-    server.closeAllConnections();
+    const closed = server.close();
+    const handled = this.inFlight > 0 ? new Promise<void>((resolve) => (this.drained = resolve)) : Promise.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, DRAIN_MS)))]);
+    clearTimeout(timer);
+    server.destroyAll();
+    await handled; // answers our own models owe: they finish, and the servables must be released
     await closed;
     this.server = undefined;
   }
 
-  private handle(req: IncomingMessage, res: ServerResponse): void {
+  private handle(req: WireRequest, res: WireResponse): void {
     const started = performance.now();
     this.inFlight++;
     this.options.metrics.inFlight.inc();
-    if (this.draining) res.setHeader('Connection', 'close');
-    res.once('close', this.responseClosed);
     let route: Route | undefined;
     try {
-      route = matchRoute(req.method ?? 'GET', req.url ?? '/');
-      if (!route) throw notFound(`no such endpoint: ${req.method ?? ''} ${req.url ?? ''}`);
+      route = matchRoute(req.method, req.url);
+      if (!route) throw notFound(`no such endpoint: ${req.method} ${req.url}`);
       if (this.inFlight > this.options.config.maxInFlight) throw unavailable(`server is overloaded (${this.inFlight} requests in flight); retry later`);
       if (route.kind === 'v1-predict' || route.kind === 'v2-infer') {
         this.infer(route, req, res, started);
         return;
       }
+      if (req.bodyTooLarge) throw tooLarge(this.options.config.bodyLimitBytes);
     } catch (err) {
       this.fail(req, res, route, err);
       return;
     }
     const info = route;
-    this.info(info, res).catch((err: unknown) => this.fail(req, res, info, err));
+    this.info(info, res).then(
+      () => this.done(),
+      (err: unknown) => this.fail(req, res, info, err),
+    );
   }
 
-  /** One listener for every response: nothing per request to allocate. */
-  private readonly responseClosed = (): void => {
+  /** Every request ends here once answered, whatever the outcome. */
+  private done(): void {
     this.inFlight--;
     this.options.metrics.inFlight.dec();
     if (this.draining && this.inFlight === 0) this.drained?.();
-  };
+  }
 
   /** Answers a request that failed before it reached a model. */
-  private fail(req: IncomingMessage, res: ServerResponse, route: Route | undefined, err: unknown): void {
+  private fail(req: WireRequest, res: WireResponse, route: Route | undefined, err: unknown): void {
     try {
-      req.resume();
       const status = sendError(res, err);
       if (route && (route.kind === 'v1-predict' || route.kind === 'v2-infer')) {
         this.options.metrics.requests.inc({ model: route.model, version: '', api: route.kind === 'v1-predict' ? 'v1' : 'v2', code: String(status) });
@@ -115,26 +123,26 @@ export class HttpServer {
     } catch (fatal) {
       this.lastResort(res, fatal);
     }
+    this.done();
   }
 
   /** Last line of defence: the process never crashes on a request, which gets a 500 if it can still have one. */
-  private lastResort(res: ServerResponse, fatal: unknown): void {
+  private lastResort(res: WireResponse, fatal: unknown): void {
     this.options.logger.error({ err: errorMessage(fatal) }, 'request handler failed');
-    if (res.writableEnded) return;
+    if (res.sent) return;
     try {
       sendError(res, fatal);
     } catch {
-      res.destroy();
+      // Nothing left to answer with; the connection's own catch-all sees the handler return unanswered.
     }
   }
 
-  private async info(route: Exclude<Route, { kind: 'v1-predict' | 'v2-infer' }>, res: ServerResponse): Promise<void> {
+  private async info(route: Exclude<Route, { kind: 'v1-predict' | 'v2-infer' }>, res: WireResponse): Promise<void> {
     const { registry } = this.options;
     switch (route.kind) {
       case 'metrics': {
         const { contentType, body } = await this.options.metrics.render();
-        res.writeHead(200, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(body) });
-        res.end(body);
+        res.send(200, contentType, body);
         return;
       }
       case 'v2-server':
@@ -164,7 +172,7 @@ export class HttpServer {
    * Acquiring may throw (unknown model or version: the caller's 404); after
    * that, every outcome goes through finish() exactly once.
    */
-  private infer(route: Extract<Route, { kind: 'v1-predict' | 'v2-infer' }>, req: IncomingMessage, res: ServerResponse, started: number): void {
+  private infer(route: Extract<Route, { kind: 'v1-predict' | 'v2-infer' }>, req: WireRequest, res: WireResponse, started: number): void {
     const { registry, metrics, config } = this.options;
     const servable = registry.acquire(route.model, route.selector);
     const series = metrics.forRequest(route.model, servable.version, route.kind === 'v1-predict' ? 'v1' : 'v2');
@@ -173,10 +181,7 @@ export class HttpServer {
       servable.release();
       try {
         let status = 200;
-        if (err !== undefined) {
-          req.resume();
-          status = sendError(res, err);
-        }
+        if (err !== undefined) status = sendError(res, err);
         if (status === 200) series.ok.inc();
         else series.status(status).inc();
         const latencyMs = performance.now() - started;
@@ -187,30 +192,28 @@ export class HttpServer {
       } catch (fatal) {
         this.lastResort(res, fatal);
       }
+      this.done();
     };
-    readBody(req, config.bodyLimitBytes, (bodyError, body) => {
-      if (bodyError) return finish(bodyError);
-      let prepared: PreparedInfer;
-      try {
-        prepared = route.kind === 'v1-predict' ? prepareV1(servable, body) : prepareV2(servable, route.model, body, req.headers);
-      } catch (err) {
-        return finish(err);
-      }
-      servable.infer(prepared.inputs, prepared.outputs).then(
-        (result) => {
-          try {
-            const { headers, body: answer } = prepared.answer(result.value);
-            series.queue.observe(result.queueMs / 1000);
-            series.compute.observe(result.computeMs / 1000);
-            res.writeHead(200, headers);
-            res.end(answer);
-          } catch (err) {
-            return finish(err);
-          }
-          finish(undefined);
-        },
-        (err: unknown) => finish(runError(servable, err)),
-      );
-    });
+    if (req.bodyTooLarge) return finish(tooLarge(config.bodyLimitBytes));
+    let prepared: PreparedInfer;
+    try {
+      prepared = route.kind === 'v1-predict' ? prepareV1(servable, req.body) : prepareV2(servable, route.model, req.body, req.headers);
+    } catch (err) {
+      return finish(err);
+    }
+    servable.infer(prepared.inputs, prepared.outputs).then(
+      (result) => {
+        try {
+          const answer = prepared.answer(result.value);
+          series.queue.observe(result.queueMs / 1000);
+          series.compute.observe(result.computeMs / 1000);
+          res.send(200, answer.contentType, answer.body, answer.extra);
+        } catch (err) {
+          return finish(err);
+        }
+        finish(undefined);
+      },
+      (err: unknown) => finish(runError(servable, err)),
+    );
   }
 }

@@ -1,0 +1,112 @@
+/**
+ * The request head of HTTP/1.1 (RFC 9112): request line and header fields,
+ * parsed strictly. Whatever could frame a body two ways (request smuggling)
+ * or that this server cannot frame is refused with the status RFC 9112 names.
+ */
+
+/** A request the server answers itself, with `status`, and then closes the connection. */
+export class WireError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'WireError';
+  }
+}
+
+export type Framing = { kind: 'length'; length: number } | { kind: 'chunked' };
+
+export interface RequestHead {
+  method: string;
+  /** The origin-form target (path and query); an absolute-form target is cut down to it. */
+  url: string;
+  /** `1.0` or `1.1`. */
+  version: string;
+  /** Field names in lower case; a repeated field's values joined with ", ". */
+  headers: Record<string, string>;
+  framing: Framing;
+  /** Whether the connection may serve another request after this one. */
+  keepAlive: boolean;
+  /** `Expect: 100-continue`: the client waits for a 100 before it sends the body. */
+  expectContinue: boolean;
+}
+
+const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/(\d)\.(\d)$/;
+const FIELD = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*$/;
+/** Control characters other than HTAB, and CR or LF that are not a CRLF pair. */
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const FORBIDDEN = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n/;
+const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*([^#]*)/i;
+const DIGITS = /^[0-9]{1,15}$/;
+
+/**
+ * Parses a request head: `text` is its bytes as latin1, from the request line
+ * up to (not including) the blank line that ends it. Throws WireError.
+ */
+export function parseHead(text: string): RequestHead {
+  if (FORBIDDEN.test(text)) throw new WireError(400, 'request head has a control character or a bare CR or LF');
+  const lines = text.split('\r\n');
+  const line = REQUEST_LINE.exec(lines[0] as string);
+  if (!line) throw new WireError(400, `malformed request line "${clip(lines[0] as string)}"`);
+  const [, method = '', target = '', major, minor] = line;
+  if (major !== '1') throw new WireError(505, `HTTP/${major}.${minor} is not supported; use HTTP/1.1`);
+  const version = minor === '0' ? '1.0' : '1.1';
+  const headers: Record<string, string> = {};
+  for (let i = 1; i < lines.length; i++) {
+    const field = FIELD.exec(lines[i] as string);
+    if (!field) {
+      const raw = lines[i] as string;
+      const why = raw.startsWith(' ') || raw.startsWith('\t') ? 'folded header lines are not allowed' : 'malformed header line';
+      throw new WireError(400, `${why}: "${clip(raw)}"`);
+    }
+    const name = (field[1] as string).toLowerCase();
+    const value = field[2] as string;
+    const seen = headers[name];
+    headers[name] = seen === undefined ? value : `${seen}, ${value}`;
+  }
+  if (version === '1.1' && headers.host === undefined) throw new WireError(400, 'HTTP/1.1 request without a Host header');
+  return { method, url: originForm(target, method), version, headers, framing: framing(headers, version), keepAlive: keepAlive(headers, version), expectContinue: expects(headers) };
+}
+
+function originForm(target: string, method: string): string {
+  if (target.startsWith('/')) return target;
+  if (target === '*' && method === 'OPTIONS') return target;
+  const absolute = ABSOLUTE_FORM.exec(target);
+  if (absolute) return absolute[1] || '/';
+  throw new WireError(400, `request target "${clip(target)}" is not a path`);
+}
+
+function framing(headers: Record<string, string>, version: string): Framing {
+  const te = headers['transfer-encoding'];
+  const cl = headers['content-length'];
+  if (te !== undefined) {
+    if (cl !== undefined) throw new WireError(400, 'request has both Transfer-Encoding and Content-Length');
+    if (version === '1.0') throw new WireError(400, 'Transfer-Encoding is not allowed in an HTTP/1.0 request');
+    if (te.toLowerCase() !== 'chunked') throw new WireError(501, `Transfer-Encoding "${clip(te)}" is not supported; send chunked or a Content-Length`);
+    return { kind: 'chunked' };
+  }
+  if (cl === undefined) return { kind: 'length', length: 0 };
+  if (!DIGITS.test(cl)) throw new WireError(400, `Content-Length "${clip(cl)}" is not one non-negative integer`);
+  return { kind: 'length', length: Number(cl) };
+}
+
+function keepAlive(headers: Record<string, string>, version: string): boolean {
+  const connection = headers.connection?.toLowerCase();
+  if (connection === undefined) return version === '1.1';
+  const tokens = connection.split(',').map((t) => t.trim());
+  if (tokens.includes('close')) return false;
+  return version === '1.1' || tokens.includes('keep-alive');
+}
+
+function expects(headers: Record<string, string>): boolean {
+  const expect = headers.expect;
+  if (expect === undefined) return false;
+  if (expect.toLowerCase() === '100-continue') return true;
+  throw new WireError(417, `Expect "${clip(expect)}" is not supported (only 100-continue is)`);
+}
+
+/** Quotes at most 80 characters of what the client sent. */
+function clip(s: string): string {
+  return s.length > 80 ? `${s.slice(0, 80)}...` : s;
+}
