@@ -16,8 +16,8 @@ export interface WireRequest {
 
 /** Answers one request, exactly once; later calls do nothing. */
 export interface WireResponse {
-  /** Sends status, Content-Type and body (Content-Length is computed); `extra` adds fields. */
-  send(status: number, contentType: string, body: string | Buffer, extra?: Readonly<Record<string, string | number>>): void;
+  /** Sends status, Content-Type and body (Content-Length is computed); `extra` adds numeric fields. */
+  send(status: number, contentType: string, body: string | Buffer, extra?: Readonly<Record<string, number>>): void;
   /** Whether send() was called (or the connection is gone). */
   readonly sent: boolean;
 }
@@ -55,6 +55,7 @@ const LINGER_MS = 5000;
 /** Bytes read ahead (pipelined requests) while one is being answered, before reading pauses. */
 const READ_AHEAD = 64 * 1024;
 const CRLF2 = Buffer.from('\r\n\r\n', 'latin1');
+const LF2 = Buffer.from('\n\n', 'latin1');
 
 const REASONS: Record<number, string> = {
   100: 'Continue', 200: 'OK', 400: 'Bad Request', 404: 'Not Found', 408: 'Request Timeout', 413: 'Payload Too Large', 417: 'Expectation Failed',
@@ -92,6 +93,8 @@ export class Connection {
   private seq = 0;
   private paused = false;
   private closeAfter = false;
+  /** Inside advance(): an answer given synchronously lets its loop go on rather than recursing. */
+  private parsing = false;
 
   constructor(
     readonly socket: Socket,
@@ -111,7 +114,10 @@ export class Connection {
   /** Stops after the request in hand, if any; an idle connection closes now. */
   drain(): void {
     this.closeAfter = true;
-    if (this.idle) this.socket.end();
+    if (!this.idle) return;
+    this.phase = LINGER; // a request that crosses our end is dropped, not run unanswered
+    this.since = Date.now();
+    this.socket.end();
   }
 
   /** Enforces the timeouts; the server calls it about once a second. */
@@ -169,18 +175,23 @@ export class Connection {
 
   /** Parses what is pending until a request is complete (and handed over) or more bytes are needed. */
   private advance(): void {
+    if (this.parsing) return;
+    this.parsing = true;
     try {
       while (this.pending !== undefined && this.phase < BUSY) {
         if (this.phase === BODY) this.readBody(this.pending);
-        else this.readHead(this.pending);
+        else if (!this.readHead(this.pending)) return; // the head is not all here yet
       }
     } catch (err) {
       if (!(err instanceof WireError)) throw err;
       this.refuse(err);
+    } finally {
+      this.parsing = false;
     }
   }
 
-  private readHead(buf: Buffer): void {
+  /** Reads a head if all of it is in `buf`; false when more bytes are needed. */
+  private readHead(buf: Buffer): boolean {
     // RFC 9112 2.2: empty lines before a request line are ignored.
     let start = 0;
     while (start + 1 < buf.length && buf[start] === 13 && buf[start + 1] === 10) start += 2;
@@ -190,9 +201,10 @@ export class Connection {
     }
     const end = buf.indexOf(CRLF2, start);
     if (end < 0) {
+      if (buf.indexOf(LF2, start) >= 0) throw new WireError(400, 'request head ends its lines with a bare LF; HTTP/1.1 needs CRLF');
       if (buf.length - start > this.limits.maxHeaderBytes) throw new WireError(431, `request head is larger than ${this.limits.maxHeaderBytes} bytes`);
       this.pending = start === buf.length ? undefined : buf.subarray(start);
-      return;
+      return false;
     }
     if (end - start > this.limits.maxHeaderBytes) throw new WireError(431, `request head is larger than ${this.limits.maxHeaderBytes} bytes`);
     const head = parseHead(buf.toString('latin1', start, end));
@@ -206,22 +218,22 @@ export class Connection {
       this.chunked = undefined;
       if (head.framing.length > this.limits.bodyLimitBytes) {
         this.dispatch(true);
-        return;
+        return true;
       }
       if (head.framing.length === 0) {
         this.dispatch(false);
-        return;
+        return true;
       }
       if (this.pending !== undefined && this.pending.length >= head.framing.length) {
-        // The whole body came with the head: hand over a view of it.
+        // The whole body came with the head: the loop in advance() hands over a view of it.
         this.phase = BODY;
-        this.readBody(this.pending);
-        return;
+        return true;
       }
     }
     if (head.expectContinue) this.socket.write('HTTP/1.1 100 Continue\r\n\r\n');
     this.phase = BODY;
     this.since = Date.now();
+    return true;
   }
 
   private readBody(buf: Buffer): void {
@@ -277,14 +289,14 @@ export class Connection {
   }
 
   /** Writes the answer to request `seq`; false if that request is no longer the current one. */
-  answer(seq: number, headOnly: boolean, status: number, contentType: string, body: string | Buffer, extra: Readonly<Record<string, string | number>> | undefined): boolean {
+  answer(seq: number, headOnly: boolean, status: number, contentType: string, body: string | Buffer, extra: Readonly<Record<string, number>> | undefined): boolean {
     if (seq !== this.seq || this.phase !== BUSY) return false;
     const head = this.head as RequestHead;
     const close = this.closeAfter || !head.keepAlive || this.hooks.draining();
     const length = typeof body === 'string' ? Buffer.byteLength(body) : body.length;
-    let text = `HTTP/1.1 ${status} ${REASONS[status] ?? 'Unknown'}\r\nContent-Type: ${contentType}\r\nContent-Length: ${length}\r\nDate: ${httpDate()}\r\n`;
+    let text = `HTTP/1.1 ${status} ${REASONS[status] ?? ''}\r\nContent-Type: ${contentType}\r\nContent-Length: ${length}\r\nDate: ${httpDate()}\r\n`;
     if (extra) for (const name in extra) text += `${name}: ${extra[name]}\r\n`;
-    text += close ? 'Connection: close\r\n\r\n' : `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(this.limits.keepAliveTimeoutMs / 1000)}\r\n\r\n`;
+    text += close ? 'Connection: close\r\n\r\n' : `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.ceil(this.limits.keepAliveTimeoutMs / 1000)}\r\n\r\n`;
     const socket = this.socket;
     let flowing: boolean;
     if (headOnly || length === 0) {
@@ -335,7 +347,7 @@ class Response implements WireResponse {
     private readonly headOnly: boolean,
   ) {}
 
-  send(status: number, contentType: string, body: string | Buffer, extra?: Readonly<Record<string, string | number>>): void {
+  send(status: number, contentType: string, body: string | Buffer, extra?: Readonly<Record<string, number>>): void {
     if (this.sent) return;
     this.sent = true;
     this.connection.answer(this.seq, this.headOnly, status, contentType, body, extra);

@@ -32,9 +32,12 @@ export interface RequestHead {
   expectContinue: boolean;
 }
 
-const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/(\d)\.(\d)$/;
-const FIELD = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*$/;
-/** Control characters other than HTAB, and CR or LF that are not a CRLF pair. */
+/** Method, target (visible ASCII and obs-text only), version. */
+const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([!-~\x80-\xff]+) HTTP\/(\d)\.(\d)$/;
+/** Name, OWS, value (no control characters but HTAB), OWS. */
+// eslint-disable-next-line no-control-regex -- as FORBIDDEN below
+const FIELD = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x1f\x7f]|\t)*?)[ \t]*$/;
+/** Control characters other than HTAB, and CR or LF that are not a CRLF pair: only to word a refusal. */
 // eslint-disable-next-line no-control-regex -- matching control characters is the point
 const FORBIDDEN = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n/;
 const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*([^#]*)/i;
@@ -45,10 +48,10 @@ const DIGITS = /^[0-9]{1,15}$/;
  * up to (not including) the blank line that ends it. Throws WireError.
  */
 export function parseHead(text: string): RequestHead {
-  if (FORBIDDEN.test(text)) throw new WireError(400, 'request head has a control character or a bare CR or LF');
+  // Each line is matched whole against what it may contain, so a stray control character fails its line.
   const lines = text.split('\r\n');
   const line = REQUEST_LINE.exec(lines[0] as string);
-  if (!line) throw new WireError(400, `malformed request line "${clip(lines[0] as string)}"`);
+  if (!line) throw malformed('request line', lines[0] as string);
   const [, method = '', target = '', major, minor] = line;
   if (major !== '1') throw new WireError(505, `HTTP/${major}.${minor} is not supported; use HTTP/1.1`);
   const version = minor === '0' ? '1.0' : '1.1';
@@ -57,23 +60,24 @@ export function parseHead(text: string): RequestHead {
     const field = FIELD.exec(lines[i] as string);
     if (!field) {
       const raw = lines[i] as string;
-      const why = raw.startsWith(' ') || raw.startsWith('\t') ? 'folded header lines are not allowed' : 'malformed header line';
-      throw new WireError(400, `${why}: "${clip(raw)}"`);
+      if (raw.startsWith(' ') || raw.startsWith('\t')) throw new WireError(400, `folded header lines are not allowed: "${clip(raw)}"`);
+      throw malformed('header line', raw);
     }
     const name = (field[1] as string).toLowerCase();
     const value = field[2] as string;
     const seen = headers[name];
+    if (seen !== undefined && name === 'host') throw new WireError(400, 'request has more than one Host header');
     headers[name] = seen === undefined ? value : `${seen}, ${value}`;
   }
   if (version === '1.1' && headers.host === undefined) throw new WireError(400, 'HTTP/1.1 request without a Host header');
-  return { method, url: originForm(target, method), version, headers, framing: framing(headers, version), keepAlive: keepAlive(headers, version), expectContinue: expects(headers) };
+  return { method, url: originForm(target, method), version, headers, framing: framing(headers, version), keepAlive: keepAlive(headers, version), expectContinue: version === '1.1' && expects(headers) };
 }
 
 function originForm(target: string, method: string): string {
   if (target.startsWith('/')) return target;
   if (target === '*' && method === 'OPTIONS') return target;
   const absolute = ABSOLUTE_FORM.exec(target);
-  if (absolute) return absolute[1] || '/';
+  if (absolute) return (absolute[1] as string).startsWith('/') ? (absolute[1] as string) : `/${absolute[1] ?? ''}`;
   throw new WireError(400, `request target "${clip(target)}" is not a path`);
 }
 
@@ -104,6 +108,11 @@ function expects(headers: Record<string, string>): boolean {
   if (expect === undefined) return false;
   if (expect.toLowerCase() === '100-continue') return true;
   throw new WireError(417, `Expect "${clip(expect)}" is not supported (only 100-continue is)`);
+}
+
+function malformed(what: string, line: string): WireError {
+  const why = FORBIDDEN.test(line) ? ' (a control character or a bare CR or LF)' : '';
+  return new WireError(400, `malformed ${what}${why}: "${clip(line)}"`);
 }
 
 /** Quotes at most 80 characters of what the client sent. */
