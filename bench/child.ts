@@ -2,8 +2,14 @@
  * Runs a benchmark server (the agent or the naive baseline) in a child Node
  * process, optionally pinned to one CPU with taskset, and waits for the
  * `READY <port>` line it prints on stdout.
+ *
+ * Children run the JavaScript tsc compiles, as the agent runs once installed
+ * (`dist/agent/bin.js`), not through tsx: tsx's transform keeps function
+ * names by defining a property on every closure it creates, a cost per
+ * request that production does not pay.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { processCpuSeconds } from './cpu.js';
 
@@ -37,10 +43,25 @@ export function hasTaskset(): boolean {
   return tasksetChecked;
 }
 
-/** Starts `node --import tsx <script> ...args`; `cpu` pins it (taskset -c) when given. */
+const ROOT = new URL('../', import.meta.url);
+/** Where tsconfig.bench.json compiles to. */
+const BUILD = new URL('.bench-build/bench/', ROOT);
+let built = false;
+
+/** Compiles the agent and the bench's children (tsconfig.bench.json) once per run. */
+function buildChildren(): void {
+  if (built) return;
+  const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+  const result = spawnSync(process.execPath, [tsc, '-p', fileURLToPath(new URL('tsconfig.bench.json', ROOT))], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`compiling the bench children failed:\n${result.stdout}${result.stderr}`);
+  built = true;
+}
+
+/** Starts `node <script compiled> ...args` (`script`, a .ts file relative to bench/); `cpu` pins it (taskset -c) when given. */
 export async function startChild(script: string, args: string[], cpu: number | undefined, timeoutMs = 60_000): Promise<ServerChild> {
-  const file = fileURLToPath(new URL(script, import.meta.url));
-  const nodeArgs = ['--import', 'tsx', file, ...args];
+  buildChildren();
+  const file = fileURLToPath(new URL(script.replace(/\.ts$/, '.js'), BUILD));
+  const nodeArgs = [file, ...args];
   const [cmd, argv] = cpu !== undefined ? ['taskset', ['-c', String(cpu), process.execPath, ...nodeArgs]] : [process.execPath, nodeArgs];
   const child: ChildProcess = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ORT_DISABLE_TELEMETRY: '1' } });
   hookExit();
