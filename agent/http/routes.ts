@@ -24,6 +24,7 @@ function version(raw: string | undefined): number | undefined {
 }
 
 function decode(part: string): string {
+  if (!part.includes('%')) return part;
   try {
     return decodeURIComponent(part);
   } catch {

@@ -410,7 +410,7 @@ export function encodeV2ResponseParts(
   selection: V2OutputSelection,
 ): V2ResponseParts {
   const chunks: Buffer[] = [];
-  let text = `{"model_name":${JSON.stringify(meta.modelName)},"model_version":${JSON.stringify(meta.modelVersion)}`;
+  let text = `{"model_name":${quoted(meta.modelName)},"model_version":${quoted(meta.modelVersion)}`;
   if (meta.id !== undefined) text += `,"id":${JSON.stringify(meta.id)}`;
   text += ',"outputs":[';
   const requested = selection.outputs;
@@ -430,7 +430,7 @@ export function encodeV2ResponseParts(
       binary = selection.binaryOutput;
     }
     if (k > 0) text += ',';
-    text += `{"name":${JSON.stringify(t.name)},"datatype":${JSON.stringify(t.datatype)},"shape":${JSON.stringify(t.shape)}`;
+    text += `{"name":${quoted(t.name)},"datatype":"${t.datatype}","shape":[${t.shape.join(',')}]`;
     if (!binary) {
       text += `,"data":${encodeJsonFlatText(t.datatype, t.data)}}`;
     } else {
@@ -440,4 +440,17 @@ export function encodeV2ResponseParts(
     }
   }
   return { header: `${text}]}`, chunks };
+}
+
+/** JSON strings of the few names every answer repeats (model, version, outputs), made once. */
+const QUOTED = new Map<string, string>();
+
+function quoted(s: string): string {
+  let q = QUOTED.get(s);
+  if (q === undefined) {
+    if (QUOTED.size >= 4096) QUOTED.clear(); // names come from loaded models, but stay bounded
+    q = JSON.stringify(s);
+    QUOTED.set(s, q);
+  }
+  return q;
 }
