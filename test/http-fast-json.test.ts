@@ -72,6 +72,19 @@ describe('fast v2 JSON reader', () => {
     }
   });
 
+  it('reads runs of zeros (read without parsing) exactly, across scratch growth, next to other zeros and when cut short', () => {
+    const zeroish = ['0', '0', '0', '0', '-0', '0.0', '0e0', '0.5', '7', ' 0', '0 '];
+    for (let i = 0; i < 2000; i++) {
+      const n = 1 + Math.floor(rand() * (i % 50 === 0 ? 9000 : 40)); // some pass the 4096-number scratch
+      const items = Array.from({ length: n }, () => (rand() < 0.8 ? '0' : pick(zeroish)));
+      const text = `{"inputs":[{"data":[${items.join(rand() < 0.1 ? ', ' : ',')}]}]}`;
+      expect(check(text), text.slice(0, 120)).toBe(true);
+    }
+    for (const bad of ['[0,0,]', '[0,0', '[0,,0]', '[0,00]', '[0,0 0]', '[0,0,-]', '[0,0,0x]']) check(`{"inputs":[{"data":${bad}}]}`);
+    const body = Buffer.from('{"inputs":[{"data":[0,0,0,0]}]}');
+    for (let cut = 20; cut <= body.length; cut++) check(body, cut);
+  });
+
   it('turns only inputs[k].data number arrays into Float64Arrays', () => {
     const body = JSON.stringify({
       id: 'r1', parameters: { data: [1, 2] },

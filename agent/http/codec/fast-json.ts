@@ -261,6 +261,15 @@ class Reader {
         grown.set(out);
         scratch = out = grown;
       }
+      if (c === 0x30 && b[p + 1] === 0x2c) {
+        // "0," with nothing to parse: zeros come in runs (padding, image background, sparse features).
+        const room = out.length;
+        do {
+          out[n++] = 0;
+          p += 2;
+        } while (n < room && b[p] === 0x30 && b[p + 1] === 0x2c);
+        continue;
+      }
       // readNumber, inlined by hand: this loop runs once per element of every request.
       const start = p;
       const negative = c === 0x2d;
