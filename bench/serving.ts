@@ -4,7 +4,7 @@
  * in-process `session.run` and a naive node:http server, on an MNIST-shaped
  * MLP and on PP-OCRv4 text recognition.
  *
- * Every server (agent, naive baseline, no-op HTTP floor) runs in its own child
+ * Every server (agent, naive baseline, no-op HTTP floors) runs in its own child
  * process, started the same way (`node --import tsx`), and is driven by the
  * same closed-loop load generator in this process. With pinning on (the
  * default where taskset exists), servers run on CPU 1 and this process (load
@@ -40,6 +40,7 @@ const MLP_SHAPE = [1, 784];
 const MLP_OUTPUT = 'probs';
 const BATCHING = { maxBatchSize: 32, maxQueueDelayMs: 2 };
 const MLP_CLIENTS = [1, 16, 64];
+const WIRE_FLOOR = "HTTP floor (no-op, agent's HTTP layer)";
 const OCR_CLIENTS = [1, 4];
 
 type Format = 'v1-json' | 'v2-json' | 'v2-binary';
@@ -388,6 +389,7 @@ export async function runServing(settings: BenchSettings = benchSettings()): Pro
       log: { level: 'warn' },
     };
     const echo = await start('./echo-server.ts', []);
+    const wireEcho = await start('./wire-echo-server.ts', []);
     const naiveMlp = await start('./naive-server.ts', [mlpPath, String(threads)]);
     const naiveOcr = await start('./naive-server.ts', [ocrPath, String(threads)]);
     const agent = await start('./agent-child.ts', [JSON.stringify(agentConfig)]);
@@ -418,7 +420,10 @@ export async function runServing(settings: BenchSettings = benchSettings()): Pro
       const group = [naive];
       if (c === 1) group.unshift(scenario('HTTP floor (no-op node:http server)', '-', c, echo, '/v2/models/mlp/infer', mlpRequests['v2-binary']));
       // At 64 clients the floor reads the naive server's very requests: the most any node:http server answers here.
-      if (c === 64) group.unshift(scenario('HTTP floor (no-op node:http server)', '-', c, echo, '/v2/models/mlp/infer', mlpRequests['v2-json'], naive));
+      if (c === 64) {
+        group.unshift(scenario(WIRE_FLOOR, '-', c, wireEcho, '/v2/models/mlp/infer', mlpRequests['v2-json'], naive));
+        group.unshift(scenario('HTTP floor (no-op node:http server)', '-', c, echo, '/v2/models/mlp/infer', mlpRequests['v2-json'], naive));
+      }
       for (const format of ['v1-json', 'v2-json', 'v2-binary'] as const) {
         for (const batched of [false, true]) {
           const label = `agent ${FORMAT_LABEL[format]}${batched ? `, batching ${BATCHING.maxBatchSize}/${BATCHING.maxQueueDelayMs}ms` : ''}`;
@@ -503,6 +508,8 @@ export async function runServing(settings: BenchSettings = benchSettings()): Pro
     }
     const floor64 = pairedRatio(find(64, 'HTTP floor (no-op node:http server)'), naiveAt(64));
     targets.push(['    (info) no-op node:http server ÷ naive, 64 clients: the ceiling for any node:http server', `${fmt(floor64)}x`, '', 'info']);
+    const wire64 = pairedRatio(find(64, WIRE_FLOOR), naiveAt(64));
+    targets.push(["    (info) no-op server on the agent's HTTP layer ÷ naive, 64 clients: the agent's ceiling", `${fmt(wire64)}x`, '', 'info']);
     for (const n of OCR_CLIENTS) {
       const g = ocrGroups.get(n) ?? [];
       const d = pairedRatio(g.find((s) => s.label === 'agent v2 binary'), g.find((s) => s.label === 'agent v2 JSON'));
