@@ -183,8 +183,13 @@ export class Connection {
         else if (!this.readHead(this.pending)) return; // the head is not all here yet
       }
     } catch (err) {
-      if (!(err instanceof WireError)) throw err;
-      this.refuse(err);
+      if (err instanceof WireError) {
+        this.refuse(err);
+      } else {
+        // A fault of ours in parsing: this connection gets a 500, the process stays up.
+        this.hooks.onHandlerError(err);
+        this.refuse(new WireError(500, 'internal error; see the agent log'));
+      }
     } finally {
       this.parsing = false;
     }
