@@ -54,6 +54,8 @@ const CLOSED = 5;
 const LINGER_MS = 5000;
 /** Bytes read ahead (pipelined requests) while one is being answered, before reading pauses. */
 const READ_AHEAD = 64 * 1024;
+/** What a client is told of a fault of ours; the log has the rest. */
+const INTERNAL = 'internal error; see the agent log';
 const CRLF2 = Buffer.from('\r\n\r\n', 'latin1');
 const LF2 = Buffer.from('\n\n', 'latin1');
 
@@ -188,7 +190,7 @@ export class Connection {
       } else {
         // A fault of ours in parsing: this connection gets a 500, the process stays up.
         this.hooks.onHandlerError(err);
-        this.refuse(new WireError(500, 'internal error; see the agent log'));
+        this.refuse(new WireError(500, INTERNAL));
       }
     } finally {
       this.parsing = false;
@@ -205,13 +207,13 @@ export class Connection {
       this.since = Date.now();
     }
     const end = buf.indexOf(CRLF2, start);
+    if (end < 0 && buf.indexOf(LF2, start) >= 0) throw new WireError(400, 'request head ends its lines with a bare LF; HTTP/1.1 needs CRLF');
+    // The head so far, or all of it: either way over the limit is refused.
+    if ((end < 0 ? buf.length : end) - start > this.limits.maxHeaderBytes) throw new WireError(431, `request head is larger than ${this.limits.maxHeaderBytes} bytes`);
     if (end < 0) {
-      if (buf.indexOf(LF2, start) >= 0) throw new WireError(400, 'request head ends its lines with a bare LF; HTTP/1.1 needs CRLF');
-      if (buf.length - start > this.limits.maxHeaderBytes) throw new WireError(431, `request head is larger than ${this.limits.maxHeaderBytes} bytes`);
       this.pending = start === buf.length ? undefined : buf.subarray(start);
       return false;
     }
-    if (end - start > this.limits.maxHeaderBytes) throw new WireError(431, `request head is larger than ${this.limits.maxHeaderBytes} bytes`);
     const head = parseHead(buf.toString('latin1', start, end));
     this.head = head;
     this.pending = end + 4 === buf.length ? undefined : buf.subarray(end + 4);
@@ -289,13 +291,13 @@ export class Connection {
       this.hooks.onRequest({ method: head.method, url: head.url, headers: head.headers, body, bodyTooLarge: tooLarge }, response);
     } catch (err) {
       this.hooks.onHandlerError(err);
-      if (!response.sent) response.send(500, 'application/json', '{"error":"internal error; see the agent log"}');
+      if (!response.sent) response.send(500, 'application/json', JSON.stringify({ error: INTERNAL }));
     }
   }
 
-  /** Writes the answer to request `seq`; false if that request is no longer the current one. */
-  answer(seq: number, headOnly: boolean, status: number, contentType: string, body: string | Buffer, extra: Readonly<Record<string, number>> | undefined): boolean {
-    if (seq !== this.seq || this.phase !== BUSY) return false;
+  /** Writes the answer to request `seq`, unless that request is no longer the current one (the connection closed). */
+  answer(seq: number, headOnly: boolean, status: number, contentType: string, body: string | Buffer, extra: Readonly<Record<string, number>> | undefined): void {
+    if (seq !== this.seq || this.phase !== BUSY) return;
     const head = this.head as RequestHead;
     const close = this.closeAfter || !head.keepAlive || this.hooks.draining();
     const length = typeof body === 'string' ? Buffer.byteLength(body) : body.length;
@@ -321,16 +323,15 @@ export class Connection {
       this.pending = undefined;
       socket.end();
       if (this.paused) this.resume(); // read and drop what the client still sends
-      return true;
+      return;
     }
     this.phase = IDLE;
     if (!flowing) {
       this.pause(); // the client is not reading its answers: read no more requests until it does
-      return true;
+      return;
     }
     if (this.paused) this.resume();
     if (this.pending !== undefined) this.advance();
-    return true;
   }
 
   /** Answers a request the wire layer refuses, and closes. */
