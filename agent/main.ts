@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { AgentConfig } from './config/schema.js';
 import { HttpServer } from './http/server.js';
-import { MqttConnection } from './rollout/mqtt-connection.js';
+import { MqttConnection } from './mqtt/connection.js';
 import { ModelStore } from './rollout/model-store.js';
 import { Reporter } from './rollout/reporter.js';
 import { Rollout } from './rollout/rollout.js';

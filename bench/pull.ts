@@ -40,7 +40,7 @@ import { fileURLToPath } from 'node:url';
 import mqtt, { type IPublishPacket, type MqttClient } from 'mqtt';
 import { pino, type Logger } from 'pino';
 import { BlockPuller, type ArtifactBlocks, type MinimalMqtt } from '../agent/rollout/block-puller.js';
-import { MqttConnection } from '../agent/rollout/mqtt-connection.js';
+import { MqttConnection } from '../agent/mqtt/connection.js';
 import { loadOrt } from '../agent/runtime/ort.js';
 import { AgentDatabase } from '../agent/store/database.js';
 import type { Manifest } from '../protocol/manifest.js';

@@ -23,7 +23,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
-import { MqttConnection } from '../agent/rollout/mqtt-connection.js';
+import { MqttConnection } from '../agent/mqtt/connection.js';
 import { AgentDatabase } from '../agent/store/database.js';
 import { TelemetryOutbox, type OutboxBatch } from '../agent/telemetry/outbox.js';
 import type { NewPoint } from '../agent/telemetry/points.js';

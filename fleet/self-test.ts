@@ -5,8 +5,8 @@
  * publisher saw. The tensors travel in Open Inference Protocol JSON form, and
  * the agent's HTTP codecs convert them, so both sides read them the same way.
  */
-import { encodeJsonFlat } from '../agent/http/codec/json-data.js';
-import { parseV2Request } from '../agent/http/codec/v2.js';
+import { encodeJsonFlat } from '../agent/codec/json-data.js';
+import { parseV2Request } from '../agent/codec/v2.js';
 import { loadOrt } from '../agent/runtime/ort.js';
 import { createSession } from '../agent/runtime/session.js';
 import type { ModelSession } from '../agent/runtime/session.js';

@@ -8,11 +8,11 @@
 import { Buffer } from 'node:buffer';
 import { describe, expect, it } from 'vitest';
 import { EdgefleetError } from '../agent/errors.js';
-import { parseV1Json, parseV2Json } from '../agent/http/codec/fast-json.js';
-import { encodeJsonFlat, encodeJsonFlatText } from '../agent/http/codec/json-data.js';
-import { parseV1Request } from '../agent/http/codec/v1.js';
-import { encodeV2Response, encodeV2ResponseParts, parseV2Body, parseV2Request, splitV2Body } from '../agent/http/codec/v2.js';
-import type { ModelIo, V2OutputSelection, V2ResponseMeta } from '../agent/http/codec/v2.js';
+import { parseV1Json, parseV2Json } from '../agent/codec/fast-json.js';
+import { encodeJsonFlat, encodeJsonFlatText } from '../agent/codec/json-data.js';
+import { parseV1Request } from '../agent/codec/v1.js';
+import { encodeV2Response, encodeV2ResponseParts, parseV2Body, parseV2Request, splitV2Body } from '../agent/codec/v2.js';
+import type { ModelIo, V2OutputSelection, V2ResponseMeta } from '../agent/codec/v2.js';
 import { DATATYPES } from '../agent/runtime/tensor.js';
 import type { Datatype, HostTensor, TensorData } from '../agent/runtime/tensor.js';
 import { mulberry32 } from '../models/onnx/zoo.js';

@@ -4,13 +4,13 @@ import { EdgefleetError } from '../agent/errors.js';
 import type { ErrorCode } from '../agent/errors.js';
 import { DATATYPES } from '../agent/runtime/tensor.js';
 import type { Datatype, HostTensor, TensorSpec } from '../agent/runtime/tensor.js';
-import { floatArrayToHalf, floatToHalf, halfArrayToFloat, halfToFloat } from '../agent/http/codec/fp16.js';
-import { decodeBase64, decodeJson, encodeJsonFlat, encodeJsonNested } from '../agent/http/codec/json-data.js';
-import { encodeV1Response, parseV1Request } from '../agent/http/codec/v1.js';
+import { floatArrayToHalf, floatToHalf, halfArrayToFloat, halfToFloat } from '../agent/codec/fp16.js';
+import { decodeBase64, decodeJson, encodeJsonFlat, encodeJsonNested } from '../agent/codec/json-data.js';
+import { encodeV1Response, parseV1Request } from '../agent/codec/v1.js';
 import {
   decodeBinaryTensor, encodeBinaryTensor, encodeV2Response, parseV2Request, splitV2Body,
-} from '../agent/http/codec/v2.js';
-import type { ModelIo } from '../agent/http/codec/v2.js';
+} from '../agent/codec/v2.js';
+import type { ModelIo } from '../agent/codec/v2.js';
 import { SAMPLES } from './helpers/tensor-samples.js';
 
 /** Asserts fn throws an EdgefleetError with `code` whose message contains every fragment. */

@@ -1,6 +1,6 @@
 import { Buffer } from 'node:buffer';
 import { describe, expect, it } from 'vitest';
-import { parseV1Json, parseV2Json } from '../agent/http/codec/fast-json.js';
+import { parseV1Json, parseV2Json } from '../agent/codec/fast-json.js';
 import { mulberry32 } from '../models/onnx/zoo.js';
 
 /** JSON.parse's answer with every Float64Array the fast reader may produce turned back into an array. */

@@ -3,7 +3,7 @@ import { connectAsync } from 'mqtt';
 import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { MqttConnection } from '../agent/rollout/mqtt-connection.js';
+import { MqttConnection } from '../agent/mqtt/connection.js';
 import { Reporter } from '../agent/rollout/reporter.js';
 import type { ReporterOptions } from '../agent/rollout/reporter.js';
 import { agentVersion } from '../agent/version.js';

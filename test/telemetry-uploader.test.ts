@@ -7,7 +7,7 @@ import { connectAsync, type MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseTelemetryBatch, topics } from '../protocol/index.js';
-import { MqttConnection } from '../agent/rollout/mqtt-connection.js';
+import { MqttConnection } from '../agent/mqtt/connection.js';
 import { AgentDatabase } from '../agent/store/database.js';
 import { TelemetryOutbox } from '../agent/telemetry/outbox.js';
 import type { DroppedPoint, NewPoint } from '../agent/telemetry/points.js';

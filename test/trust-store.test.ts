@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { connectAsync } from 'mqtt';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MqttConnection } from '../agent/rollout/mqtt-connection.js';
+import { MqttConnection } from '../agent/mqtt/connection.js';
 import { TrustStore } from '../agent/rollout/trust-store.js';
 import type { RotationResult } from '../agent/rollout/trust-store.js';
 import {

@@ -2,9 +2,9 @@ import { EdgefleetError, errorMessage } from '../errors.js';
 import type { HostTensor } from '../runtime/tensor.js';
 import type { Servable } from '../serving/servable.js';
 import { parseJson } from './body.js';
-import { parseV1Json } from './codec/fast-json.js';
-import { encodeV1Response, parseV1Request } from './codec/v1.js';
-import { encodeV2ResponseParts, parseV2Body } from './codec/v2.js';
+import { parseV1Json } from '../codec/fast-json.js';
+import { encodeV1Response, parseV1Request } from '../codec/v1.js';
+import { encodeV2ResponseParts, parseV2Body } from '../codec/v2.js';
 
 export interface InferAnswer {
   contentType: string;

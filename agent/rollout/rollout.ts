@@ -13,7 +13,7 @@ import { agentVersion } from '../version.js';
 import { DesiredSource, type Candidate } from './desired-source.js';
 import { RolledBackError, classify } from './errors.js';
 import { ACTIVATION_KEY, PREVIOUS_KEY, StepExecutor, type PendingActivation } from './executor.js';
-import type { MqttConnection } from './mqtt-connection.js';
+import type { MqttConnection } from '../mqtt/connection.js';
 import type { ModelStore } from './model-store.js';
 import { plan, type CurrentState, type DesiredVersion, type VersionRef } from './planner.js';
 import type { Reporter } from './reporter.js';

@@ -1,7 +1,7 @@
 import type { Manifest } from '../../protocol/manifest.js';
-import { halfArrayToFloat } from '../http/codec/fp16.js';
-import { decodeJson } from '../http/codec/json-data.js';
-import { parseV2Request } from '../http/codec/v2.js';
+import { halfArrayToFloat } from '../codec/fp16.js';
+import { decodeJson } from '../codec/json-data.js';
+import { parseV2Request } from '../codec/v2.js';
 import type { HostTensor } from '../runtime/tensor.js';
 import type { Servable } from '../serving/servable.js';
 

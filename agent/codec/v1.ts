@@ -4,8 +4,8 @@
  * instances along a new first (batch) dimension; columnar format (`inputs`) gives
  * each tensor whole. `{"b64": "..."}` objects carry bytes.
  */
-import { badRequest } from '../../errors.js';
-import type { HostTensor, TensorSpec } from '../../runtime/tensor.js';
+import { badRequest } from '../errors.js';
+import type { HostTensor, TensorSpec } from '../runtime/tensor.js';
 import { decodeJson, encodeJsonNested, fmtShape, isB64Object } from './json-data.js';
 import type { JsonValue } from './json-data.js';
 import { checkShape } from './v2.js';

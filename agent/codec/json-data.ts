@@ -12,9 +12,9 @@
  * integers or decimal strings; outputs are numbers when safe, decimal strings otherwise.
  */
 import { Buffer } from 'node:buffer';
-import { badRequest } from '../../errors.js';
-import { elementCount } from '../../runtime/tensor.js';
-import type { Datatype, TensorData } from '../../runtime/tensor.js';
+import { badRequest } from '../errors.js';
+import { elementCount } from '../runtime/tensor.js';
+import type { Datatype, TensorData } from '../runtime/tensor.js';
 import { floatToHalf, halfToFloat } from './fp16.js';
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };

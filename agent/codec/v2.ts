@@ -5,9 +5,9 @@
  * tensor bytes, one slice per input that sets `parameters.binary_data_size`.
  */
 import { Buffer } from 'node:buffer';
-import { EdgefleetError, badRequest, unsupported } from '../../errors.js';
-import { DATATYPES, ELEMENT_SIZE, elementCount } from '../../runtime/tensor.js';
-import type { Datatype, HostTensor, TensorData, TensorSpec } from '../../runtime/tensor.js';
+import { EdgefleetError, badRequest, unsupported } from '../errors.js';
+import { DATATYPES, ELEMENT_SIZE, elementCount } from '../runtime/tensor.js';
+import type { Datatype, HostTensor, TensorData, TensorSpec } from '../runtime/tensor.js';
 import { parseV2Json } from './fast-json.js';
 import { bytesToText, decodeJson, decodeNumbers, encodeJsonFlatText, fmtShape, show } from './json-data.js';
 
