@@ -233,6 +233,18 @@ describe('SQLite collector store specifics', () => {
     db.close();
   });
 
+  it('refuses a database written by a newer collector, naming the collector', async () => {
+    const file = join(sqliteDir, 'newer.db');
+    const store = new SqliteStore(file);
+    await store.init();
+    await store.close();
+    const Database = (await import('better-sqlite3')).default;
+    const db = new Database(file);
+    db.pragma('user_version = 99');
+    db.close();
+    await expect(new SqliteStore(file).init()).rejects.toThrow(/schema version 99 but this collector knows only 1; it was written by a newer collector/);
+  });
+
   it('edgefleet status refuses a database that does not exist instead of creating one', async () => {
     const missing = join(sqliteDir, 'missing.db');
     await expect(statusCli(`sqlite:${missing}`, [])).rejects.toThrow(/no collector database at .*missing\.db/);

@@ -1,6 +1,6 @@
-import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import Database from 'better-sqlite3';
+import { join } from 'node:path';
+import type Database from 'better-sqlite3';
+import { migrate as migrateSqlite, openSqlite, schemaVersion } from '../../lib/sqlite.js';
 
 /**
  * The agent's durable state: one SQLite file in the state directory.
@@ -61,26 +61,12 @@ export class AgentDatabase {
 
   /** Opens (creating if needed) and migrates the database at `file`. */
   static open(file: string, options: OpenOptions = {}): AgentDatabase {
-    mkdirSync(dirname(file), { recursive: true });
-    const db = new Database(file);
-    try {
-      // WAL keeps readers off the writer's back; FULL syncs the WAL on every
-      // commit, so a committed row survives power loss (NORMAL may lose it).
-      db.pragma('journal_mode = WAL');
-      db.pragma('synchronous = FULL');
-      db.pragma('foreign_keys = ON');
-      db.pragma('busy_timeout = 5000');
-      migrate(db, options.migrations ?? MIGRATIONS);
-    } catch (err) {
-      db.close();
-      throw err;
-    }
-    return new AgentDatabase(db);
+    return new AgentDatabase(openSqlite(file, { migrations: options.migrations ?? MIGRATIONS, owner: 'agent' }));
   }
 
   /** The schema version the database is at (`PRAGMA user_version`). */
   get schemaVersion(): number {
-    return this.db.pragma('user_version', { simple: true }) as number;
+    return schemaVersion(this.db);
   }
 
   /**
@@ -106,28 +92,9 @@ export class AgentDatabase {
   }
 }
 
-/**
- * Applies the migrations the database has not seen yet, each in its own
- * transaction together with its `user_version` bump, so a crash mid-way
- * leaves the database at the previous version, never half-migrated.
- * Returns the resulting version.
- */
+/** lib/sqlite.ts's migrate, refusing a file from a newer agent. */
 export function migrate(db: Database.Database, migrations: readonly string[]): number {
-  const current = db.pragma('user_version', { simple: true }) as number;
-  if (current > migrations.length) {
-    throw new Error(
-      `database ${db.name} is at schema version ${current} but this agent knows only ${migrations.length}; ` +
-        'it was written by a newer agent, refusing to use it',
-    );
-  }
-  migrations.forEach((sql, index) => {
-    if (index < current) return;
-    db.transaction(() => {
-      db.exec(sql);
-      db.pragma(`user_version = ${index + 1}`);
-    })();
-  });
-  return migrations.length;
+  return migrateSqlite(db, migrations, 'agent');
 }
 
 /** JSON documents by key. Callers validate what they read with its schema. */

@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import type Database from 'better-sqlite3';
-import { AgentDatabase } from '../../agent/store/database.js';
+import { openSqlite } from '../../lib/sqlite.js';
 import type { DeviceEvent, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
 import { FailureError } from '../errors.js';
 import type { DeviceSeries, FleetFilters, FleetRow, FleetStore, LatestRow, PointRow, StatusRecord, StoredEvent, TimeRange } from './store.js';
@@ -93,7 +93,7 @@ function prepareStatements(db: Database.Database) {
 
 export class SqliteStore implements FleetStore {
   readonly kind = 'sqlite';
-  private database: AgentDatabase | undefined;
+  private database: Database.Database | undefined;
   private statements: ReturnType<typeof prepareStatements> | undefined;
 
   /** `mustExist`: fail instead of creating an empty database (for readers such as `edgefleet status`). */
@@ -112,13 +112,13 @@ export class SqliteStore implements FleetStore {
     if (this.options.mustExist && !existsSync(this.file)) {
       throw new FailureError(`no collector database at ${this.file}: start 'edgefleet collect' first or pass --db`);
     }
-    this.database = AgentDatabase.open(this.file, { migrations: SQLITE_MIGRATIONS });
-    this.statements = prepareStatements(this.database.db);
+    this.database = openSqlite(this.file, { migrations: SQLITE_MIGRATIONS, owner: 'collector' });
+    this.statements = prepareStatements(this.database);
   }
 
   private transaction<T>(fn: () => T): T {
     if (this.database === undefined) throw new Error('SqliteStore used before init()');
-    return this.database.db.transaction(fn)();
+    return this.database.transaction(fn)();
   }
 
   async insertPoints(device: string, points: readonly TelemetryPoint[]): Promise<number> {
@@ -169,6 +169,6 @@ export class SqliteStore implements FleetStore {
 
   async close(): Promise<void> {
     this.statements = undefined;
-    this.database?.close();
+    if (this.database?.open) this.database.close();
   }
 }
