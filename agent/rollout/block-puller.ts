@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { blockCount } from '../../protocol/manifest.js';
 import type { AgentDatabase } from '../store/database.js';
 import { fsyncDir } from '../store/fs-atomic.js';
+import { RolloutError } from './errors.js';
 
 /**
  * Pulls one artifact's blocks from the broker (PROTOCOL.md section 5): retained
@@ -43,21 +44,15 @@ export interface ArtifactBlocks {
   blockSha256: readonly string[];
 }
 
-/**
- * BLOCK_HASH and FILE_HASH: the published bytes do not match the signed
- * manifest, retrying cannot help (report `rejected`, event `verify.failed`).
- * BLOCK_MISSING: retryable (report `failed`). ABORTED: the caller stopped it.
- */
+/** The puller's share of the rollout's codes; errors.ts says how each is reported. */
 export type BlockPullErrorCode = 'BLOCK_HASH' | 'BLOCK_MISSING' | 'FILE_HASH' | 'ABORTED';
 
-export class BlockPullError extends Error {
-  readonly code: BlockPullErrorCode;
+export class BlockPullError extends RolloutError<BlockPullErrorCode> {
   /** The block concerned, for BLOCK_HASH and BLOCK_MISSING. */
   readonly block: number | undefined;
   constructor(code: BlockPullErrorCode, message: string, block?: number) {
-    super(message);
+    super(code, message);
     this.name = 'BlockPullError';
-    this.code = code;
     this.block = block;
   }
 }

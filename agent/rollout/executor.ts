@@ -6,7 +6,7 @@ import type { ModelRegistry } from '../serving/registry.js';
 import type { AgentDatabase } from '../store/database.js';
 import type { KvStore } from '../store/database.js';
 import { BlockPuller, type MinimalMqtt } from './block-puller.js';
-import { RolledBackError } from './errors.js';
+import { RolledBackError, RolloutError } from './errors.js';
 import type { ModelStore } from './model-store.js';
 import type { Step } from './planner.js';
 import type { Reporter } from './reporter.js';
@@ -89,7 +89,7 @@ export class StepExecutor {
     const { reporter, store, config } = this.deps;
     const manifest = this.deps.verifyManifest(envelope, name, version);
     const client = this.deps.client();
-    if (!client) throw new Error(`cannot download ${name} version ${version}: no MQTT connection configured`);
+    if (!client) throw new RolloutError('NO_CONNECTION', `cannot download ${name} version ${version}: no MQTT connection configured`);
     const artifact = manifest.artifact;
     await store.ensureSpace(artifact.size);
     // Progress comes from the puller, which counts blocks already recorded before a restart.
@@ -108,7 +108,7 @@ export class StepExecutor {
       onProgress: (done, total) => reporter.setModel(name, version, { progress: done / total }),
     });
     try {
-      if (this.stopped) throw new Error('stopping');
+      if (this.stopped) throw new RolloutError('ABORTED', 'stopping');
       await this.puller.pull();
     } finally {
       this.puller = undefined;

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir, removeQuietly, writeFileAtomic } from '../store/fs-atomic.js';
+import { RolloutError } from './errors.js';
 
 export interface StoredVersion {
   name: string;
@@ -9,12 +10,9 @@ export interface StoredVersion {
   sha256: string;
 }
 
-export class StoreError extends Error {
-  constructor(
-    readonly code: 'FILE_HASH' | 'NO_SPACE' | 'MISSING',
-    message: string,
-  ) {
-    super(message);
+export class StoreError extends RolloutError<'FILE_HASH' | 'NO_SPACE' | 'MISSING'> {
+  constructor(code: StoreError['code'], message: string) {
+    super(code, message);
     this.name = 'StoreError';
   }
 }

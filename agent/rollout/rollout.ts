@@ -11,7 +11,7 @@ import type { ModelRegistry } from '../serving/registry.js';
 import type { AgentDatabase, KvStore } from '../store/database.js';
 import { agentVersion } from '../version.js';
 import { DesiredSource, type Candidate } from './desired-source.js';
-import { RolledBackError, classify } from './errors.js';
+import { RolloutError, classify, failureCode } from './errors.js';
 import { ACTIVATION_KEY, PREVIOUS_KEY, StepExecutor, type PendingActivation } from './executor.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import type { ModelStore } from './model-store.js';
@@ -33,8 +33,6 @@ interface Blocked extends VersionRef {
   reason: string;
   status: 'failed' | 'rejected';
 }
-
-const MANIFEST_OF = 'manifest of ';
 
 const KEYS = { active: 'rollout.active', serving: 'rollout.serving', blocked: 'rollout.blocked' } as const;
 
@@ -196,7 +194,7 @@ export class Rollout {
           return [`${m.name}@${m.version}`, this.checkManifest(m.manifest, m.name, m.version, now)];
         } catch (err) {
           if (!isProtocolError(err)) throw err;
-          throw new ProtocolError(err.code, `${MANIFEST_OF}${m.name} version ${m.version}: ${err.message}`, { cause: err });
+          throw new RolloutError('MANIFEST', `manifest of ${m.name} version ${m.version}: ${err.message}`, { cause: err });
         }
       }),
     );
@@ -254,7 +252,7 @@ export class Rollout {
     this.log.warn({ target: candidate.key, serial, err: message }, 'desired state rejected; nothing changes');
     this.o.reporter.setDesired({ ...origin, serial: serial ?? 0, status: 'rejected', error: message });
     this.o.reporter.event('desired.rejected', { detail: message });
-    if (message.startsWith(MANIFEST_OF)) this.o.reporter.event('verify.failed', { detail: message });
+    if (failureCode(err) === 'MANIFEST') this.o.reporter.event('verify.failed', { detail: message });
   }
 
   private block(entry: Blocked): void {
@@ -341,9 +339,8 @@ export class Rollout {
     attempts.delete(id);
     if (version === undefined) return;
     if (outcome.event) this.o.reporter.event(outcome.event, { model: step.name, version, detail: outcome.message });
-    const rolledBack = err instanceof RolledBackError;
-    if (!rolledBack) this.o.reporter.setModel(step.name, version, { state: outcome.modelState, error: outcome.message });
-    this.block({ name: step.name, version, reason: outcome.message, status: rolledBack ? 'failed' : outcome.status });
+    if (outcome.modelState) this.o.reporter.setModel(step.name, version, { state: outcome.modelState, error: outcome.message });
+    this.block({ name: step.name, version, reason: outcome.message, status: outcome.status });
   }
 
   private finish(active: ActiveDesired): void {

@@ -4,10 +4,11 @@ import { decodeJson } from '../codec/json-data.js';
 import { parseV2Request } from '../codec/v2.js';
 import type { HostTensor } from '../runtime/tensor.js';
 import type { Servable } from '../serving/servable.js';
+import { RolloutError } from './errors.js';
 
-export class SelfTestError extends Error {
+export class SelfTestError extends RolloutError<'SELF_TEST'> {
   constructor(message: string) {
-    super(message);
+    super('SELF_TEST', message);
     this.name = 'SelfTestError';
   }
 }
