@@ -31,16 +31,3 @@ const PEM_BLOCK = /-----BEGIN[^]*?(?:-----END[^-]*-----|$)/g;
 export function redact(text: string): string {
   return text.replace(PEM_BLOCK, '[redacted key material]');
 }
-
-/** A URL without its user:password part, for messages. */
-export function safeUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.username === '' && u.password === '') return url;
-    u.username = '';
-    u.password = '';
-    return u.toString();
-  } catch {
-    return redact(url);
-  }
-}

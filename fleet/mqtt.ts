@@ -7,9 +7,9 @@
 import { randomBytes } from 'node:crypto';
 import { ReasonCodes, connect } from 'mqtt';
 import type { IClientOptions, IConnackPacket, MqttClient } from 'mqtt';
+import { isBrokerUrl, mutualTlsProblem, readBrokerFiles, safeUrl } from '../lib/broker.js';
 import { DEFAULT_TOPIC_ROOT, checkTopicRoot } from '../protocol/index.js';
-import { FailureError, UsageError, errorMessage, safeUrl } from './errors.js';
-import { readInput } from './files.js';
+import { FailureError, UsageError, errorMessage } from './errors.js';
 
 const CONNECT_TIMEOUT_MS = 10_000;
 const CLOSE_TIMEOUT_MS = 5_000;
@@ -51,11 +51,14 @@ export interface BrokerSettings {
 
 type BrokerValues = { [K in keyof typeof BROKER_OPTIONS]?: string | undefined };
 
+/** The flags naming files, as errors name them. */
+const FILE_FLAGS = { ca: '--ca', cert: '--cert', key: '--key-file', passwordFile: '--password-file' } as const;
+
 /** Validates the broker options and reads the files they name. */
 export async function brokerSettings(values: BrokerValues): Promise<BrokerSettings> {
   const url = values.broker ?? process.env.EDGEFLEET_BROKER;
   if (url === undefined || url === '') throw new UsageError('missing --broker URL (or set EDGEFLEET_BROKER)');
-  if (!/^(mqtts?|wss?|tcp|ssl|tls):\/\/[^/]/.test(url)) {
+  if (!isBrokerUrl(url)) {
     throw new UsageError(`--broker must be a URL such as mqtt://host:1883 or mqtts://host:8883, got "${safeUrl(url)}"`);
   }
   const topicRoot = values['topic-root'] ?? DEFAULT_TOPIC_ROOT;
@@ -64,26 +67,20 @@ export async function brokerSettings(values: BrokerValues): Promise<BrokerSettin
   } catch (err) {
     throw new UsageError(`--topic-root: ${errorMessage(err)}`);
   }
-  const file = async (path: string | undefined, what: string): Promise<Buffer | undefined> =>
-    path === undefined ? undefined : readInput(path, what);
-  const tls = {
-    ...(values.ca !== undefined && { ca: await file(values.ca, 'CA certificate') }),
-    ...(values.cert !== undefined && { cert: await file(values.cert, 'client certificate') }),
-    ...(values['key-file'] !== undefined && { key: await file(values['key-file'], 'client key') }),
-  };
-  if ((tls.cert === undefined) !== (tls.key === undefined)) throw new UsageError('--cert and --key-file go together for mutual TLS');
-  const password = await file(values['password-file'], 'password file');
   const version = values['mqtt-version'];
   if (version !== undefined && version !== '4' && version !== '5') {
     throw new UsageError(`--mqtt-version must be 5 (MQTT 5) or 4 (MQTT 3.1.1), got "${version}"`);
   }
+  const files = { ca: values.ca, cert: values.cert, key: values['key-file'], passwordFile: values['password-file'] };
+  const unpaired = mutualTlsProblem(files, FILE_FLAGS);
+  if (unpaired !== undefined) throw new UsageError(unpaired);
+  const { password, ...tls } = await readBrokerFiles(files, { names: FILE_FLAGS, error: (message) => new FailureError(message) });
   return {
     url,
     topicRoot,
     tls,
     ...(values.username !== undefined && { username: values.username }),
-    // First line only: editors and `echo` add a trailing newline that is not part of the password.
-    ...(password !== undefined && { password: Buffer.from(password.toString('utf8').split(/\r?\n/)[0] ?? '') }),
+    ...(password !== undefined && { password }),
     ...(version !== undefined && { protocolVersion: Number(version) as MqttProtocolVersion }),
   };
 }

@@ -18,7 +18,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Collector } from '../fleet/collector/collector.js';
 import { parseListen } from '../fleet/collector/http-server.js';
 import { collect } from '../fleet/commands/collect.js';
-import { UsageError } from '../fleet/errors.js';
+import { FailureError, UsageError } from '../fleet/errors.js';
 import type { CollectorOptions } from '../fleet/collector/collector.js';
 import { SqliteStore } from '../fleet/collector/sqlite-store.js';
 import type { FleetStore } from '../fleet/collector/store.js';
@@ -314,6 +314,15 @@ describe('edgefleet collect options', () => {
     await expect(usage(['--log-level', 'loud'])).rejects.toThrow(/--log-level/);
     await expect(usage(['--mqtt-version', '3'])).rejects.toThrow(/--mqtt-version must be 5 \(MQTT 5\) or 4/);
     await expect(usage(['--mqtt-version', '4', '--share-group', 'g'])).rejects.toThrow(/--share-group needs MQTT 5/);
+    await expect(usage(['--cert', 'c.pem'])).rejects.toThrow(new UsageError('--cert and --key-file must be set together for mutual TLS'));
+  });
+
+  it('names the flag and the path of a broker file it cannot read', async () => {
+    const missing = join(tmpdir(), `edgefleet-missing-${process.pid}.pem`);
+    const err = await usage(['--ca', missing]).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(FailureError);
+    expect(err).toHaveProperty('message', `--ca: cannot read ${missing} (ENOENT)`);
+    await expect(usage(['--password-file', missing])).rejects.toThrow(`--password-file: cannot read ${missing} (ENOENT)`);
   });
 
   it('reads --http addresses', () => {

@@ -1,5 +1,6 @@
 import cron from 'node-cron';
 import { z } from 'zod';
+import { isBrokerUrl } from '../../lib/broker.js';
 
 /**
  * The one schema for the agent's configuration file (PROTOCOL.md section 9 plus
@@ -47,7 +48,7 @@ export const configSchema = z.strictObject({
   trust: path.optional(),
   mqtt: z
     .strictObject({
-      url: z.string().regex(/^(mqtts?|wss?|tcp|ssl):\/\/.+/, 'must be an mqtt://, mqtts://, ws:// or wss:// URL'),
+      url: z.string().refine(isBrokerUrl, 'must be an mqtt://, mqtts://, ws:// or wss:// URL'),
       topicRoot: z.string().regex(/^[^#+/][^#+]*$/, 'must be a topic prefix without wildcards').default('edgefleet'),
       ca: path.optional(),
       cert: path.optional(),

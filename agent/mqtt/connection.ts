@@ -1,7 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import { connect } from 'mqtt';
 import type { IClientOptions, IPublishPacket, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
+import { mutualTlsProblem, readBrokerFiles, safeUrl } from '../../lib/broker.js';
 import { formatTime, topics } from '../../protocol/index.js';
 import type { Status } from '../../protocol/index.js';
 import type { AgentConfig } from '../config/schema.js';
@@ -57,20 +57,8 @@ export function backoffDelay(attempt: number, initialMs: number, maxMs: number, 
   return Math.max(1, Math.round(exp / 2 + (random() * exp) / 2));
 }
 
-/** Reads one configured file, naming the config key and path (never the contents) when it fails. */
-async function readConfigFile(key: string, path: string): Promise<Buffer> {
-  try {
-    return await readFile(path);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? errorMessage(err);
-    throw new EdgefleetError('CONFIG', `mqtt.${key}: cannot read ${path} (${code})`, { cause: err });
-  }
-}
-
-/** The URL without user:password, for logs. */
-function safeUrl(url: string): string {
-  return url.replace(/\/\/[^@/]*@/, '//');
-}
+/** The config keys of the files, as errors name them. */
+const FILE_KEYS = { ca: 'mqtt.ca', cert: 'mqtt.cert', key: 'mqtt.key', passwordFile: 'mqtt.passwordFile' } as const;
 
 export class MqttConnection {
   readonly topicRoot: string;
@@ -132,9 +120,12 @@ export class MqttConnection {
 
   private async clientOptions(): Promise<IClientOptions> {
     const { config, deviceId } = this.opts;
-    if ((config.cert === undefined) !== (config.key === undefined)) {
-      throw new EdgefleetError('CONFIG', 'mqtt.cert and mqtt.key must be set together for mutual TLS');
-    }
+    const unpaired = mutualTlsProblem(config, FILE_KEYS);
+    if (unpaired !== undefined) throw new EdgefleetError('CONFIG', unpaired);
+    const secrets = await readBrokerFiles(config, {
+      names: FILE_KEYS,
+      error: (message, cause) => new EdgefleetError('CONFIG', message, { cause }),
+    });
     const protocolVersion = config.protocolVersion ?? 5;
     const options: IClientOptions = {
       protocolVersion,
@@ -149,15 +140,9 @@ export class MqttConnection {
       reconnectOnConnackError: true,
       resubscribe: true,
       will: { topic: this.statusTopic, payload: OFFLINE_WILL, qos: 1, retain: true },
+      ...secrets,
     };
-    if (config.ca !== undefined) options.ca = await readConfigFile('ca', config.ca);
-    if (config.cert !== undefined) options.cert = await readConfigFile('cert', config.cert);
-    if (config.key !== undefined) options.key = await readConfigFile('key', config.key);
     if (config.username !== undefined) options.username = config.username;
-    if (config.passwordFile !== undefined) {
-      // Editors and `echo` leave a trailing newline that is not part of the password.
-      options.password = (await readConfigFile('passwordFile', config.passwordFile)).toString('utf8').replace(/\r?\n$/, '');
-    }
     return options;
   }
 

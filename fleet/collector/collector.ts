@@ -26,9 +26,10 @@
 import { connect } from 'mqtt';
 import type { IClientOptions, ISubscriptionMap, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
+import { safeUrl } from '../../lib/broker.js';
 import type { ParsedTopic } from '../../protocol/index.js';
 import { parseEvent, parseReportedState, parseStatus, parseTelemetryBatch, parseTopic, topics } from '../../protocol/index.js';
-import { FailureError, errorMessage, safeUrl } from '../errors.js';
+import { FailureError, errorMessage } from '../errors.js';
 import type { BrokerSettings, MqttProtocolVersion } from '../mqtt.js';
 import type { FleetStore } from './store.js';
 

@@ -1,6 +1,7 @@
 /** `--db` for the collector and `edgefleet status`: which backend, and where. */
 import { isAbsolute, resolve } from 'node:path';
-import { UsageError, safeUrl } from '../errors.js';
+import { safeUrl } from '../../lib/broker.js';
+import { UsageError } from '../errors.js';
 import { PostgresStore } from './postgres-store.js';
 import { SqliteStore } from './sqlite-store.js';
 import type { FleetStore } from './store.js';
