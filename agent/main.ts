@@ -4,7 +4,9 @@ import type { Logger } from 'pino';
 import type { AgentConfig } from './config/schema.js';
 import { HttpServer } from './http/server.js';
 import { MqttConnection } from './mqtt/connection.js';
+import { RolloutEvents } from './rollout/events.js';
 import { ModelStore } from './rollout/model-store.js';
+import { reportProjection } from './rollout/report-projection.js';
 import { Reporter } from './rollout/reporter.js';
 import { Rollout } from './rollout/rollout.js';
 import { TrustStore } from './rollout/trust-store.js';
@@ -66,6 +68,10 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
     const connection = new MqttConnection({ config: config.mqtt, deviceId: config.deviceId, logger: logger.child({ component: 'mqtt' }) });
     const rep = new Reporter({ transport: connection, topicRoot: config.mqtt.topicRoot, deviceId: config.deviceId, groups: config.groups, logger: logger.child({ component: 'reporter' }) });
     reporter = rep;
+    // Reported state is a projection of the rollout's events.
+    const rolloutLog = logger.child({ component: 'rollout' });
+    const events = new RolloutEvents(rolloutLog);
+    events.on(reportProjection(rep));
     let rollout: Rollout | undefined;
     components.push(
       step(() => trust.load()),
@@ -77,7 +83,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
       step(
         async () => {
           const db = database as AgentDatabase;
-          rollout = new Rollout({ config, connection, trust, reporter: rep, database: db, kv: kv(db), store: new ModelStore(config.stateDir), loader, registry, logger: logger.child({ component: 'rollout' }) });
+          rollout = new Rollout({ config, connection, trust, events, database: db, kv: kv(db), store: new ModelStore(config.stateDir), loader, registry, logger: rolloutLog });
           await rollout.start();
         },
         async () => rollout?.stop(),

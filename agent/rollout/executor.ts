@@ -7,9 +7,9 @@ import type { AgentDatabase } from '../store/database.js';
 import type { KvStore } from '../store/database.js';
 import { BlockPuller, type MinimalMqtt } from './block-puller.js';
 import { RolledBackError, RolloutError } from './errors.js';
+import type { RolloutEvents } from './events.js';
 import type { ModelStore } from './model-store.js';
 import type { Step } from './planner.js';
-import type { Reporter } from './reporter.js';
 import { runSelfTest } from './self-test.js';
 
 /** A version whose switch has not yet passed its health window; persisted to survive a crash. */
@@ -31,7 +31,8 @@ export interface ExecutorDeps {
   store: ModelStore;
   loader: VersionLoader;
   registry: ModelRegistry;
-  reporter: Reporter;
+  /** Every step reports through these; report-projection.ts turns them into reported state. */
+  events: RolloutEvents;
   database: AgentDatabase;
   kv: KvStore;
   logger: Logger;
@@ -73,8 +74,7 @@ export class StepExecutor {
       }
       case 'unload':
         await this.deps.loader.unload(step.name, step.version);
-        this.deps.reporter.removeModel(step.name, step.version);
-        this.deps.reporter.event('unloaded', { model: step.name, version: step.version });
+        this.deps.events.emit({ type: 'unloaded', name: step.name, version: step.version });
         this.deps.onServingChanged();
         return;
       case 'prune': {
@@ -86,15 +86,14 @@ export class StepExecutor {
   }
 
   private async fetch(name: string, version: number, envelope: unknown): Promise<void> {
-    const { reporter, store, config } = this.deps;
+    const { events, store, config } = this.deps;
     const manifest = this.deps.verifyManifest(envelope, name, version);
     const client = this.deps.client();
     if (!client) throw new RolloutError('NO_CONNECTION', `cannot download ${name} version ${version}: no MQTT connection configured`);
     const artifact = manifest.artifact;
     await store.ensureSpace(artifact.size);
     // Progress comes from the puller, which counts blocks already recorded before a restart.
-    reporter.setModel(name, version, { state: 'downloading', sha256: artifact.sha256, error: null });
-    reporter.event('download.started', { model: name, version, detail: `${artifact.size} bytes in ${artifact.blockSha256.length} blocks` });
+    events.emit({ type: 'fetch.started', name, version, sha256: artifact.sha256, size: artifact.size, blocks: artifact.blockSha256.length });
     this.puller = new BlockPuller({
       client,
       topicRoot: this.deps.topicRoot,
@@ -105,7 +104,7 @@ export class StepExecutor {
       blockTimeoutMs: config.blockTimeoutMs,
       giveUpAfterMs: config.giveUpAfterS * 1000,
       logger: this.deps.logger.child({ model: name, version }),
-      onProgress: (done, total) => reporter.setModel(name, version, { progress: done / total }),
+      onProgress: (done, total) => events.emit({ type: 'fetch.progress', name, version, done, total }),
     });
     try {
       if (this.stopped) throw new RolloutError('ABORTED', 'stopping');
@@ -113,32 +112,31 @@ export class StepExecutor {
     } finally {
       this.puller = undefined;
     }
-    reporter.setModel(name, version, { state: 'verifying', progress: 1 });
+    events.emit({ type: 'fetch.verifying', name, version });
     await store.install(name, version, artifact.sha256, envelope);
-    reporter.event('download.completed', { model: name, version });
+    events.emit({ type: 'fetch.completed', name, version });
   }
 
   /** Serves again, after a restart, a version that passed its health window before: no window, no events. */
   async restore(name: string, version: number, sha256: string, makeDefault: boolean): Promise<void> {
     await this.load(name, version, sha256, (envelope) => this.deps.verifyManifestIgnoringExpiry(envelope, name, version));
     if (makeDefault) this.deps.registry.setDefault(name, version);
-    this.deps.reporter.setModel(name, version, { state: 'serving', progress: 1, error: null });
+    this.deps.events.emit({ type: 'restored', name, version });
   }
 
   /** Verify again → load → self-test → warm (in the loader) → switch → health window. */
   private async activate(name: string, version: number, sha256: string, makeDefault: boolean): Promise<void> {
-    const { reporter, registry, kv } = this.deps;
+    const { events, registry, kv } = this.deps;
     if (!registry.isAvailable(name, version)) await this.load(name, version, sha256, (envelope) => this.deps.verifyManifest(envelope, name, version));
     if (!makeDefault) {
-      reporter.setModel(name, version, { state: 'serving', progress: 1 });
+      events.emit({ type: 'added', name, version });
       return;
     }
     const previous = registry.defaultOf(name);
     const pending: PendingActivation = { name, version, previous, since: new Date().toISOString() };
     kv.setJson(ACTIVATION_KEY, pending);
     registry.setDefault(name, version);
-    reporter.setModel(name, version, { state: 'serving', progress: 1 });
-    reporter.event('activated', { model: name, version, ...(previous !== undefined && { detail: `replaces version ${previous}` }) });
+    events.emit({ type: 'activated', name, version, previous });
     try {
       // With nothing served before there is nothing to fall back to: no window.
       if (previous !== undefined && previous !== version) await this.watchHealth(name, version);
@@ -154,12 +152,12 @@ export class StepExecutor {
 
   /** Nothing unverified is loaded: the stored manifest's signature and the file's hash are checked right before. */
   private async load(name: string, version: number, sha256: string, verify: (envelope: unknown) => Manifest): Promise<void> {
-    const { reporter, store, registry, loader } = this.deps;
+    const { events, store, registry, loader } = this.deps;
     const stored = await store.readManifest(name, version);
     const manifest = verify(stored.envelope);
-    reporter.setModel(name, version, { state: 'verifying', sha256, error: null });
+    events.emit({ type: 'verify.started', name, version, sha256 });
     const bytes = await store.readVerified(name, version, manifest.artifact.sha256);
-    reporter.setModel(name, version, { state: 'loading' });
+    events.emit({ type: 'load.started', name, version });
     // Pin the route to what serves now, so the new version takes traffic only at the switch.
     const current = registry.defaultOf(name);
     if (current !== undefined) registry.setDefault(name, current);
@@ -167,21 +165,21 @@ export class StepExecutor {
       batching: manifest.runtime?.batching && { maxQueueSize: 1024, ...manifest.runtime.batching },
       selfTest: manifest.selfTest && ((s) => runSelfTest(s, manifest.selfTest as NonNullable<Manifest['selfTest']>)),
     });
-    reporter.setModel(name, version, { executionProvider: servable.session.executionProvider });
+    events.emit({ type: 'load.completed', name, version, executionProvider: servable.session.executionProvider });
   }
 
-  /** Watches run failures of the new version; too many roll it back. */
+  /** Watches the new version's model faults (a client's bad input or overload never counts); too many roll it back. */
   private async watchHealth(name: string, version: number): Promise<void> {
     const { config, registry } = this.deps;
     const servable = registry.servableOf(name, version);
     if (!servable || config.healthWindowS <= 0) return;
     const runs0 = servable.runs;
-    const failures0 = servable.runFailures;
+    const failures0 = servable.modelFaults;
     const until = Date.now() + config.healthWindowS * 1000;
     while (Date.now() < until && !this.stopped) {
       await new Promise((r) => setTimeout(r, Math.min(250, until - Date.now())));
       const runs = servable.runs - runs0;
-      const failures = servable.runFailures - failures0;
+      const failures = servable.modelFaults - failures0;
       if (failures >= config.healthMinFailures && failures / Math.max(runs, 1) > config.healthMaxFailureRate) {
         throw new RolledBackError(`${name} version ${version} rolled back: ${failures} of ${runs} runs failed in its health window`);
       }
@@ -190,11 +188,10 @@ export class StepExecutor {
 
   /** Switches back to what served before and unloads the failed version. */
   async rollBack(pending: PendingActivation, reason: string): Promise<void> {
-    const { registry, loader, reporter } = this.deps;
+    const { registry, loader, events } = this.deps;
     registry.setDefault(pending.name, pending.previous);
     await loader.unload(pending.name, pending.version);
-    reporter.setModel(pending.name, pending.version, { state: 'rolled_back', error: reason });
-    reporter.event('rolled_back', { model: pending.name, version: pending.version, detail: reason });
+    events.emit({ type: 'rolled-back', name: pending.name, version: pending.version, reason });
     this.deps.logger.warn({ model: pending.name, version: pending.version, previous: pending.previous }, reason);
     this.deps.onServingChanged();
   }

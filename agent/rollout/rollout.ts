@@ -11,12 +11,12 @@ import type { ModelRegistry } from '../serving/registry.js';
 import type { AgentDatabase, KvStore } from '../store/database.js';
 import { agentVersion } from '../version.js';
 import { DesiredSource, type Candidate } from './desired-source.js';
+import type { DesiredOrigin, RolloutEvents } from './events.js';
 import { RolloutError, classify, failureCode } from './errors.js';
 import { ACTIVATION_KEY, PREVIOUS_KEY, StepExecutor, type PendingActivation } from './executor.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import type { ModelStore } from './model-store.js';
 import { plan, type CurrentState, type DesiredVersion, type VersionRef } from './planner.js';
-import type { Reporter } from './reporter.js';
 import type { TrustStore } from './trust-store.js';
 
 /** The accepted desired document being applied; persisted so a restart resumes it offline. */
@@ -40,7 +40,8 @@ export interface RolloutOptions {
   config: AgentConfig;
   connection: MqttConnection | undefined;
   trust: TrustStore;
-  reporter: Reporter;
+  /** What the rollout does, for report-projection.ts (and anyone else) to follow. */
+  events: RolloutEvents;
   database: AgentDatabase;
   kv: KvStore;
   store: ModelStore;
@@ -76,7 +77,7 @@ export class Rollout {
       store: o.store,
       loader: o.loader,
       registry: o.registry,
-      reporter: o.reporter,
+      events: o.events,
       database: o.database,
       kv: o.kv,
       logger: o.logger,
@@ -120,19 +121,18 @@ export class Rollout {
    */
   private resume(active: ActiveDesired | undefined): void {
     if (!active) return;
-    const origin = { source: active.source, ...(active.group && { group: active.group }) };
+    const origin = originOf(active);
     try {
       this.manifests = this.verifyAll(active.models, active.acceptedAt);
     } catch (err) {
       const error = `serial ${active.serial} no longer verifies under trust version ${this.o.trust.current.version}: ${errorMessage(err)}`;
       this.log.error({ err: error }, 'active desired state dropped');
       this.o.kv.delete(KEYS.active);
-      this.o.reporter.setDesired({ ...origin, serial: active.serial, status: 'rejected', error });
-      this.o.reporter.event('desired.rejected', { detail: error });
+      this.o.events.emit({ type: 'desired.dropped', origin, serial: active.serial, error });
       return;
     }
     this.active = active;
-    this.o.reporter.setDesired({ ...origin, serial: active.serial, status: 'applying', error: null });
+    this.o.events.emit({ type: 'desired.resumed', origin, serial: active.serial });
   }
 
   /** Brings back what served before the restart; a version that was mid health window when the agent died is rolled back. */
@@ -147,8 +147,7 @@ export class Rollout {
         serving.push({ name: pending.name, version: pending.previous, isDefault: true });
       }
       for (const s of serving) if (s.name === pending.name) s.isDefault = s.version === pending.previous;
-      this.o.reporter.setModel(pending.name, pending.version, { state: 'rolled_back', error: reason });
-      this.o.reporter.event('rolled_back', { model: pending.name, version: pending.version, detail: reason });
+      this.o.events.emit({ type: 'rolled-back', name: pending.name, version: pending.version, reason });
       this.o.kv.delete(ACTIVATION_KEY);
     }
     const onDisk = await this.o.store.list();
@@ -170,11 +169,11 @@ export class Rollout {
       if (payload.length === 0) return;
       const result = await this.o.trust.handleRotation(payload);
       if (result.accepted) {
-        this.o.reporter.event('trust.updated', { detail: `trust version ${result.version ?? '?'}` });
+        this.o.events.emit({ type: 'trust.updated', version: result.version });
         this.evaluate();
       } else if (result.error) {
         this.log.warn({ err: result.error.message }, 'trust rotation refused');
-        this.o.reporter.event('trust.rejected', { detail: result.error.message });
+        this.o.events.emit({ type: 'trust.rejected', error: result.error.message });
       }
     } else if (parsed?.kind === 'desired') {
       this.source.offer(parsed.target, payload);
@@ -204,8 +203,8 @@ export class Rollout {
   private evaluate(): void {
     const candidate = this.source.counting();
     if (!candidate || this.o.kv.getJson<string>(`desired.hash.${candidate.key}`) === candidate.hash) return;
-    const { reporter, kv } = this.o;
-    const origin = candidate.target.group !== undefined ? { source: 'group' as const, group: candidate.target.group } : { source: 'device' as const };
+    const { kv } = this.o;
+    const origin: DesiredOrigin = candidate.target.group !== undefined ? { source: 'group', group: candidate.target.group } : { source: 'device' };
     let desired: Desired;
     let manifests: Map<string, Manifest>;
     const now = Date.now();
@@ -231,28 +230,19 @@ export class Rollout {
     this.manifests = manifests;
     this.blocked = [];
     kv.setJson(KEYS.blocked, this.blocked);
-    reporter.event('desired.received', { detail: `serial ${desired.serial} from ${candidate.key}` });
-    const listed = new Set(desired.models.map((m) => `${m.name}@${m.version}`));
-    for (const m of reporter.snapshot().models) {
-      if (!listed.has(`${m.name}@${m.version}`) && !this.o.registry.isAvailable(m.name, m.version)) reporter.removeModel(m.name, m.version);
-    }
-    reporter.setDesired({ ...origin, serial: desired.serial, status: 'applying', error: null });
-    for (const m of desired.models) {
-      const manifest = manifests.get(`${m.name}@${m.version}`);
-      if (!this.o.registry.isAvailable(m.name, m.version)) reporter.setModel(m.name, m.version, { state: 'pending', labels: [...m.labels], sha256: manifest?.artifact.sha256 ?? null, progress: 0, error: null });
-      else reporter.setModel(m.name, m.version, { labels: [...m.labels] });
-    }
+    const models = desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], sha256: manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? null }));
+    const { registry } = this.o;
+    const available = registry.names().flatMap((name) => registry.availableVersions(name).map((version) => ({ name, version })));
+    this.o.events.emit({ type: 'desired.accepted', origin, serial: desired.serial, from: candidate.key, models, available });
     this.wake?.();
   }
 
-  private reject(candidate: Candidate, origin: { source: 'device' | 'group'; group?: string }, err: unknown): void {
+  private reject(candidate: Candidate, origin: DesiredOrigin, err: unknown): void {
     const message = errorMessage(err);
     let serial = isProtocolError(err) ? err.serial : undefined;
     if (serial === undefined) serial = peekSerial(candidate.payload);
     this.log.warn({ target: candidate.key, serial, err: message }, 'desired state rejected; nothing changes');
-    this.o.reporter.setDesired({ ...origin, serial: serial ?? 0, status: 'rejected', error: message });
-    this.o.reporter.event('desired.rejected', { detail: message });
-    if (failureCode(err) === 'MANIFEST') this.o.reporter.event('verify.failed', { detail: message });
+    this.o.events.emit({ type: 'desired.rejected', origin, serial: serial ?? 0, code: failureCode(err), error: message });
   }
 
   private block(entry: Blocked): void {
@@ -324,8 +314,9 @@ export class Rollout {
     const version = 'version' in step ? step.version : undefined;
     this.log.warn({ step, attempt: n, err: outcome.message }, 'rollout step failed');
     const cfg = this.o.config.rollout;
-    if (outcome.retryable && n < cfg.maxAttempts) {
-      if (version !== undefined) this.o.reporter.setModel(step.name, version, { error: `${outcome.message} (attempt ${n} of ${cfg.maxAttempts}, retrying)` });
+    const retrying = outcome.retryable && n < cfg.maxAttempts;
+    this.o.events.emit({ type: 'step.failed', name: step.name, version, outcome, attempt: n, maxAttempts: cfg.maxAttempts, retrying });
+    if (retrying) {
       const delay = Math.min(cfg.retryMaxMs, cfg.retryBaseMs * 2 ** (n - 1));
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, delay);
@@ -338,17 +329,18 @@ export class Rollout {
     }
     attempts.delete(id);
     if (version === undefined) return;
-    if (outcome.event) this.o.reporter.event(outcome.event, { model: step.name, version, detail: outcome.message });
-    if (outcome.modelState) this.o.reporter.setModel(step.name, version, { state: outcome.modelState, error: outcome.message });
     this.block({ name: step.name, version, reason: outcome.message, status: outcome.status });
   }
 
   private finish(active: ActiveDesired): void {
     const worst = this.blocked.find((b) => b.status === 'rejected') ?? this.blocked[0];
-    const origin = { source: active.source, ...(active.group && { group: active.group }) };
-    if (worst) this.o.reporter.setDesired({ ...origin, serial: active.serial, status: worst.status, error: worst.reason });
-    else this.o.reporter.setDesired({ ...origin, serial: active.serial, status: 'applied', error: null });
+    const settled = worst ? { status: worst.status, error: worst.reason } : { status: 'applied' as const, error: null };
+    this.o.events.emit({ type: 'desired.settled', origin: originOf(active), serial: active.serial, ...settled });
   }
+}
+
+function originOf(active: ActiveDesired): DesiredOrigin {
+  return { source: active.source, ...(active.group && { group: active.group }) };
 }
 
 function parseEnvelopeJson(payload: Buffer): unknown {
