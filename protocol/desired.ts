@@ -5,15 +5,11 @@
 import { z } from 'zod';
 import { envelopeSchema } from './dsse.js';
 import { ProtocolError } from './errors.js';
-import { deviceIdSchema, groupSchema, modelNameSchema, modelVersionSchema, parseTime, timeSchema, toMillis } from './names.js';
+import { deviceIdSchema, groupSchema, labelSchema, modelNameSchema, modelVersionSchema, parseTime, timeSchema, toMillis } from './names.js';
 import type { Target } from './names.js';
 import { PAYLOAD_TYPES, requireUnexpiredTrust, verifyRoleEnvelope } from './trust.js';
 import type { Trust } from './trust.js';
 import { parsePayload } from './validate.js';
-
-export const labelSchema = z
-  .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, "label must be 1-64 characters from letters, digits, '_', '.', '-'");
 
 export const targetSchema = z
   .strictObject({ device: deviceIdSchema.optional(), group: groupSchema.optional() })

@@ -7,6 +7,10 @@ import { ProtocolError } from './errors.js';
 export const DEVICE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 export const GROUP_RE = DEVICE_ID_RE;
 export const MODEL_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+/** Version labels ("stable", "canary"), whether the desired state or the agent's config sets them. */
+export const LABEL_RE = DEVICE_ID_RE;
+/** Topic roots may have several levels (`acme/edgefleet`) but no wildcards, NULs or empty levels. */
+export const TOPIC_ROOT_RE = /^[^/+#\0]+(?:\/[^/+#\0]+)*$/;
 export const SHA256_HEX_RE = /^[0-9a-f]{64}$/;
 export const DEFAULT_TOPIC_ROOT = 'edgefleet';
 
@@ -14,6 +18,7 @@ const NAME_RULE = "1-64 characters from letters, digits, '_', '.', '-', starting
 
 export const deviceIdSchema = z.string().regex(DEVICE_ID_RE, `device id must be ${NAME_RULE}`);
 export const groupSchema = z.string().regex(GROUP_RE, `group must be ${NAME_RULE}`);
+export const labelSchema = z.string().regex(LABEL_RE, `label must be ${NAME_RULE}`);
 export const modelNameSchema = z
   .string()
   .regex(MODEL_NAME_RE, "model name must be 1-63 characters from a-z, 0-9, '_', '-', starting with a-z or 0-9");
@@ -72,10 +77,9 @@ export type ParsedTopic =
   | { kind: 'desired'; target: Target }
   | { kind: 'status' | 'state' | 'events' | 'telemetry'; deviceId: string };
 
-/** Topic roots may have several levels (`acme/edgefleet`) but no wildcards or empty levels. */
+/** `root` when it matches TOPIC_ROOT_RE; a MALFORMED ProtocolError otherwise. */
 export function checkTopicRoot(root: string): string {
-  const levels = root.split('/');
-  if (root.length === 0 || levels.some((l) => l === '' || /[+#]/.test(l) || l.includes('\0'))) {
+  if (!TOPIC_ROOT_RE.test(root)) {
     throw new ProtocolError('MALFORMED', `topic root "${root}" must be non-empty levels without '+', '#' or empty parts`);
   }
   return root;

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfigFile, parseConfig } from '../agent/config/load.js';
+import { labelSchema, modelNameSchema, ProtocolError, topics } from '../protocol/index.js';
 
 function problems(raw: unknown, env: NodeJS.ProcessEnv = {}): string[] {
   try {
@@ -78,5 +79,38 @@ describe('agent config', () => {
     const c = loadConfigFile(join(dir, 'ok.json'), {});
     expect(c.stateDir).toBe(join(dir, 'state'));
     expect(c.models.dir).toBe(join(dir, 'models'));
+  });
+
+  it("accepts exactly the names the wire protocol accepts: device id, groups, model names, labels, topic root", () => {
+    const accepts = (fn: () => unknown): boolean => {
+      try {
+        fn();
+        return true;
+      } catch (err) {
+        if (err instanceof ConfigError || err instanceof ProtocolError) return false;
+        throw err;
+      }
+    };
+    const config = (raw: Record<string, unknown>): boolean =>
+      accepts(() => parseConfig({ deviceId: 'pi', ...raw, ...(raw.mqtt !== undefined && { trust: '/t.json' }) }));
+    // The schemas the desired-state document checks its model names and labels with.
+    const desired = (model: string, label: string): boolean => modelNameSchema.safeParse(model).success && labelSchema.safeParse(label).success;
+    // Each list holds names both sides accept and names both refuse.
+    expect([desired('mnist', 'v1.2'), desired('_x', 'stable'), desired('mnist', '_x')]).toEqual([true, false, false]);
+    expect([config({ deviceId: 'pi-001' }), config({ deviceId: '-pi' })]).toEqual([true, false]);
+    for (const id of ['pi-001', 'Pi.lab_2', '-pi', 'pi 1', 'a'.repeat(64), 'a'.repeat(65)]) {
+      const wire = accepts(() => topics.device('edgefleet', id, 'state'));
+      expect(config({ deviceId: id }), id).toBe(wire);
+      expect(config({ groups: [id] }), id).toBe(accepts(() => topics.groupDesired('edgefleet', id)));
+    }
+    for (const name of ['mnist', 'res_net-50', 'MNIST', '_x', 'a.b']) {
+      expect(config({ models: { config: { [name]: {} } } }), name).toBe(desired(name, 'stable'));
+    }
+    for (const label of ['stable', 'v1.2', 'Canary_2', '_x', '-x', 'a b']) {
+      expect(config({ models: { config: { m: { labels: { [label]: 1 } } } } }), label).toBe(desired('m', label));
+    }
+    for (const root of ['edgefleet', 'acme/edgefleet', '/edgefleet', 'a//b', 'a/', 'a/+', 'a#']) {
+      expect(config({ mqtt: { url: 'mqtt://h', topicRoot: root } }), root).toBe(accepts(() => topics.trust(root)));
+    }
   });
 });

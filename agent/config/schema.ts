@@ -1,6 +1,7 @@
 import cron from 'node-cron';
 import { z } from 'zod';
 import { isBrokerUrl } from '../../lib/broker.js';
+import { DEFAULT_TOPIC_ROOT, DEVICE_ID_RE, GROUP_RE, LABEL_RE, MODEL_NAME_RE, TOPIC_ROOT_RE } from '../../protocol/names.js';
 
 /**
  * The one schema for the agent's configuration file (PROTOCOL.md section 9 plus
@@ -8,8 +9,8 @@ import { isBrokerUrl } from '../../lib/broker.js';
  * the defaults. Objects are strict: an unknown key is an error, never ignored.
  */
 
-const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-const MODEL_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+/** A string matching one of the protocol's name patterns; the message quotes the pattern. */
+const named = (re: RegExp, what = 'must'): z.ZodString => z.string().regex(re, `${what} match ${re.source}`);
 const VERSION = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
 
 export const EXECUTION_PROVIDERS = ['tensorrt', 'cuda', 'xnnpack', 'webgpu', 'cpu'] as const;
@@ -34,7 +35,7 @@ export type BatchingConfig = z.infer<typeof batchingSchema>;
 const modelOptionsSchema = z.strictObject({
   versionPolicy: versionPolicySchema.optional(),
   /** label → version, as TensorFlow Serving's version_labels. */
-  labels: z.record(z.string().regex(/^[A-Za-z0-9_-]{1,63}$/), VERSION).default({}),
+  labels: z.record(named(LABEL_RE, 'labels must'), VERSION).default({}),
   batching: batchingSchema.optional(),
 });
 export type ModelOptions = z.infer<typeof modelOptionsSchema>;
@@ -42,14 +43,14 @@ export type ModelOptions = z.infer<typeof modelOptionsSchema>;
 const path = z.string().min(1);
 
 export const configSchema = z.strictObject({
-  deviceId: z.string().regex(ID, 'must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'),
-  groups: z.array(z.string().regex(ID, 'must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')).default([]),
+  deviceId: named(DEVICE_ID_RE),
+  groups: z.array(named(GROUP_RE)).default([]),
   stateDir: path.default('/var/lib/edgefleet'),
   trust: path.optional(),
   mqtt: z
     .strictObject({
       url: z.string().refine(isBrokerUrl, 'must be an mqtt://, mqtts://, ws:// or wss:// URL'),
-      topicRoot: z.string().regex(/^[^#+/][^#+]*$/, 'must be a topic prefix without wildcards').default('edgefleet'),
+      topicRoot: z.string().regex(TOPIC_ROOT_RE, "must be a topic prefix of non-empty levels without '+' or '#'").default(DEFAULT_TOPIC_ROOT),
       ca: path.optional(),
       cert: path.optional(),
       key: path.optional(),
@@ -80,7 +81,7 @@ export const configSchema = z.strictObject({
       /** A file must keep its size and mtime this long before it is loaded. */
       settleMs: z.number().int().min(0).default(1000),
       versionPolicy: versionPolicySchema.default({ latest: { numVersions: 1 } }),
-      config: z.record(z.string().regex(MODEL_NAME, 'model names must match ^[a-z0-9][a-z0-9_-]{0,62}$'), modelOptionsSchema).default({}),
+      config: z.record(named(MODEL_NAME_RE, 'model names must'), modelOptionsSchema).default({}),
     })
     .prefault({}),
   runtime: z

@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import type { z } from 'zod';
 import type { Envelope, Target } from '../../protocol/index.js';
 import {
-  DEVICE_ID_RE, GROUP_RE, PAYLOAD_TYPES, describeTarget, desiredSchema, encodeDocument, formatTime, isProtocolError,
+  DEVICE_ID_RE, GROUP_RE, MODEL_NAME_RE, PAYLOAD_TYPES, describeTarget, desiredSchema, encodeDocument, formatTime, isProtocolError,
   labelSchema, openEnvelope, parseTime, signEnvelope, topics,
 } from '../../protocol/index.js';
 import { expiryOption, intOption, parseOrUsage, requiredList } from '../args.js';
@@ -104,17 +104,18 @@ interface ModelRef {
   labels: string[];
 }
 
-const REF_RE = /^([a-z0-9][a-z0-9_-]{0,62}):([1-9]\d*)(?:=(.*))?$/;
+/** NAME:VERSION[=LABEL,...]; the name is checked against the protocol's rule below. */
+const REF_RE = /^([^:=]+):([1-9]\d*)(?:=(.*))?$/;
 
 export function parseRef(text: string): ModelRef {
   const m = REF_RE.exec(text);
   const version = Number(m?.[2]);
-  if (!m || !Number.isSafeInteger(version)) {
+  if (!m || !MODEL_NAME_RE.test(m[1] ?? '') || !Number.isSafeInteger(version)) {
     throw new UsageError(`"${text}" is not NAME:VERSION[=LABEL,...], e.g. mnist:3 or mnist:3=stable,latest`);
   }
   const labels = m[3] === undefined ? [] : m[3].split(',');
   const bad = labels.find((l) => !labelSchema.safeParse(l).success);
-  if (bad !== undefined) throw new UsageError(`"${text}": label "${bad}" must be 1-64 of letters, digits, '_', '.', '-'`);
+  if (bad !== undefined) throw new UsageError(`"${text}": label "${bad}" must be 1-64 of letters, digits, '_', '.', '-', starting with a letter or digit`);
   return { name: m[1] as string, version, labels };
 }
 
