@@ -29,7 +29,7 @@ import { buildMnistModels } from '../models/mnist/build.js';
 import { startEmbeddedBroker } from './broker.js';
 import { argmax, pickTestDigit } from './digit.js';
 import { createKeysAndTrust, fleetPaths, publishAndDeploy } from './fleet-setup.js';
-import { display, envPort, portIsFree, round, waitUntil } from './util.js';
+import { display, envPort, portIsFree, round, shellWord, waitUntil } from './util.js';
 
 const DEVICE = 'demo-pi';
 const MODEL = 'mnist';
@@ -126,7 +126,8 @@ async function main(): Promise<void> {
   const predicted = argmax(probs);
   say();
   say(`Predict a real handwritten ${DIGIT} from the held-out MNIST test split (test digit #${digit.index}):`);
-  say(`  curl -s -X POST ${url}/v1/models/${MODEL}:predict -d @${display(requestFile)}`);
+  // The request file's absolute path, so the curl works from any directory.
+  say(`  curl -s -X POST ${url}/v1/models/${MODEL}:predict -d ${shellWord(`@${requestFile}`)}`);
   say(`Answer: class ${predicted} (probability ${round(probs[predicted] ?? 0, 3)}); true label ${digit.label}`);
 
   say();

@@ -8,6 +8,11 @@ export function display(path: string): string {
   return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : path;
 }
 
+/** A word for a POSIX shell command line, quoted only when it has to be. */
+export function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
 /** A port from the environment (0: any free port), or undefined when unset. */
 export function envPort(name: string): number | undefined {
   const value = process.env[name];

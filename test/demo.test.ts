@@ -2,17 +2,20 @@
  * `npm start` headless: the demo as a child process (embedded aedes broker,
  * fleet commands, collector, agent) in a temp folder. The printed prediction
  * must be the digit's true label, the printed curl must work against the
- * running agent, `edgefleet status` must show the device serving, and
+ * running agent from any directory (its request file is an absolute path), `edgefleet status` must show the device serving, and
  * SIGINT must stop everything with exit status 0.
  */
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve as resolvePath } from 'node:path';
+import { isAbsolute, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { shellWord } from '../demo/util.js';
 import { devices } from '../fleet/commands/devices.js';
 import { REPO, freePort } from './helpers/child.js';
 
@@ -25,10 +28,17 @@ interface Demo {
   httpPort: number;
 }
 
+/** tsx's loader by absolute URL, so the demo can run with a working directory outside the repository. */
+const TSX = pathToFileURL(createRequire(join(REPO, 'package.json')).resolve('tsx')).href;
+
+/**
+ * Runs in `dir` with the demo's files in `dir/demo` (a relative EDGEFLEET_DEMO_DIR), as a user who
+ * runs `npm start` in their own folder: paths printed relative to that folder would break elsewhere.
+ */
 async function startDemo(dir: string, args: string[] = []): Promise<Demo> {
   const httpPort = await freePort();
-  const env = { ...process.env, EDGEFLEET_DEMO_DIR: dir, EDGEFLEET_HTTP_PORT: String(httpPort), EDGEFLEET_DEMO_MQTT_PORT: '0', EDGEFLEET_DEMO_DASHBOARD_PORT: '0' };
-  const proc = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'demo', 'start.ts'), ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const env = { ...process.env, EDGEFLEET_DEMO_DIR: 'demo', EDGEFLEET_HTTP_PORT: String(httpPort), EDGEFLEET_DEMO_MQTT_PORT: '0', EDGEFLEET_DEMO_DASHBOARD_PORT: '0' };
+  const proc = spawn(process.execPath, ['--import', TSX, join(REPO, 'demo', 'start.ts'), ...args], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
@@ -69,11 +79,15 @@ describe('npm start (demo/start.ts)', () => {
     expect(answer, out).not.toBeNull();
     expect(answer?.[1]).toBe(answer?.[2]);
 
-    // The curl as printed, against the running agent.
-    const curl = /^ {2}(curl -s -X POST \S+ -d @\S+)$/m.exec(out)?.[1];
+    // The curl as printed, against the running agent, from a directory that is neither the repository nor the demo's.
+    const [, curl, requestFile] = /^ {2}(curl -s -X POST \S+ -d @(\S+))$/m.exec(out) ?? [];
     expect(curl, out).toContain(`http://127.0.0.1:${demo.httpPort}/v1/models/mnist:predict`);
+    expect(isAbsolute(requestFile as string), `the request file should be an absolute path: ${requestFile}`).toBe(true);
+    expect(existsSync(requestFile as string), `the request file should exist: ${requestFile}`).toBe(true);
+    expect(requestFile).toBe(join(realpathSync(dir), 'demo', 'digit-7.json'));
+    const elsewhere = tmpdir();
     const body = existsSync('/usr/bin/curl') || existsSync('/bin/curl')
-      ? (await run('sh', ['-c', curl as string], { cwd: REPO })).stdout
+      ? (await run('sh', ['-c', curl as string], { cwd: elsewhere })).stdout
       : await fetchLike(curl as string);
     const predictions = (JSON.parse(body) as { predictions: number[][] }).predictions;
     expect(argmax(predictions[0] ?? [])).toBe(Number(answer?.[2]));
@@ -105,10 +119,17 @@ describe('npm start (demo/start.ts)', () => {
   }, 60_000);
 });
 
+describe('shellWord', () => {
+  it('leaves plain paths alone and single-quotes the rest', () => {
+    expect(shellWord('@/tmp/edgefleet-demo-x/digit-7.json')).toBe('@/tmp/edgefleet-demo-x/digit-7.json');
+    expect(shellWord("@/home/me/my demo/it's.json")).toBe(`'@/home/me/my demo/it'\\''s.json'`);
+  });
+});
+
 /** Without a curl binary: the same request with fetch. */
 async function fetchLike(curl: string): Promise<string> {
   const [, url, file] = /POST (\S+) -d @(\S+)/.exec(curl) ?? [];
   const { readFile } = await import('node:fs/promises');
-  const res = await fetch(url as string, { method: 'POST', body: await readFile(resolvePath(REPO, file as string)) });
+  const res = await fetch(url as string, { method: 'POST', body: await readFile(file as string) });
   return res.text();
 }
