@@ -13,7 +13,7 @@ Serves ONNX models locally (TensorFlow Serving REST and Open Inference Protocol)
 and, with "mqtt" configured, pulls signed model rollouts from the fleet broker.
 See docs/configuration.md for the keys and environment overrides.`;
 
-/** PROTOCOL.md section 9: SIGTERM exits 0 within 10 seconds. */
+/** docs/protocol.md section 9: SIGTERM exits 0 within 10 seconds. */
 const SHUTDOWN_DEADLINE_MS = 9_000;
 
 async function main(): Promise<number> {

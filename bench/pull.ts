@@ -1,5 +1,5 @@
 /**
- * Artifact pull benchmark (PROTOCOL.md sections 4-5): PP-OCRv4 text
+ * Artifact pull benchmark (docs/protocol.md sections 4-5): PP-OCRv4 text
  * recognition (10.8 MB) as retained QoS 1 block messages on a loopback
  * Mosquitto, pulled with a window of 8 blocks, 64 KiB and 128 KiB blocks.
  *
@@ -15,7 +15,7 @@
  *    Ratios are against the faster baseline, per round (runs interleaved),
  *    median over rounds. Two floor rows show what the puller must do besides
  *    receiving, with no MQTT at all: "verify floor" hashes every block and
- *    the whole file once each in memory (the two sha256 passes PROTOCOL.md
+ *    the whole file once each in memory (the two sha256 passes docs/protocol.md
  *    section 5 asks for), "disk floor" writes every block, fsyncs once and
  *    hashes the file.
  * 2. Bytes received with 3 forced disconnects: the puller's connection goes
@@ -290,7 +290,7 @@ async function diskFloor(v: Variant, bytes: Buffer, stateParent: string): Promis
   }
 }
 
-/** The two sha256 passes PROTOCOL.md section 5 asks for (each block, then the whole file), in memory on this thread. */
+/** The two sha256 passes docs/protocol.md section 5 asks for (each block, then the whole file), in memory on this thread. */
 function verifyFloor(v: Variant, bytes: Buffer): number {
   const t0 = performance.now();
   for (let off = 0; off < bytes.length; off += v.blockSize) createHash('sha256').update(bytes.subarray(off, off + v.blockSize)).digest('hex');

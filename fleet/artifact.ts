@@ -1,5 +1,5 @@
 /**
- * An ONNX file cut into the blocks devices pull from the broker (PROTOCOL.md
+ * An ONNX file cut into the blocks devices pull from the broker (docs/protocol.md
  * section 5): the whole-file SHA-256 names the artifact, one SHA-256 per block.
  */
 import { createHash } from 'node:crypto';

@@ -1,6 +1,6 @@
 /**
  * What the fleet side knows of one device from its retained status and
- * reported state (PROTOCOL.md section 7): the columns `edgefleet devices`
+ * reported state (docs/protocol.md section 7): the columns `edgefleet devices`
  * reads off the broker and the collector keeps in its store.
  */
 import type { ReportedState } from '../protocol/index.js';

@@ -1,5 +1,5 @@
 /**
- * The manifest's self-test (PROTOCOL.md sections 4 and 8): the publisher runs
+ * The manifest's self-test (docs/protocol.md sections 4 and 8): the publisher runs
  * the model on a sample input with the agent's own runtime and records the
  * outputs, so a device can check that the file it loaded computes what the
  * publisher saw. The tensors travel in Open Inference Protocol JSON form, and

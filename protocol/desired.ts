@@ -1,5 +1,5 @@
 /**
- * The desired-state document (PROTOCOL.md section 6), signed by the `rollout`
+ * The desired-state document (docs/protocol.md section 6), signed by the `rollout`
  * role and published retained on a device's or a group's `desired` topic.
  */
 import { z } from 'zod';

@@ -1,5 +1,5 @@
 /**
- * DSSE v1 envelopes signed with Ed25519 (PROTOCOL.md section 2).
+ * DSSE v1 envelopes signed with Ed25519 (docs/protocol.md section 2).
  * Verify first, then parse: verification returns the payload bytes that were
  * verified, and callers parse those instead of reading the envelope again.
  */

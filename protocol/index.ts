@@ -1,4 +1,4 @@
-/** The wire protocol shared by the agent and the fleet tools (PROTOCOL.md, version 1). */
+/** The wire protocol shared by the agent and the fleet tools (docs/protocol.md, version 1). */
 export * from './errors.js';
 export * from './names.js';
 export * from './keys.js';

@@ -1,5 +1,5 @@
 /**
- * The model manifest (PROTOCOL.md section 4), signed by the `models` role. A
+ * The model manifest (docs/protocol.md section 4), signed by the `models` role. A
  * device checks it before downloading a byte.
  */
 import { z } from 'zod';
@@ -79,7 +79,7 @@ export const manifestSchema = z
       .object({
         inputs: z.array(oipTensorSchema).min(1, 'selfTest needs at least one input'),
         outputs: z.array(oipTensorSchema),
-        // Defaults match the example in PROTOCOL.md: loose enough for int8 models.
+        // Defaults match the example in docs/protocol.md: loose enough for int8 models.
         atol: z.number().min(0).default(1e-4),
         rtol: z.number().min(0).default(1e-3),
       })

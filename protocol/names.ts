@@ -1,5 +1,5 @@
 /**
- * Names, times and MQTT topics of the wire protocol (PROTOCOL.md sections 1, 5-7).
+ * Names, times and MQTT topics of the wire protocol (docs/protocol.md sections 1, 5-7).
  */
 import { z } from 'zod';
 import { ProtocolError } from './errors.js';

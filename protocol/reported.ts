@@ -1,5 +1,5 @@
 /**
- * What a device publishes (PROTOCOL.md section 7): status, reported state,
+ * What a device publishes (docs/protocol.md section 7): status, reported state,
  * events and telemetry batches. The agent builds these types and the
  * collector parses them. Readers ignore unknown fields (objects strip them)
  * and unknown telemetry kinds, so devices can be newer than the collector.

@@ -1,5 +1,5 @@
 /**
- * The trust document (PROTOCOL.md section 3): keys, roles and thresholds, and
+ * The trust document (docs/protocol.md section 3): keys, roles and thresholds, and
  * its rotation. The initial document is installed out of band; later ones
  * arrive signed on `{root}/trust`.
  */

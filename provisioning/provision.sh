@@ -277,7 +277,7 @@ fi
 
 # ---- 4. agent.json ---------------------------------------------------------------------
 GROUPS_CSV=$(IFS=,; echo "${GROUPS_LIST[*]+"${GROUPS_LIST[*]}"}")
-# node writes the JSON so every value is escaped correctly; keys per PROTOCOL.md section 9.
+# node writes the JSON so every value is escaped correctly; keys per docs/protocol.md section 9.
 node - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" \
   >"$WORK/agent.json" <<'EOF'
 const [deviceId, groups, broker, topicRoot, tls, host, port, modelsDir, providers, etc, state] = process.argv.slice(2);

@@ -22,7 +22,7 @@ import { buildManifest, connectFleet, future, makeFleetKeys, past, publishBlocks
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
 
 /**
- * Attacks on a rollout (PROTOCOL.md sections 2 to 6), each against one agent
+ * Attacks on a rollout (docs/protocol.md sections 2 to 6), each against one agent
  * that serves "scale" version 1: every forged, replayed, misdirected or
  * tampered document or artifact must be refused with a reason the operator can
  * read (reported state and an event), load nothing, and leave version 1

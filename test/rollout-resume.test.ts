@@ -14,7 +14,7 @@ import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/m
 import { startCountingRelay, type CountingRelay } from './helpers/relay.js';
 
 /**
- * Resuming an interrupted artifact pull (PROTOCOL.md section 5): "After a
+ * Resuming an interrupted artifact pull (docs/protocol.md section 5): "After a
  * restart or a lost connection it asks only for the blocks not yet recorded."
  *
  * The broker here logs every SUBSCRIBE (client id, QoS, topic) and, at debug
@@ -77,7 +77,7 @@ async function startLoggedBroker(): Promise<LoggedBroker> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Blocks recorded done in the agent's database (PROTOCOL.md section 5: "records it as done in durable storage"). */
+/** Blocks recorded done in the agent's database (docs/protocol.md section 5: "records it as done in durable storage"). */
 function recordedBlocks(stateDir: string, sha256: string): Set<number> {
   const db = new Database(join(stateDir, 'agent.db'), { readonly: true, fileMustExist: true });
   try {

@@ -8,7 +8,7 @@ import type { AgentConfig } from '../config/schema.js';
 import { EdgefleetError, errorMessage } from '../errors.js';
 
 /**
- * The agent's one MQTT connection (PROTOCOL.md section 7). MQTT 5 (or 3.1.1
+ * The agent's one MQTT connection (docs/protocol.md section 7). MQTT 5 (or 3.1.1
  * with `mqtt.protocolVersion: 4`) with a persistent session (clientId =
  * device id, clean: false), so QoS 1 subscriptions and in-flight messages
  * survive reconnects; a retained last will marks the device offline when its

@@ -9,7 +9,7 @@ import { fsyncDir } from '../store/fs-atomic.js';
 import { RolloutError } from './errors.js';
 
 /**
- * Pulls one artifact's blocks from the broker (PROTOCOL.md section 5): retained
+ * Pulls one artifact's blocks from the broker (docs/protocol.md section 5): retained
  * QoS 1 messages on `{root}/artifacts/{sha256}/blocks/{i}`, asked for by
  * subscribing a window at a time. The window is what is in flight on the
  * network: a block that arrives frees its place at once, and its check and

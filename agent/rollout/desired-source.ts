@@ -14,7 +14,7 @@ export const targetKey = (target: Target): string => ('device' in target && targ
 /**
  * The latest retained desired document per target. Which one counts: the
  * device's own if there is one, else the first of its groups, in configuration
- * order, that has one (PROTOCOL.md section 6). An empty retained message
+ * order, that has one (docs/protocol.md section 6). An empty retained message
  * clears a target.
  */
 export class DesiredSource {

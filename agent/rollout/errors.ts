@@ -41,7 +41,7 @@ export function failureCode(err: unknown): FailureCode {
 }
 
 /**
- * The one place rollout failures become reported outcomes (PROTOCOL.md
+ * The one place rollout failures become reported outcomes (docs/protocol.md
  * section 7): `rejected` when retrying cannot help, `failed` when it can.
  */
 export interface Outcome {

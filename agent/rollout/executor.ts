@@ -4,26 +4,13 @@ import type { AgentConfig } from '../config/schema.js';
 import type { VersionLoader } from '../serving/loader.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { AgentDatabase } from '../store/database.js';
-import type { KvStore } from '../store/database.js';
 import { BlockPuller, type MinimalMqtt } from './block-puller.js';
 import { RolledBackError, RolloutError } from './errors.js';
 import type { RolloutEvents } from './events.js';
 import type { ModelStore } from './model-store.js';
 import type { Step } from './planner.js';
+import type { PendingActivation, RolloutState } from './rollout-state.js';
 import { runSelfTest } from './self-test.js';
-
-/** A version whose switch has not yet passed its health window; persisted to survive a crash. */
-export interface PendingActivation {
-  name: string;
-  version: number;
-  previous: number | undefined;
-  since: string;
-}
-
-export const ACTIVATION_KEY = 'rollout.activation';
-/** Per model name, the default version before the last successful switch. */
-export const PREVIOUS_KEY = 'rollout.previous';
-
 
 export interface ExecutorDeps {
   config: AgentConfig['rollout'];
@@ -34,7 +21,7 @@ export interface ExecutorDeps {
   /** Every step reports through these; report-projection.ts turns them into reported state. */
   events: RolloutEvents;
   database: AgentDatabase;
-  kv: KvStore;
+  state: RolloutState;
   logger: Logger;
   /** The MQTT client blocks are pulled with; undefined while there is none. */
   client: () => MinimalMqtt | undefined;
@@ -126,7 +113,7 @@ export class StepExecutor {
 
   /** Verify again → load → self-test → warm (in the loader) → switch → health window. */
   private async activate(name: string, version: number, sha256: string, makeDefault: boolean): Promise<void> {
-    const { events, registry, kv } = this.deps;
+    const { events, registry, state } = this.deps;
     if (!registry.isAvailable(name, version)) await this.load(name, version, sha256, (envelope) => this.deps.verifyManifest(envelope, name, version));
     if (!makeDefault) {
       events.emit({ type: 'added', name, version });
@@ -134,7 +121,7 @@ export class StepExecutor {
     }
     const previous = registry.defaultOf(name);
     const pending: PendingActivation = { name, version, previous, since: new Date().toISOString() };
-    kv.setJson(ACTIVATION_KEY, pending);
+    state.setActivation(pending);
     registry.setDefault(name, version);
     events.emit({ type: 'activated', name, version, previous });
     try {
@@ -144,9 +131,9 @@ export class StepExecutor {
       await this.rollBack(pending, (err as Error).message);
       throw err;
     } finally {
-      kv.delete(ACTIVATION_KEY);
+      state.clearActivation();
     }
-    if (previous !== undefined && previous !== version) kv.setJson(PREVIOUS_KEY, { ...kv.getJson<Record<string, number>>(PREVIOUS_KEY), [name]: previous });
+    if (previous !== undefined && previous !== version) state.setPrevious(name, previous);
     this.deps.onServingChanged();
   }
 

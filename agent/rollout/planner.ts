@@ -1,7 +1,7 @@
 /**
  * The rollout planner: a pure function from (desired, current) to the typed
  * steps that take the device from one to the other. No I/O, no clock; the
- * executor applies the steps. PROTOCOL.md section 6 gives the order: every
+ * executor applies the steps. docs/protocol.md section 6 gives the order: every
  * version is fetched and verified before anything switches, new versions
  * switch in before old ones go, and files of the version served before are
  * kept on disk so a rollback needs no download.

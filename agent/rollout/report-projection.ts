@@ -8,7 +8,7 @@ type Handlers = { [T in RolloutEventType]: (r: ReportTarget, e: Extract<RolloutE
 
 /**
  * The one place rollout events become reported state and MQTT events
- * (PROTOCOL.md section 7). A mapped type over the event union, so an event
+ * (docs/protocol.md section 7). A mapped type over the event union, so an event
  * without a handler does not compile.
  */
 const HANDLERS: Handlers = {

@@ -6,7 +6,7 @@ import type { ProviderReport } from '../runtime/providers.js';
 import { agentVersion } from '../version.js';
 
 /**
- * Owns the device's reported state (PROTOCOL.md section 7) and publishes it
+ * Owns the device's reported state (docs/protocol.md section 7) and publishes it
  * retained on `{root}/devices/{id}/state`, plus events on `.../events`.
  *
  * State publishes are coalesced: a burst of changes becomes one publish of

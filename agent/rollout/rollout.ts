@@ -13,28 +13,12 @@ import { agentVersion } from '../version.js';
 import { DesiredSource, type Candidate } from './desired-source.js';
 import type { DesiredOrigin, RolloutEvents } from './events.js';
 import { RolloutError, classify, failureCode } from './errors.js';
-import { ACTIVATION_KEY, PREVIOUS_KEY, StepExecutor, type PendingActivation } from './executor.js';
+import { StepExecutor } from './executor.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import type { ModelStore } from './model-store.js';
-import { plan, type CurrentState, type DesiredVersion, type VersionRef } from './planner.js';
+import { plan, type CurrentState, type DesiredVersion } from './planner.js';
+import { RolloutState, type ActiveDesired, type Blocked, type ServingSet } from './rollout-state.js';
 import type { TrustStore } from './trust-store.js';
-
-/** The accepted desired document being applied; persisted so a restart resumes it offline. */
-interface ActiveDesired {
-  key: string;
-  source: 'device' | 'group';
-  group?: string;
-  serial: number;
-  acceptedAt: number;
-  models: { name: string; version: number; labels: string[]; manifest: unknown }[];
-}
-
-interface Blocked extends VersionRef {
-  reason: string;
-  status: 'failed' | 'rejected';
-}
-
-const KEYS = { active: 'rollout.active', serving: 'rollout.serving', blocked: 'rollout.blocked' } as const;
 
 export interface RolloutOptions {
   config: AgentConfig;
@@ -51,7 +35,7 @@ export interface RolloutOptions {
 }
 
 /**
- * Reconciles the device with its signed desired state (PROTOCOL.md sections
+ * Reconciles the device with its signed desired state (docs/protocol.md sections
  * 3 to 7): receives trust rotations and desired documents over MQTT, verifies
  * them, and drives the planner and executor until the device serves exactly
  * what is listed. What served before keeps serving through every failure.
@@ -60,6 +44,7 @@ export class Rollout {
   private readonly source: DesiredSource;
   private readonly executor: StepExecutor;
   private readonly log: Logger;
+  private readonly state: RolloutState;
   private active: ActiveDesired | undefined;
   private manifests = new Map<string, Manifest>();
   private blocked: Blocked[] = [];
@@ -70,6 +55,7 @@ export class Rollout {
 
   constructor(private readonly o: RolloutOptions) {
     this.log = o.logger;
+    this.state = new RolloutState(o.kv, o.logger);
     this.source = new DesiredSource(o.config.groups);
     this.executor = new StepExecutor({
       config: o.config.rollout,
@@ -79,7 +65,7 @@ export class Rollout {
       registry: o.registry,
       events: o.events,
       database: o.database,
-      kv: o.kv,
+      state: this.state,
       logger: o.logger,
       client: () => (o.connection ? o.connection.client : undefined),
       verifyManifest: (envelope, name, version) => this.checkManifest(envelope, name, version, this.active?.acceptedAt ?? Date.now()),
@@ -94,9 +80,9 @@ export class Rollout {
 
   async start(): Promise<void> {
     await this.o.store.init();
-    this.blocked = this.o.kv.getJson<Blocked[]>(KEYS.blocked) ?? [];
+    this.blocked = this.state.blocked();
     await this.restore();
-    this.resume(this.o.kv.getJson<ActiveDesired>(KEYS.active));
+    this.resume(this.state.active());
     const conn = this.o.connection;
     if (conn) {
       this.unsubscribe = conn.onMessage((topic, payload) => void this.onMessage(topic, payload));
@@ -127,7 +113,7 @@ export class Rollout {
     } catch (err) {
       const error = `serial ${active.serial} no longer verifies under trust version ${this.o.trust.current.version}: ${errorMessage(err)}`;
       this.log.error({ err: error }, 'active desired state dropped');
-      this.o.kv.delete(KEYS.active);
+      this.state.clearActive();
       this.o.events.emit({ type: 'desired.dropped', origin, serial: active.serial, error });
       return;
     }
@@ -137,8 +123,8 @@ export class Rollout {
 
   /** Brings back what served before the restart; a version that was mid health window when the agent died is rolled back. */
   private async restore(): Promise<void> {
-    const pending = this.o.kv.getJson<PendingActivation>(ACTIVATION_KEY);
-    let serving = this.o.kv.getJson<(VersionRef & { isDefault: boolean })[]>(KEYS.serving) ?? [];
+    const pending = this.state.activation();
+    let serving = this.state.serving();
     if (pending) {
       const reason = `${pending.name} version ${pending.version} rolled back: the agent stopped during its health window`;
       this.block({ name: pending.name, version: pending.version, reason, status: 'failed' });
@@ -148,7 +134,7 @@ export class Rollout {
       }
       for (const s of serving) if (s.name === pending.name) s.isDefault = s.version === pending.previous;
       this.o.events.emit({ type: 'rolled-back', name: pending.name, version: pending.version, reason });
-      this.o.kv.delete(ACTIVATION_KEY);
+      this.state.clearActivation();
     }
     const onDisk = await this.o.store.list();
     for (const s of serving.sort((a, b) => Number(a.isDefault) - Number(b.isDefault))) {
@@ -202,8 +188,7 @@ export class Rollout {
   /** Verifies the document that counts now; accepted ones replace the active one. */
   private evaluate(): void {
     const candidate = this.source.counting();
-    if (!candidate || this.o.kv.getJson<string>(`desired.hash.${candidate.key}`) === candidate.hash) return;
-    const { kv } = this.o;
+    if (!candidate || this.state.desiredHash(candidate.key) === candidate.hash) return;
     const origin: DesiredOrigin = candidate.target.group !== undefined ? { source: 'group', group: candidate.target.group } : { source: 'device' };
     let desired: Desired;
     let manifests: Map<string, Manifest>;
@@ -214,7 +199,7 @@ export class Rollout {
         topicTarget: candidate.target,
         deviceId: this.o.config.deviceId,
         groups: this.o.config.groups,
-        lastSerial: kv.getJson<number>(`desired.serial.${candidate.key}`),
+        lastSerial: this.state.desiredSerial(candidate.key),
         now,
       });
       manifests = this.verifyAll(desired.models, now);
@@ -223,13 +208,12 @@ export class Rollout {
       return;
     }
     const active: ActiveDesired = { key: candidate.key, ...origin, serial: desired.serial, acceptedAt: now, models: desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], manifest: m.manifest })) };
-    kv.setJson(`desired.serial.${candidate.key}`, desired.serial);
-    kv.setJson(`desired.hash.${candidate.key}`, candidate.hash);
-    kv.setJson(KEYS.active, active);
+    this.state.accept(candidate.key, desired.serial, candidate.hash);
+    this.state.setActive(active);
     this.active = active;
     this.manifests = manifests;
     this.blocked = [];
-    kv.setJson(KEYS.blocked, this.blocked);
+    this.state.setBlocked(this.blocked);
     const models = desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], sha256: manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? null }));
     const { registry } = this.o;
     const available = registry.names().flatMap((name) => registry.availableVersions(name).map((version) => ({ name, version })));
@@ -247,23 +231,23 @@ export class Rollout {
 
   private block(entry: Blocked): void {
     this.blocked = [...this.blocked.filter((b) => !(b.name === entry.name && b.version === entry.version)), entry];
-    this.o.kv.setJson(KEYS.blocked, this.blocked);
+    this.state.setBlocked(this.blocked);
   }
 
   /** Model names the fleet manages: listed in the active document or serving from an earlier one. */
   private managedNames(): Set<string> {
-    return new Set([...(this.active?.models.map((m) => m.name) ?? []), ...(this.o.kv.getJson<VersionRef[]>(KEYS.serving) ?? []).map((s) => s.name)]);
+    return new Set([...(this.active?.models.map((m) => m.name) ?? []), ...this.state.serving().map((s) => s.name)]);
   }
 
   /** The fleet-managed serving set, persisted so a restart serves it again before any network. */
   private saveServing(): void {
     const names = this.managedNames();
-    const serving: (VersionRef & { isDefault: boolean })[] = [];
+    const serving: ServingSet = [];
     for (const name of names) {
       const def = this.o.registry.defaultOf(name);
       for (const s of this.o.registry.availableVersions(name)) serving.push({ name, version: s, isDefault: s === def });
     }
-    this.o.kv.setJson(KEYS.serving, serving);
+    this.state.setServing(serving);
   }
 
   private async current(): Promise<CurrentState> {
@@ -276,7 +260,7 @@ export class Rollout {
       const l = this.o.registry.labelsOf(name);
       if (Object.keys(l).length > 0) labels[name] = l;
     }
-    return { serving, onDisk: await this.o.store.list(), blocked: this.blocked, labels, previous: this.o.kv.getJson<Record<string, number>>(PREVIOUS_KEY) ?? {} };
+    return { serving, onDisk: await this.o.store.list(), blocked: this.blocked, labels, previous: this.state.previous() };
   }
 
   private desiredVersions(): DesiredVersion[] {

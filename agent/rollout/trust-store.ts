@@ -7,7 +7,7 @@ import { EdgefleetError, errorMessage } from '../errors.js';
 import { writeFileAtomic } from '../store/fs-atomic.js';
 
 /**
- * The device's current trust (PROTOCOL.md section 3): the provisioned document,
+ * The device's current trust (docs/protocol.md section 3): the provisioned document,
  * or a later one accepted by rotation on `{root}/trust` and persisted as
  * `{stateDir}/trust.json`. Whichever of the two has the higher version counts,
  * so re-provisioning a device with a newer document also works.

@@ -13,7 +13,7 @@ import type { AgentHealthPoint, PointSink } from './points.js';
 import { CpuMeter, SystemInfoWorker } from './system-info.js';
 
 /**
- * "health" points (PROTOCOL.md section 7) on a node-cron schedule. Every
+ * "health" points (docs/protocol.md section 7) on a node-cron schedule. Every
  * source is bounded by timeoutMs: a reading that does not come in time is
  * replaced by a cheap fallback (os counters) or left out, named in the
  * point's `timedOut`, and the point is still written. A sample still running

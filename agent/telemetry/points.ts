@@ -1,7 +1,7 @@
 import type { HealthPoint, InferencePoint } from '../../protocol/index.js';
 
 /**
- * Telemetry points as the agent builds them (PROTOCOL.md section 7). The
+ * Telemetry points as the agent builds them (docs/protocol.md section 7). The
  * outbox gives each its `seq` when it stores it, so producers build points
  * without one.
  */

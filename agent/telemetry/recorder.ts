@@ -6,7 +6,7 @@ import type { NewPoint, PointSink } from './points.js';
 
 /**
  * Per model version request statistics, cut into "inference" points every
- * interval (PROTOCOL.md section 7).
+ * interval (docs/protocol.md section 7).
  *
  * What counts: every request answered for a resolved model version counts
  * in `count` and in the latency histogram (as the Prometheus request

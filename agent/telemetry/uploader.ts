@@ -5,7 +5,7 @@ import { errorMessage } from '../errors.js';
 import type { OutboxBatch, TelemetryOutbox } from './outbox.js';
 
 /**
- * Publishes the outbox as telemetry batches (PROTOCOL.md section 7) at QoS 1
+ * Publishes the outbox as telemetry batches (docs/protocol.md section 7) at QoS 1
  * on `{root}/devices/{id}/telemetry`, one batch in flight at a time, and
  * deletes a batch's rows only once the broker's PUBACK has come back. A batch
  * cut off by a lost connection stays in mqtt.js's session store and is sent

@@ -64,7 +64,7 @@ export interface CollectorStats {
   events: number;
   statuses: number;
   states: number;
-  /** Messages acknowledged without storing: not valid per PROTOCOL.md section 7. */
+  /** Messages acknowledged without storing: not valid per docs/protocol.md section 7. */
   rejected: number;
   /** Subscriptions made: the first, and one after each reconnect to a restored session. */
   subscribes: number;

@@ -107,7 +107,7 @@ export class DashboardServer {
       return store.fleetStatus({ ...(group !== undefined && { group }), ...(model !== undefined && { model }) });
     }
     const m = /^\/api\/devices\/([^/]+)\/(series|events)$/.exec(url.pathname);
-    // Device ids need no percent-encoding (PROTOCOL.md section 1), so the path segment is the id.
+    // Device ids need no percent-encoding (docs/protocol.md section 1), so the path segment is the id.
     const device = m?.[1];
     if (device === undefined || !DEVICE_ID_RE.test(device)) return undefined;
     const range = rangeParams(q);
