@@ -18,7 +18,7 @@
  * SIGUSR2 or SIGHUP. SIGTERM stops the agent cleanly.
  */
 import { TelemetryOutbox } from '../agent/telemetry/outbox.js';
-import { InferenceRecorder } from '../agent/telemetry/recorder.js';
+import { InferenceRecorder, type Outcome } from '../agent/telemetry/recorder.js';
 import { runAgentProcess } from './agent-process.js';
 
 const raw = process.argv[2];
@@ -29,10 +29,10 @@ let said = 0;
 
 const proto = InferenceRecorder.prototype;
 const realRecord = Object.getOwnPropertyDescriptor(proto, 'record')?.value as InferenceRecorder['record'];
-proto.record = function record(this: InferenceRecorder, model: string, version: number, status: number, latencyMs: number): void {
+proto.record = function record(this: InferenceRecorder, model: string, version: number, outcome: Outcome, latencyMs: number): void {
   if (!recording) return;
   recorded++;
-  realRecord.call(this, model, version, status, latencyMs);
+  realRecord.call(this, model, version, outcome, latencyMs);
 };
 // Observing only: time spent in the outbox's synchronous SQLite calls (each a
 // transaction, most with an fsync at synchronous=FULL), all on the event loop.

@@ -13,6 +13,7 @@ import type { HostTensor } from '../agent/runtime/tensor.js';
 import { ModelRegistry } from '../agent/serving/registry.js';
 import { Servable } from '../agent/serving/servable.js';
 import { Metrics } from '../agent/telemetry/metrics.js';
+import type { Outcome } from '../agent/telemetry/recorder.js';
 
 /** A model `y = 2x` over FP32 [-1, 2], whose run() does what the test says. */
 function scriptedSession(run: (inputs: readonly HostTensor[]) => Promise<HostTensor[]>): ModelSession {
@@ -20,6 +21,7 @@ function scriptedSession(run: (inputs: readonly HostTensor[]) => Promise<HostTen
     inputs: [{ name: 'x', datatype: 'FP32', shape: [-1, 2] }],
     outputs: [{ name: 'y', datatype: 'FP32', shape: [-1, 2] }],
     executionProvider: 'cpu',
+    sharedDims: [],
     run,
     release: () => Promise.resolve(),
   };
@@ -36,7 +38,7 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function serve(session: ModelSession, record: () => void = () => undefined): Promise<{ url: string; servable: Servable; logged: string[] }> {
+async function serve(session: ModelSession, record: (model: string, version: number, outcome: Outcome) => void = () => undefined): Promise<{ url: string; servable: Servable; logged: string[] }> {
   const registry = new ModelRegistry();
   const servable = new Servable('m', 1, session, undefined);
   registry.activate(servable);
@@ -66,13 +68,33 @@ describe('HTTP inference path', () => {
     expect(servable.requestsInFlight).toBe(0);
   });
 
-  it('turns an ONNX Runtime failure into a 400 naming the model, and counts it against the version', async () => {
-    const { url, servable } = await serve(scriptedSession(() => Promise.reject(new Error('Got invalid dimensions for input: x\nmore detail'))));
+  it('turns an input ONNX Runtime refuses into a 400 naming the model, recorded as the client\'s, not counted against the version', async () => {
+    const outcomes: string[] = [];
+    const { url, servable } = await serve(
+      scriptedSession(() => Promise.reject(new Error('Got invalid dimensions for input: x\nmore detail'))),
+      (_model, _version, outcome) => void outcomes.push(outcome),
+    );
     const r = await post(url);
     expect(r.status).toBe(400);
     expect(r.json.error).toBe('model "m" version 1 rejected the input: Got invalid dimensions for input: x');
     expect(servable.requestsInFlight).toBe(0);
-    expect(servable.runFailures).toBe(1);
+    expect(outcomes).toEqual(['client-input']);
+    expect({ runs: servable.runs, modelFaults: servable.modelFaults }).toEqual({ runs: 0, modelFaults: 0 });
+  });
+
+  it('turns a node failing inside ONNX Runtime into a 500 naming the model, logged, recorded and counted as a model fault', async () => {
+    const outcomes: string[] = [];
+    const kernel = "Non-zero status code returned while running Gather node. Name:'Gather_2' Status Message: indices element out of data bounds";
+    const { url, servable, logged } = await serve(
+      scriptedSession(() => Promise.reject(new Error(kernel))),
+      (_model, _version, outcome) => void outcomes.push(outcome),
+    );
+    const r = await post(url);
+    expect(r).toEqual({ status: 500, json: { error: `model "m" version 1 failed to run: ${kernel}` } });
+    expect(logged.join('')).toContain('inference request failed');
+    expect(outcomes).toEqual(['model-fault']);
+    expect({ runs: servable.runs, modelFaults: servable.modelFaults }).toEqual({ runs: 1, modelFaults: 1 });
+    expect(servable.requestsInFlight).toBe(0);
   });
 
   it('logs a failure of its own (a 500) and answers it', async () => {

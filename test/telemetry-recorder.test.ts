@@ -39,11 +39,11 @@ function points(): AgentInferencePoint[] {
 
 describe('InferenceRecorder', () => {
   it('cuts one point per model version per interval, with counts and latency percentiles', () => {
-    for (let i = 1; i <= 100; i++) recorder.record('mnist', 3, 200, i / 10); // 0.1 .. 10 ms
-    recorder.record('mnist', 3, 500, 50);
-    recorder.record('mnist', 3, 400, 0.05);
-    recorder.record('mnist', 4, 200, 1);
-    recorder.record('ocr', 1, 503, 2);
+    for (let i = 1; i <= 100; i++) recorder.record('mnist', 3, 'ok', i / 10); // 0.1 .. 10 ms
+    recorder.record('mnist', 3, 'model-fault', 50);
+    recorder.record('mnist', 3, 'client-input', 0.05);
+    recorder.record('mnist', 4, 'ok', 1);
+    recorder.record('ocr', 1, 'overload', 2);
     vi.advanceTimersByTime(9_999);
     expect(points()).toEqual([]);
     vi.advanceTimersByTime(1);
@@ -64,11 +64,11 @@ describe('InferenceRecorder', () => {
   });
 
   it('starts each interval afresh and writes nothing for an idle one', () => {
-    recorder.record('mnist', 1, 200, 1);
+    recorder.record('mnist', 1, 'ok', 1);
     vi.advanceTimersByTime(10_000);
     vi.advanceTimersByTime(10_000); // idle: no point
-    recorder.record('mnist', 1, 200, 3);
-    recorder.record('mnist', 1, 200, 3);
+    recorder.record('mnist', 1, 'ok', 3);
+    recorder.record('mnist', 1, 'ok', 3);
     vi.advanceTimersByTime(10_000);
     const all = points();
     expect(all.map((p) => [p.seq, p.count, p.latencyMs?.max, p.ts])).toEqual([
@@ -78,10 +78,10 @@ describe('InferenceRecorder', () => {
   });
 
   it('cuts a final, shorter point on stop', async () => {
-    recorder.record('mnist', 1, 200, 1);
+    recorder.record('mnist', 1, 'ok', 1);
     vi.advanceTimersByTime(10_000);
     vi.advanceTimersByTime(2_500);
-    recorder.record('mnist', 1, 200, 2);
+    recorder.record('mnist', 1, 'ok', 2);
     await recorder.stop();
     const all = points();
     expect(all).toHaveLength(2);
@@ -100,8 +100,8 @@ describe('InferenceRecorder', () => {
       intervalS: 10,
       logger,
     });
-    failing.record('mnist', 1, 200, 1);
+    failing.record('mnist', 1, 'ok', 1);
     expect(() => failing.cut()).not.toThrow();
-    failing.record('mnist', 1, 200, 1);
+    failing.record('mnist', 1, 'ok', 1);
   });
 });

@@ -10,6 +10,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   UNAVAILABLE: 503,
   CONFIG: 500,
   MODEL_LOAD: 500,
+  MODEL_FAULT: 500,
   INTERNAL: 500,
 };
 

@@ -1,4 +1,3 @@
-import { EdgefleetError, errorMessage } from '../errors.js';
 import type { HostTensor } from '../runtime/tensor.js';
 import type { Servable } from '../serving/servable.js';
 import { parseJson } from './body.js';
@@ -25,16 +24,6 @@ export interface PreparedInfer {
   /** Undefined: every output. */
   outputs: readonly string[] | undefined;
   answer(outputs: readonly HostTensor[]): InferAnswer;
-}
-
-/**
- * Inputs passed every check the model's declared signature allows, so ONNX
- * Runtime refusing them (say, two dynamic dimensions that must agree) is still
- * the client's input: a 400 with ORT's reason, not a 500.
- */
-export function runError(servable: Servable, err: unknown): unknown {
-  if (err instanceof EdgefleetError) return err;
-  return new EdgefleetError('BAD_REQUEST', `model "${servable.name}" version ${servable.version} rejected the input: ${errorMessage(err).split('\n')[0] ?? ''}`);
 }
 
 /** POST /v1/models/...:predict, TensorFlow Serving's REST predict. */

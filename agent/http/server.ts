@@ -1,12 +1,12 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.js';
-import { EdgefleetError, errorMessage, notFound, unavailable } from '../errors.js';
+import { EdgefleetError, errorMessage, failureKind, notFound, unavailable } from '../errors.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { InferenceRecorder } from '../telemetry/recorder.js';
 import { sendError, sendJson } from './errors.js';
-import { prepareV1, prepareV2, runError, type PreparedInfer } from './infer.js';
+import { prepareV1, prepareV2, type PreparedInfer } from './infer.js';
 import { v1Metadata, v1Status, v2Metadata, v2ModelReady } from './model-info.js';
 import { matchRoute, type Route } from './routes.js';
 import { WireServer, type WireRequest, type WireResponse } from './wire/server.js';
@@ -186,9 +186,10 @@ export class HttpServer {
         else series.status(status).inc();
         const latencyMs = performance.now() - started;
         series.duration.observe(latencyMs / 1000);
-        this.options.telemetry?.record(route.model, servable.version, status, latencyMs);
-        // A 500 here is the agent's own fault (503s, a full batch queue, are load and would flood the log).
-        if (status === 500) this.options.logger.error({ url: req.url, err: errorMessage(err) }, 'inference request failed');
+        const outcome = err === undefined ? 'ok' : failureKind(err);
+        this.options.telemetry?.record(route.model, servable.version, outcome, latencyMs);
+        // Faults of the model or the agent are logged; a client's input and load (a full batch queue) would flood the log.
+        if (outcome === 'model-fault' || outcome === 'internal') this.options.logger.error({ url: req.url, err: errorMessage(err) }, 'inference request failed');
       } catch (fatal) {
         this.lastResort(res, fatal);
       }
@@ -213,7 +214,7 @@ export class HttpServer {
         }
         finish(undefined);
       },
-      (err: unknown) => finish(runError(servable, err)),
+      (err: unknown) => finish(err),
     );
   }
 }

@@ -1,5 +1,5 @@
 import type { BatchingConfig } from '../config/schema.js';
-import { unavailable } from '../errors.js';
+import { RunFailure, runFailure } from './run-failure.js';
 import type { HostTensor, TensorData, TensorSpec } from './tensor.js';
 
 export interface Timed<T> {
@@ -31,7 +31,7 @@ export function canBatch(inputs: readonly TensorSpec[]): boolean {
  * Dynamic batching: concurrent requests queue, a batch is cut (see schedule),
  * run once, and the outputs are split back. Only requests
  * with the same trailing shapes and outputs share a batch. One batch runs at a
- * time.
+ * time. Every rejection is a RunFailure.
  */
 export class Batcher {
   private queue: Pending[] = [];
@@ -53,7 +53,7 @@ export class Batcher {
 
   submit(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<Timed<HostTensor[]>> {
     if (this.queue.length >= this.config.maxQueueSize) {
-      return Promise.reject(unavailable(`${this.label}: the batch queue is full (${this.queue.length} requests waiting); retry later`));
+      return Promise.reject(new RunFailure('overload', `${this.label}: the batch queue is full (${this.queue.length} requests waiting); retry later`));
     }
     const rows = inputs[0]?.shape[0] ?? 1;
     const key = batchKey(inputs, outputNames);
@@ -130,7 +130,9 @@ export class Batcher {
       const parts = batch.length === 1 ? [outputs] : splitOutputs(outputs, batch.map((p) => p.rows));
       batch.forEach((p, i) => p.resolve({ value: parts[i] as HostTensor[], queueMs: started - p.enqueuedAt, computeMs }));
     } catch (err) {
-      for (const p of batch) p.reject(err);
+      // One classification for the batch: its requests share the inputs' fit and the model's fault alike.
+      const failure = runFailure(err, this.label);
+      for (const p of batch) p.reject(failure);
     } finally {
       this.running = false;
       this.schedule();
@@ -141,7 +143,7 @@ export class Batcher {
   close(reason: string): void {
     clearTimeout(this.timer);
     if (this.turnEnd) clearImmediate(this.turnEnd);
-    for (const p of this.queue.splice(0)) p.reject(unavailable(reason));
+    for (const p of this.queue.splice(0)) p.reject(new RunFailure('overload', reason));
   }
 }
 

@@ -2,6 +2,7 @@ import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import type { AgentConfig, ExecutionProviderName } from '../config/schema.js';
 import { EdgefleetError, errorMessage } from '../errors.js';
 import type { Ort } from './ort.js';
+import { sharedDims, type SharedDim } from './shared-dims.js';
 import { DATATYPE_OF, ORT_TYPE, type HostTensor, type OrtType, type TensorSpec } from './tensor.js';
 
 export type SessionOptions = Partial<AgentConfig['runtime']> & Pick<AgentConfig['runtime'], 'intraOpNumThreads' | 'interOpNumThreads' | 'graphOptimizationLevel'>;
@@ -11,7 +12,12 @@ export interface ModelSession {
   readonly inputs: readonly TensorSpec[];
   readonly outputs: readonly TensorSpec[];
   readonly executionProvider: ExecutionProviderName;
-  /** Runs the model; `outputNames` limits what ONNX Runtime computes and returns. */
+  /** Input dimensions the model names alike, which every request must give one size. */
+  readonly sharedDims: readonly SharedDim[];
+  /**
+   * Runs the model; `outputNames` limits what ONNX Runtime computes and returns.
+   * Rejects with ONNX Runtime's own error: runner.ts classifies it.
+   */
   run(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<HostTensor[]>;
   release(): Promise<void>;
 }
@@ -26,6 +32,7 @@ function specOf(meta: InferenceSession.ValueMetadata, role: string): TensorSpec 
 class OrtModelSession implements ModelSession {
   readonly inputs: TensorSpec[];
   readonly outputs: TensorSpec[];
+  readonly sharedDims: SharedDim[];
 
   constructor(
     private readonly ort: Ort,
@@ -34,6 +41,7 @@ class OrtModelSession implements ModelSession {
   ) {
     this.inputs = session.inputMetadata.map((m) => specOf(m, 'input'));
     this.outputs = session.outputMetadata.map((m) => specOf(m, 'output'));
+    this.sharedDims = sharedDims(session.inputMetadata.map((m) => ({ name: m.name, shape: m.isTensor ? m.shape : [] })));
   }
 
   async run(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<HostTensor[]> {

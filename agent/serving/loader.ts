@@ -34,7 +34,7 @@ export class VersionLoader {
       metrics.warmupSeconds.set({ model: name, version: String(version) }, loaded.warmupMs / 1000);
       registry.activate(servable);
       log.info(
-        { executionProvider: loaded.session.executionProvider, loadMs: round(loaded.loadMs), warmupMs: round(loaded.warmupMs), batching: servable.batcher !== undefined },
+        { executionProvider: loaded.session.executionProvider, loadMs: round(loaded.loadMs), warmupMs: round(loaded.warmupMs), batching: servable.runner.batcher !== undefined },
         'model version available',
       );
       return servable;

@@ -1,22 +1,27 @@
-import { Batcher, canBatch, type Timed } from '../runtime/batcher.js';
+import type { Timed } from '../runtime/batcher.js';
+import { ModelRunner } from '../runtime/runner.js';
 import type { ModelSession } from '../runtime/session.js';
 import type { HostTensor } from '../runtime/tensor.js';
 import type { BatchingConfig } from '../config/schema.js';
-import { EdgefleetError } from '../errors.js';
+import { failureKind } from '../errors.js';
 
 /**
- * One loaded model version: its session, optional batcher and a count of the
- * requests that hold it. A retired version is released only after that count
- * drains to zero, so a hot swap never cuts a request off.
+ * One loaded model version: its session, its runner (batching or not) and a
+ * count of the requests that hold it. A retired version is released only
+ * after that count drains to zero, so a hot swap never cuts a request off.
  */
 export class Servable {
   private inFlight = 0;
-  /** Runs and failed runs since load: the rollout's health window reads these. */
+  /**
+   * What the rollout's health window reads: runs the model answered or
+   * faulted on since load, and its faults. Inputs it rejected and requests
+   * turned away under load say nothing about the version, so neither counts.
+   */
   runs = 0;
-  runFailures = 0;
+  modelFaults = 0;
   private retired = false;
   private drainedResolve: (() => void) | undefined;
-  readonly batcher: Batcher | undefined;
+  readonly runner: ModelRunner;
 
   constructor(
     readonly name: string,
@@ -25,31 +30,29 @@ export class Servable {
     batching: BatchingConfig | undefined,
     onBatch?: (requests: number, rows: number) => void,
   ) {
-    if (batching && batching.maxBatchSize > 1 && canBatch(session.inputs)) {
-      this.batcher = new Batcher((inputs, outputs) => session.run(inputs, outputs), batching, `model "${name}" version ${version}`, onBatch);
-    }
+    this.runner = new ModelRunner(session, `model "${name}" version ${version}`, batching, onBatch);
   }
 
   get requestsInFlight(): number {
     return this.inFlight;
   }
 
-  /** Runs one request; the caller must have acquired the servable. */
+  /** Runs one request; the caller must have acquired the servable. Rejects with the runtime's RunFailure. */
   infer(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<Timed<HostTensor[]>> {
-    this.runs++;
     // A promise chain, not an async function: one promise fewer on every request.
-    return (this.batcher ? this.batcher.submit(inputs, outputNames) : this.runAlone(inputs, outputNames)).catch(this.countFailure);
+    return this.runner.run(inputs, outputNames).then(this.countAnswer, this.countFailure);
   }
 
-  private async runAlone(inputs: readonly HostTensor[], outputNames?: readonly string[]): Promise<Timed<HostTensor[]>> {
-    const started = performance.now();
-    const value = await this.session.run(inputs, outputNames);
-    return { value, queueMs: 0, computeMs: performance.now() - started };
-  }
+  private readonly countAnswer = (result: Timed<HostTensor[]>): Timed<HostTensor[]> => {
+    this.runs++;
+    return result;
+  };
 
-  /** Overload (a full batch queue) is not the model's fault; ONNX Runtime failures are. */
   private readonly countFailure = (err: unknown): never => {
-    if (!(err instanceof EdgefleetError)) this.runFailures++;
+    if (failureKind(err) === 'model-fault') {
+      this.runs++;
+      this.modelFaults++;
+    }
     throw err;
   };
 
@@ -67,7 +70,7 @@ export class Servable {
     if (this.retired) return;
     this.retired = true;
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.drainedResolve = resolve));
-    this.batcher?.close(`model "${this.name}" version ${this.version} was unloaded`);
+    this.runner.close(`model "${this.name}" version ${this.version} was unloaded`);
     await this.session.release();
   }
 }

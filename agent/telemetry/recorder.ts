@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { formatTime } from '../../protocol/index.js';
-import { errorMessage } from '../errors.js';
+import { errorMessage, type FailureKind } from '../errors.js';
 import { LatencyHistogram } from './histogram.js';
 import type { NewPoint, PointSink } from './points.js';
 
@@ -10,14 +10,18 @@ import type { NewPoint, PointSink } from './points.js';
  *
  * What counts: every request answered for a resolved model version counts
  * in `count` and in the latency histogram (as the Prometheus request
- * histogram does, so the two agree). `errors` counts 5xx answers: model
- * failures, overload, internal errors, the device's own faults that rollout
- * health and alerts care about. 4xx answers (malformed input, wrong shape)
- * are the client's mistake, not the version's, so they are counted apart in
- * `clientErrors` and never in `errors`; otherwise one bad client could roll
- * back a healthy version. Requests that fail before a version is known
- * (unknown model, 503 before acquire) belong to no series and are not recorded.
+ * histogram does, so the two agree). Each failure counts by its one
+ * classification (FailureKind, agent/errors.ts): `errors` counts model
+ * faults, overload and the agent's own faults, what alerts care about. A
+ * client's input (malformed, wrong shape, refused by the model) is the
+ * client's mistake, not the version's, so it is counted apart in
+ * `clientErrors` and never in `errors`. Requests that fail before a version
+ * is known (unknown model, 503 before acquire) belong to no series and are
+ * not recorded.
  */
+
+/** How an answered request ended: served, or the kind of its failure. */
+export type Outcome = 'ok' | FailureKind;
 
 export interface InferenceRecorderOptions {
   sink: PointSink;
@@ -49,7 +53,7 @@ export class InferenceRecorder {
   constructor(private readonly options: InferenceRecorderOptions) {}
 
   /** Hot path: one answered request. Allocates only for a version's first request. */
-  record(model: string, version: number, status: number, latencyMs: number): void {
+  record(model: string, version: number, outcome: Outcome, latencyMs: number): void {
     let versions = this.series.get(model);
     if (versions === undefined) {
       versions = new Map();
@@ -61,8 +65,8 @@ export class InferenceRecorder {
       versions.set(version, series);
     }
     series.histogram.record(latencyMs);
-    if (status >= 500) series.errors++;
-    else if (status >= 400) series.clientErrors++;
+    if (outcome === 'client-input') series.clientErrors++;
+    else if (outcome !== 'ok') series.errors++;
   }
 
   async start(): Promise<void> {
