@@ -1,8 +1,8 @@
 /**
  * docs/configuration.md must not drift from the config schema: every key path
  * the schema accepts has a row in the doc's key tables, every row names a key
- * the schema has, the documented defaults are the schema's, and every
- * environment override is named on its key's row.
+ * the schema has, the documented defaults and name patterns are the schema's,
+ * and every environment override is named on its key's row.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,17 +23,30 @@ function unwrap(schema: z.ZodType): z.ZodType {
   return schema;
 }
 
+/** The regular expressions a string, a list of strings or a record's keys are checked against. */
+function patternsOf(schema: z.ZodType): string[] {
+  const inner = unwrap(schema);
+  const target = inner instanceof z.ZodArray ? unwrap(inner.element as z.ZodType) : inner instanceof z.ZodRecord ? unwrap(inner.keyType as z.ZodType) : inner;
+  return (target.def.checks ?? []).flatMap((check) => {
+    const { pattern } = check._zod.def as { pattern?: RegExp };
+    return pattern ? [pattern.source] : [];
+  });
+}
+
 interface KeyPaths {
   /** Keys holding a value (a string, a number, a list, a union of forms). */
   leaves: string[];
   /** Keys holding an object whose own keys are listed too. */
   objects: string[];
+  /** Name patterns by key: of the value, of a list's items, or of a record's keys. */
+  patterns: Map<string, string[]>;
 }
 
 /** Walks objects and records of objects; anything else (unions included) is one documented value. */
-function keyPaths(schema: z.ZodType, path = '', out: KeyPaths = { leaves: [], objects: [] }): KeyPaths {
+function keyPaths(schema: z.ZodType, path = '', out: KeyPaths = { leaves: [], objects: [], patterns: new Map() }): KeyPaths {
   const inner = unwrap(schema);
   const at = (key: string): string => (path === '' ? key : `${path}.${key}`);
+  if (path !== '') out.patterns.set(path, patternsOf(inner));
   if (inner instanceof z.ZodObject) {
     if (path !== '') out.objects.push(path);
     for (const [key, child] of Object.entries(inner.shape)) keyPaths(child, at(key), out);
@@ -113,6 +126,17 @@ describe('docs/configuration.md', () => {
       checked++;
     }
     expect(checked).toBeGreaterThan(30);
+  });
+
+  it("quotes only the schema's own name patterns", () => {
+    expect(schemaKeys.patterns.get('deviceId')).toHaveLength(1);
+    expect(schemaKeys.patterns.get('models.config.{name}.labels')).toHaveLength(1);
+    for (const [key, { cells, line }] of rows) {
+      const quoted = cells.join(' ').match(/`\^[^`]*\$`/g) ?? [];
+      for (const regex of quoted) {
+        expect(schemaKeys.patterns.get(key), `docs/configuration.md:${line}: ${regex} is not the pattern the schema checks ${key} against`).toContain(regex.slice(1, -1));
+      }
+    }
   });
 
   it('names every environment override on its key row and in the overrides table', () => {
