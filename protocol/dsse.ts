@@ -122,21 +122,3 @@ function verifySafely(message: Buffer, key: KeyObject, sig: Buffer): boolean {
     return false;
   }
 }
-
-/**
- * Checks `envelope` and returns the verified payload bytes. Accepts standard and
- * URL-safe base64, counts each trusted key once, ignores keys not trusted for
- * the role, and requires `threshold` valid signatures.
- */
-export function verifyEnvelope(
-  envelope: unknown,
-  expectedPayloadType: string,
-  trustedKeys: ReadonlyMap<string, KeyObject>,
-  keyids: Iterable<string>,
-  threshold: number,
-  role?: string,
-): Buffer {
-  const opened = openEnvelope(envelope, expectedPayloadType);
-  requireSignatures(opened, { trustedKeys, keyids, threshold, ...(role === undefined ? {} : { role }) });
-  return Buffer.from(opened.payload);
-}

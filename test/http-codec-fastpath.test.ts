@@ -1,6 +1,6 @@
 /**
  * The infer routes' fast paths against their definitions: parseV2Body must
- * answer exactly as parseV2Request(splitV2Body(...)) (values and error
+ * answer exactly as parseV2Request of JSON.parse's result (values and error
  * messages), parseV1Request of the fast v1 reader's result exactly as of
  * JSON.parse's, and encodeV2ResponseParts exactly as the object-and-stringify
  * encoder it replaced.
@@ -11,7 +11,7 @@ import { EdgefleetError } from '../agent/errors.js';
 import { parseV1Json, parseV2Json } from '../agent/codec/fast-json.js';
 import { encodeJsonFlat, encodeJsonFlatText } from '../agent/codec/json-data.js';
 import { parseV1Request } from '../agent/codec/v1.js';
-import { encodeV2Response, encodeV2ResponseParts, parseV2Body, parseV2Request, splitV2Body } from '../agent/codec/v2.js';
+import { encodeBinaryTensor, encodeV2ResponseParts, parseV2Body, parseV2Request } from '../agent/codec/v2.js';
 import type { ModelIo, V2OutputSelection, V2ResponseMeta } from '../agent/codec/v2.js';
 import { DATATYPES } from '../agent/runtime/tensor.js';
 import type { Datatype, HostTensor, TensorData } from '../agent/runtime/tensor.js';
@@ -48,8 +48,20 @@ function element(dt: Datatype): unknown {
 
 const SPEC_SHAPE = [-1, 3];
 
+/** The slow path parseV2Body must match: JSON.parse of the header, then parseV2Request. */
+function parseSlow(body: Buffer, headerLength: number | undefined, model: ModelIo): Outcome {
+  const end = headerLength ?? body.length;
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8', 0, end));
+  } catch (err) {
+    return { ok: false, code: 'BAD_REQUEST', message: `malformed JSON: ${(err as Error).message}` };
+  }
+  return outcome(() => parseV2Request(json, model, headerLength === undefined ? undefined : body.subarray(end)));
+}
+
 describe('parseV2Body', () => {
-  it('answers exactly as parseV2Request(splitV2Body(...)), every datatype, valid or not', () => {
+  it('answers exactly as parseV2Request(JSON.parse(...)), every datatype, valid or not', () => {
     let fast = 0;
     const runs = 4000;
     for (let i = 0; i < runs; i++) {
@@ -65,7 +77,7 @@ describe('parseV2Body', () => {
       const body = { id: rand() < 0.5 ? 'r' : undefined, inputs: rand() < 0.5 ? inputs : inputs.reverse(), outputs: rand() < 0.3 ? [{ name: 'o' }] : undefined };
       const bytes = Buffer.from(JSON.stringify(body));
       if (parseV2Json(bytes, bytes.length) !== undefined) fast++;
-      const expected = outcome(() => parseV2Request(splitV2Body(bytes).json, model));
+      const expected = parseSlow(bytes, undefined, model);
       const actual = outcome(() => parseV2Body(bytes, undefined, model));
       expect(actual).toEqual(expected);
       if (expected.ok && actual.ok) {
@@ -95,9 +107,13 @@ describe('parseV2Body', () => {
     const model: ModelIo = { inputs: [{ name: 'x', datatype: 'FP32', shape: [-1, 2] }, { name: 'y', datatype: 'FP32', shape: [-1] }], outputs: [] };
     const header = Buffer.from(JSON.stringify({ inputs: [{ name: 'x', shape: [1, 2], datatype: 'FP32', parameters: { binary_data_size: 8 } }, { name: 'y', shape: [1], datatype: 'FP32', data: [0.25] }] }));
     const body = Buffer.concat([header, Buffer.from(new Float32Array([1.5, -2]).buffer)]);
-    for (const len of [header.length, String(header.length), 'x', header.length - 3, body.length + 1]) {
-      expect(outcome(() => parseV2Body(body, len, model))).toEqual(outcome(() => { const s = splitV2Body(body, len); return parseV2Request(s.json, model, s.binary); }));
+    for (const len of [header.length, header.length - 3]) {
+      expect(outcome(() => parseV2Body(body, len, model))).toEqual(parseSlow(body, len, model));
     }
+    expect(outcome(() => parseV2Body(body, String(header.length), model))).toEqual(parseSlow(body, header.length, model));
+    // Lengths that are no byte count, or run past the body, are refused before any JSON is read.
+    expect(outcome(() => parseV2Body(body, 'x', model))).toMatchObject({ ok: false, code: 'BAD_REQUEST', message: expect.stringContaining('is not a byte count') });
+    expect(outcome(() => parseV2Body(body, body.length + 1, model))).toMatchObject({ ok: false, code: 'BAD_REQUEST', message: expect.stringContaining('is longer than') });
   });
 });
 
@@ -154,16 +170,19 @@ describe('parseV1Request on the fast v1 reader', () => {
   });
 });
 
-/** The encoder encodeV2ResponseParts replaced, verbatim. */
-function reference(meta: V2ResponseMeta, outputs: readonly HostTensor[], selection: V2OutputSelection): string {
-  const selected = selection.outputs
+/** The outputs a response carries, in order, and whether each goes as binary. */
+function selected(outputs: readonly HostTensor[], selection: V2OutputSelection): { tensor: HostTensor; binary: boolean }[] {
+  return selection.outputs
     ? selection.outputs.map(({ name, binary }) => ({ tensor: outputs.find((t) => t.name === name) as HostTensor, binary }))
     : outputs.map((tensor) => ({ tensor, binary: selection.binaryOutput }));
-  const entries = selected.map(({ tensor: t, binary }) => {
+}
+
+/** The encoder encodeV2ResponseParts replaced, verbatim. */
+function reference(meta: V2ResponseMeta, outputs: readonly HostTensor[], selection: V2OutputSelection): string {
+  const entries = selected(outputs, selection).map(({ tensor: t, binary }) => {
     const head = { name: t.name, datatype: t.datatype, shape: [...t.shape] };
     if (!binary) return { ...head, data: encodeJsonFlat(t.datatype, t.data) };
-    const size = encodeV2Response({ modelName: '', modelVersion: '' }, [t], { outputs: undefined, binaryOutput: true }).body[1]?.length ?? 0;
-    return { ...head, parameters: { binary_data_size: size } };
+    return { ...head, parameters: { binary_data_size: encodeBinaryTensor(t.datatype, t.data).length } };
   });
   return JSON.stringify({ model_name: meta.modelName, model_version: meta.modelVersion, ...(meta.id !== undefined && { id: meta.id }), outputs: entries });
 }
@@ -188,7 +207,7 @@ function randomData(dt: Datatype, n: number): TensorData {
 }
 
 describe('encodeV2ResponseParts', () => {
-  it('writes exactly the JSON the object encoder wrote', () => {
+  it('writes exactly the JSON the object encoder wrote, and the binary outputs in order after it', () => {
     for (let i = 0; i < 3000; i++) {
       const outputs: HostTensor[] = Array.from({ length: 1 + Math.floor(rand() * 3) }, (_, k) => {
         const dt = pick(DATATYPES);
@@ -202,8 +221,8 @@ describe('encodeV2ResponseParts', () => {
       const meta: V2ResponseMeta = { modelName: pick(['m', 'ünï "q"']), modelVersion: String(1 + Math.floor(rand() * 9)), ...(rand() < 0.5 && { id: pick(['r1', '\u2028', '']) }) };
       const parts = encodeV2ResponseParts(meta, outputs, selection);
       expect(parts.header).toBe(reference(meta, outputs, selection));
-      const res = encodeV2Response(meta, outputs, selection);
-      expect(Buffer.concat(res.body).subarray(0, res.headerLength ?? undefined).toString('utf8')).toBe(parts.header);
+      const binary = selected(outputs, selection).filter((o) => o.binary);
+      expect(parts.chunks).toEqual(binary.map(({ tensor: t }) => encodeBinaryTensor(t.datatype, t.data)));
     }
   });
 

@@ -4,13 +4,13 @@ import { EdgefleetError } from '../agent/errors.js';
 import type { ErrorCode } from '../agent/errors.js';
 import { DATATYPES } from '../agent/runtime/tensor.js';
 import type { Datatype, HostTensor, TensorSpec } from '../agent/runtime/tensor.js';
-import { floatArrayToHalf, floatToHalf, halfArrayToFloat, halfToFloat } from '../agent/codec/fp16.js';
+import { floatToHalf, halfArrayToFloat, halfToFloat } from '../agent/codec/fp16.js';
 import { decodeBase64, decodeJson, encodeJsonFlat, encodeJsonNested } from '../agent/codec/json-data.js';
 import { encodeV1Response, parseV1Request } from '../agent/codec/v1.js';
 import {
-  decodeBinaryTensor, encodeBinaryTensor, encodeV2Response, parseV2Request, splitV2Body,
+  decodeBinaryTensor, encodeBinaryTensor, encodeV2ResponseParts, parseV2Body, parseV2Request,
 } from '../agent/codec/v2.js';
-import type { ModelIo } from '../agent/codec/v2.js';
+import type { ModelIo, V2ResponseParts } from '../agent/codec/v2.js';
 import { SAMPLES } from './helpers/tensor-samples.js';
 
 /** Asserts fn throws an EdgefleetError with `code` whose message contains every fragment. */
@@ -79,8 +79,8 @@ describe('fp16', () => {
     }
   });
 
-  it('converts arrays, into a given output when passed', () => {
-    const bits = floatArrayToHalf(new Float32Array([1, -2, Infinity, 2 ** -24]));
+  it('decodes arrays, into a given output when passed', () => {
+    const bits = Uint16Array.from([1, -2, Infinity, 2 ** -24], floatToHalf);
     expect([...bits]).toEqual([0x3c00, 0xc000, 0x7c00, 0x0001]);
     const out = new Float32Array(4);
     expect(halfArrayToFloat(bits, out)).toBe(out);
@@ -220,10 +220,9 @@ describe('v2 JSON requests', () => {
     expect(req.id).toBe('r1');
     const [x] = req.inputs;
     expect(x).toMatchObject({ name: 'x', datatype: dt, shape: [2, 2] });
-    const res = encodeV2Response({ modelName: 'm', modelVersion: '3', id: 'r1' }, req.inputs, req);
-    expect(res.headerLength).toBeUndefined();
-    expect(res.contentType).toBe('application/json');
-    const json = JSON.parse(Buffer.concat(res.body).toString());
+    const res = encodeV2ResponseParts({ modelName: 'm', modelVersion: '3', id: 'r1' }, req.inputs, req);
+    expect(res.chunks).toEqual([]); // the header is the whole (JSON) body
+    const json = JSON.parse(res.header);
     expect(json).toMatchObject({ model_name: 'm', model_version: '3', id: 'r1' });
     expect(json.outputs[0]).toEqual({
       name: 'x', datatype: dt, shape: [2, 2], data: encodeJsonFlat(dt, decodeJson(SAMPLES[dt], dt, { input: 'x' }).data),
@@ -275,7 +274,7 @@ describe('v2 JSON requests', () => {
   });
 
   it('rejects malformed JSON bodies with a 400', () => {
-    expectError(() => splitV2Body(Buffer.from('{"inputs": [')), 'BAD_REQUEST', 'malformed JSON');
+    expectError(() => parseV2Body(Buffer.from('{"inputs": ['), undefined, IMG), 'BAD_REQUEST', 'malformed JSON');
     expectError(() => parseV2Request([1], IMG), 'BAD_REQUEST', 'JSON object');
   });
 });
@@ -290,16 +289,14 @@ describe('v2 binary tensors', () => {
       const header = { inputs: [{ name: 'x', shape: [4], datatype: dt, parameters: { binary_data_size: raw.length } }],
         outputs: [{ name: 'x', parameters: { binary_data: true } }] };
       const { body, headerLength } = binaryBody(header, [raw], pad);
-      const { json, binary } = splitV2Body(body, String(headerLength));
-      const req = parseV2Request(json, model, binary);
+      const req = parseV2Body(body, String(headerLength), model);
       expect(req.inputs[0]?.data).toEqual(decodeJson(values, dt, { input: 'x' }).data);
-      const res = encodeV2Response({ modelName: 'm', modelVersion: '1' }, req.inputs, req);
-      expect(res.contentType).toBe('application/octet-stream');
-      const out = Buffer.concat(res.body);
-      const head = JSON.parse(out.toString('utf8', 0, res.headerLength));
+      const res = encodeV2ResponseParts({ modelName: 'm', modelVersion: '1' }, req.inputs, req);
+      expect(res.chunks).toHaveLength(1); // binary bytes follow the header
+      const head = JSON.parse(res.header);
       expect(head.outputs[0]).toEqual({ name: 'x', datatype: dt, shape: [4], parameters: { binary_data_size: raw.length } });
       expect(head.outputs[0].data).toBeUndefined();
-      expect(out.subarray(res.headerLength)).toEqual(raw);
+      expect(res.chunks[0]).toEqual(raw);
     }
   });
 
@@ -313,14 +310,12 @@ describe('v2 binary tensors', () => {
     const pad = (4 - (json.length % 4)) % 4;
     const aligned = Buffer.concat([json, Buffer.alloc(pad, ' '), raw]);
     expect(aligned.byteOffset).toBe(0); // large bodies own their ArrayBuffer
-    const split = splitV2Body(aligned, aligned.length - raw.length);
-    const view = parseV2Request(split.json, model, split.binary).inputs[0]?.data as Float32Array;
+    const view = parseV2Body(aligned, aligned.length - raw.length, model).inputs[0]?.data as Float32Array;
     expect(view.buffer).toBe(aligned.buffer);
     expect(view.byteOffset).toBe(json.length + pad);
     expect(view[1000]).toBe(1000);
     const shifted = Buffer.concat([json, Buffer.alloc(pad + 1, ' '), raw]);
-    const copy = splitV2Body(shifted, shifted.length - raw.length);
-    const data = parseV2Request(copy.json, model, copy.binary).inputs[0]?.data as Float32Array;
+    const data = parseV2Body(shifted, shifted.length - raw.length, model).inputs[0]?.data as Float32Array;
     expect(data.buffer).not.toBe(shifted.buffer);
     expect(data).toEqual(new Float32Array(values));
   });
@@ -338,8 +333,7 @@ describe('v2 binary tensors', () => {
         { name: 'a', shape: [2], datatype: 'INT32', parameters: { binary_data_size: 8 } },
       ],
     }, [bytes, le('INT32', [7, -7])]);
-    const { json, binary } = splitV2Body(body, headerLength);
-    const req = parseV2Request(json, model, binary);
+    const req = parseV2Body(body, headerLength, model);
     expect(req.inputs.map((t) => [...t.data])).toEqual([[7, -7], [2.5], ['', 'zwölf']]);
     expect([...bytes]).toEqual([0, 0, 0, 0, 6, 0, 0, 0, ...Buffer.from('zwölf')]);
   });
@@ -351,17 +345,16 @@ describe('v2 binary tensors', () => {
 
   it('rejects header lengths that lie', () => {
     const { body, headerLength } = binaryBody(oneInput(8), [le('FP32', [1, 2])]);
-    expectError(() => splitV2Body(body, body.length + 1), 'BAD_REQUEST', 'Inference-Header-Content-Length', 'longer than');
-    expectError(() => splitV2Body(body, 'abc'), 'BAD_REQUEST', 'Inference-Header-Content-Length');
-    expectError(() => splitV2Body(body, -1), 'BAD_REQUEST', 'Inference-Header-Content-Length');
-    expectError(() => splitV2Body(body, headerLength - 1), 'BAD_REQUEST', 'malformed JSON');
+    expectError(() => parseV2Body(body, body.length + 1, X), 'BAD_REQUEST', 'Inference-Header-Content-Length', 'longer than');
+    expectError(() => parseV2Body(body, 'abc', X), 'BAD_REQUEST', 'Inference-Header-Content-Length');
+    expectError(() => parseV2Body(body, -1, X), 'BAD_REQUEST', 'Inference-Header-Content-Length');
+    expectError(() => parseV2Body(body, headerLength - 1, X), 'BAD_REQUEST', 'malformed JSON');
   });
 
   it('rejects binary sizes that do not add up', () => {
     const run = (header: unknown, chunks: Buffer[], model = X): unknown => {
       const { body, headerLength } = binaryBody(header, chunks);
-      const { json, binary } = splitV2Body(body, headerLength);
-      return parseV2Request(json, model, binary);
+      return parseV2Body(body, headerLength, model);
     };
     const two = le('FP32', [1, 2]);
     expectError(() => run(oneInput(8), [two, Buffer.alloc(4)]), 'BAD_REQUEST', 'input "x"', 'adds up to 8', '12 bytes follow');
@@ -390,18 +383,16 @@ describe('v2 binary tensors', () => {
 });
 
 describe('v2 responses', () => {
-  const decode = (res: ReturnType<typeof encodeV2Response>): { head: Record<string, unknown> & { outputs: Record<string, unknown>[] }; rest: Buffer } => {
-    const all = Buffer.concat(res.body);
-    const end = res.headerLength ?? all.length;
-    return { head: JSON.parse(all.toString('utf8', 0, end)), rest: all.subarray(end) };
-  };
+  const decode = (res: V2ResponseParts): { head: Record<string, unknown> & { outputs: Record<string, unknown>[] }; rest: Buffer } => ({
+    head: JSON.parse(res.header),
+    rest: Buffer.concat(res.chunks),
+  });
   const meta = { modelName: 'img', modelVersion: '7' };
 
   it('writes JSON outputs: NaN as a string, unsafe INT64 as a string', () => {
     const req = parseV2Request({ inputs: validInputs() }, IMG);
-    const res = encodeV2Response(meta, OUTPUTS, req);
-    expect(res.headerLength).toBeUndefined();
-    expect(res.body).toHaveLength(1);
+    const res = encodeV2ResponseParts(meta, OUTPUTS, req);
+    expect(res.chunks).toEqual([]);
     expect(decode(res).head).toEqual({
       model_name: 'img', model_version: '7',
       outputs: [
@@ -419,9 +410,9 @@ describe('v2 responses', () => {
       outputs: [{ name: 'label', parameters: { binary_data: true } }, { name: 'scores' }],
     }, IMG);
     expect(req.outputs).toEqual([{ name: 'label', binary: true }, { name: 'scores', binary: false }]);
-    const res = encodeV2Response({ ...meta, id: 'abc' }, OUTPUTS, req);
+    const res = encodeV2ResponseParts({ ...meta, id: 'abc' }, OUTPUTS, req);
     const { head, rest } = decode(res);
-    expect(res.headerLength).toBe(res.body[0]?.length);
+    expect(res.chunks).toHaveLength(1); // only "label" is binary
     expect(head.id).toBe('abc');
     expect(head.outputs).toEqual([
       { name: 'label', datatype: 'BYTES', shape: [1], parameters: { binary_data_size: 7 } },
@@ -432,7 +423,7 @@ describe('v2 responses', () => {
 
   it('binary_data_output makes every output binary unless one opts out', () => {
     const all = parseV2Request({ inputs: validInputs(), parameters: { binary_data_output: true } }, IMG);
-    const { head, rest } = decode(encodeV2Response(meta, OUTPUTS, all));
+    const { head, rest } = decode(encodeV2ResponseParts(meta, OUTPUTS, all));
     expect(head.outputs.map((o) => o.parameters)).toEqual([
       { binary_data_size: 8 }, { binary_data_size: 7 }, { binary_data_size: 8 },
     ]);
@@ -442,14 +433,14 @@ describe('v2 responses', () => {
       inputs: validInputs(), parameters: { binary_data_output: true },
       outputs: [{ name: 'ids', parameters: { binary_data: false } }, { name: 'scores' }],
     }, IMG);
-    const res = decode(encodeV2Response(meta, OUTPUTS, optOut));
+    const res = decode(encodeV2ResponseParts(meta, OUTPUTS, optOut));
     expect(res.head.outputs[0]).toEqual({ name: 'ids', datatype: 'INT64', shape: [1], data: ['1152921504606846976'] });
     expect(res.head.outputs[1]?.parameters).toEqual({ binary_data_size: 8 });
   });
 
   it('reports a requested output the runtime did not produce as internal', () => {
     const req = parseV2Request({ inputs: validInputs(), outputs: [{ name: 'ids' }] }, IMG);
-    expectError(() => encodeV2Response(meta, OUTPUTS.slice(0, 1), req), 'INTERNAL', 'output "ids"');
+    expectError(() => encodeV2ResponseParts(meta, OUTPUTS.slice(0, 1), req), 'INTERNAL', 'output "ids"');
   });
 });
 

@@ -1,7 +1,7 @@
 import type { KeyObject } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { decodeBase64 } from '../protocol/base64.js';
-import { pae, signEnvelope, verifyEnvelope } from '../protocol/dsse.js';
+import { openEnvelope, pae, requireSignatures, signEnvelope } from '../protocol/dsse.js';
 import type { Envelope } from '../protocol/dsse.js';
 import {
   generateKeyPair, keyIdOf, privateKeyFromPem, privateKeyToPem, publicKeyFromBase64, publicKeyToBase64, rawPublicKey,
@@ -14,6 +14,13 @@ const PAYLOAD = Buffer.from('{"hello":"world"}');
 
 function trusted(...pairs: KeyPair[]): Map<string, KeyObject> {
   return new Map(pairs.map((p) => [p.keyid, p.publicKey]));
+}
+
+/** What verifyRoleEnvelope does with a trust's role: open, require the signatures, return the payload. */
+function verifyEnvelope(envelope: unknown, type: string, trustedKeys: ReadonlyMap<string, KeyObject>, keyids: string[], threshold: number, role?: string): Buffer {
+  const opened = openEnvelope(envelope, type);
+  requireSignatures(opened, { trustedKeys, keyids, threshold, ...(role !== undefined && { role }) });
+  return opened.payload;
 }
 
 function toUrlSafe(text: string): string {
@@ -73,7 +80,7 @@ describe('base64', () => {
   });
 });
 
-describe('signEnvelope / verifyEnvelope', () => {
+describe('signEnvelope / openEnvelope and requireSignatures', () => {
   const a = generateKeyPair();
   const b = generateKeyPair();
   const c = generateKeyPair();

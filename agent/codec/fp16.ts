@@ -53,15 +53,6 @@ export function halfToFloat(h: number): number {
   return (h & 0x8000) !== 0 ? -v : v;
 }
 
-/** Encodes many numbers as half bit patterns, into `out` when given. */
-export function floatArrayToHalf(
-  src: ArrayLike<number>,
-  out: Uint16Array = new Uint16Array(src.length),
-): Uint16Array {
-  for (let i = 0; i < src.length; i++) out[i] = floatToHalf(src[i] ?? 0);
-  return out;
-}
-
 /** Decodes half bit patterns; every half is exact in a Float32Array. */
 export function halfArrayToFloat(
   src: ArrayLike<number>,

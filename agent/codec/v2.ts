@@ -53,33 +53,20 @@ function names(specs: readonly { name: string }[]): string {
 }
 
 /**
- * Splits a raw body into its JSON header and the binary bytes after it (a view, not
- * a copy). Without the header the whole body is JSON and `binary` is undefined.
- */
-export function splitV2Body(
-  body: Buffer,
-  headerLength?: number | string,
-): { json: unknown; binary: Buffer | undefined } {
-  return split(body, headerLength, parseJson);
-}
-
-/**
- * `parseV2Request(...splitV2Body(body, headerLength), model)` for the infer
- * route, with the same result and errors, faster: numeric `inputs[k].data`
- * arrays are read by fast-json.ts into Float64Arrays (views of its scratch,
- * consumed here before anything else parses), never into JS arrays.
+ * Reads an infer request body: the JSON header (the whole body without
+ * `Inference-Header-Content-Length`), then the binary bytes after it (a view,
+ * not a copy), validated against the model. Numeric `inputs[k].data` arrays
+ * are read by fast-json.ts into Float64Arrays (views of its scratch, consumed
+ * here before anything else parses), never into JS arrays; a body it cannot
+ * read goes to JSON.parse, with the same result and errors.
  */
 export function parseV2Body(body: Buffer, headerLength: number | string | undefined, model: ModelIo): V2InferRequest {
-  const { json, binary } = split(body, headerLength, parseFast);
+  const { json, binary } = split(body, headerLength);
   return parseV2Request(json, model, binary);
 }
 
-function split(
-  body: Buffer,
-  headerLength: number | string | undefined,
-  parse: (body: Buffer, end: number) => unknown,
-): { json: unknown; binary: Buffer | undefined } {
-  if (headerLength === undefined) return { json: parse(body, body.length), binary: undefined };
+function split(body: Buffer, headerLength: number | string | undefined): { json: unknown; binary: Buffer | undefined } {
+  if (headerLength === undefined) return { json: parseFast(body, body.length), binary: undefined };
   const n = typeof headerLength === 'number' ? headerLength : /^\d+$/.test(headerLength) ? Number(headerLength) : NaN;
   if (!Number.isSafeInteger(n) || n < 0) {
     throw badRequest(`Inference-Header-Content-Length ${show(headerLength)} is not a byte count`);
@@ -87,7 +74,7 @@ function split(
   if (n > body.length) {
     throw badRequest(`Inference-Header-Content-Length ${n} is longer than the ${body.length}-byte body`);
   }
-  return { json: parse(body, n), binary: body.subarray(n) };
+  return { json: parseFast(body, n), binary: body.subarray(n) };
 }
 
 function parseFast(body: Buffer, end: number): unknown {
@@ -371,26 +358,6 @@ export interface V2ResponseMeta {
   id?: string;
 }
 
-export interface EncodedV2Response {
-  /** Write in order; a single chunk when every output is JSON. */
-  body: Buffer[];
-  /** For `Inference-Header-Content-Length`; undefined when the body is plain JSON. */
-  headerLength: number | undefined;
-  contentType: 'application/json' | 'application/octet-stream';
-}
-
-/** Builds the v2 response, writing binary outputs after the JSON header. */
-export function encodeV2Response(
-  meta: V2ResponseMeta,
-  outputs: readonly HostTensor[],
-  selection: V2OutputSelection,
-): EncodedV2Response {
-  const { header: text, chunks } = encodeV2ResponseParts(meta, outputs, selection);
-  const header = Buffer.from(text, 'utf8');
-  if (chunks.length === 0) return { body: [header], headerLength: undefined, contentType: 'application/json' };
-  return { body: [header, ...chunks], headerLength: header.length, contentType: 'application/octet-stream' };
-}
-
 export interface V2ResponseParts {
   /** The JSON header as text: the whole body when `chunks` is empty. */
   header: string;
@@ -399,8 +366,9 @@ export interface V2ResponseParts {
 }
 
 /**
- * encodeV2Response before it becomes bytes. The header is written as text
- * directly rather than as objects for JSON.stringify: it is exactly
+ * The v2 response: a JSON header, then the binary outputs' bytes (Triton's
+ * binary tensor extension). The header is written as text directly rather
+ * than as objects for JSON.stringify: it is exactly
  * `JSON.stringify({model_name, model_version, id?, outputs: [{name, datatype,
  * shape, data | parameters: {binary_data_size}}]})`.
  */
