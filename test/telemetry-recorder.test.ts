@@ -63,6 +63,12 @@ describe('InferenceRecorder', () => {
     expect(cut.find((p) => p.model === 'ocr')).toMatchObject({ count: 1, errors: 1, clientErrors: 0 });
   });
 
+  it('counts each failure by its kind: the client\'s input apart, every other kind in errors', () => {
+    for (const outcome of ['ok', 'client-input', 'client-input', 'model-fault', 'overload', 'internal'] as const) recorder.record('mnist', 1, outcome, 1);
+    vi.advanceTimersByTime(10_000);
+    expect(points()).toMatchObject([{ count: 6, errors: 3, clientErrors: 2 }]);
+  });
+
   it('starts each interval afresh and writes nothing for an idle one', () => {
     recorder.record('mnist', 1, 'ok', 1);
     vi.advanceTimersByTime(10_000);

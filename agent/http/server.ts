@@ -119,7 +119,7 @@ export class HttpServer {
       if (route && (route.kind === 'v1-predict' || route.kind === 'v2-infer')) {
         this.options.metrics.requests.inc({ model: route.model, version: '', api: route.kind === 'v1-predict' ? 'v1' : 'v2', code: String(status) });
       }
-      if (status >= 500) this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
+      if (failureKind(err) !== 'client-input') this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
     } catch (fatal) {
       this.lastResort(res, fatal);
     }
