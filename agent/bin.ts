@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfigFile } from './config/load.js';
-import { errorMessage } from './errors.js';
+import { EdgefleetError, errorMessage } from './errors.js';
 import { createLogger } from './log.js';
 import { createAgent } from './main.js';
 import { createNotifier } from './systemd/sd-notify.js';
@@ -75,10 +75,14 @@ async function main(): Promise<number> {
   try {
     await agent.start();
   } catch (err) {
-    logger.fatal({ err: errorMessage(err) }, 'agent failed to start');
+    // A file the config names (trust root, TLS material) is read only now; a problem with it is a config error like the others.
+    const configProblem = err instanceof EdgefleetError && err.code === 'CONFIG';
+    if (!configProblem) logger.fatal({ err: errorMessage(err) }, 'agent failed to start');
     await agent.stop().catch(() => undefined);
     logger.flush();
-    return 1;
+    if (!configProblem) return 1;
+    process.stderr.write(`edgefleet-agent: ${new ConfigError(args.values.config, [err.message]).message}\n`);
+    return 2;
   }
   if (!stopping) {
     // READY=1 only now: the HTTP API listens and the models in hand serve.

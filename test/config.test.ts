@@ -1,9 +1,12 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { editDistance, nearestKey } from '../agent/config/issues.js';
 import { ConfigError, loadConfigFile, parseConfig } from '../agent/config/load.js';
 import { labelSchema, modelNameSchema, ProtocolError, topics } from '../protocol/index.js';
+import { REPO } from './helpers/child.js';
 
 function problems(raw: unknown, env: NodeJS.ProcessEnv = {}): string[] {
   try {
@@ -52,6 +55,49 @@ describe('agent config', () => {
     for (const key of ['deviceId', 'groups.1', 'http.port', 'http: unknown key(s) "extra"', 'runtime.executionProviders.1', 'runtime.graphOptimizationLevel', 'models.versionPolicy', '(root): unknown key(s) "surprise"']) {
       expect(found.some((p) => p.startsWith(key))).toBe(true);
     }
+  });
+
+  it('suggests the nearest known key of the same object for an unknown one, case ignored', () => {
+    const found = problems({
+      deviceid: 'pi',
+      mqtt: { url: 'mqtt://h', keepalive: 30, KEEPALIVES: 5, bogus: 1 },
+      trust: '/t.json',
+      http: { prot: 8501 },
+      models: { config: { mnist: { lables: {}, batching: { maxBatchSize: 2, maxQueueDelayMs: 1, maxQueueSzie: 9 } } }, versionPolicy: { latest: { numVersion: 2 } } },
+      telemetry: { health: { schedul: '* * * * *' }, upload: { batchpoints: 5 } },
+      log: { levle: 'info' },
+    });
+    expect(found).toEqual(expect.arrayContaining([
+      '(root): unknown key(s) "deviceid" (did you mean deviceId?)',
+      'mqtt: unknown key(s) "keepalive" (did you mean keepaliveS?), "KEEPALIVES" (did you mean keepaliveS?), "bogus"',
+      'http: unknown key(s) "prot" (did you mean port?)',
+      'models.config.mnist: unknown key(s) "lables" (did you mean labels?)',
+      'models.config.mnist.batching: unknown key(s) "maxQueueSzie" (did you mean maxQueueSize?)',
+      'models.versionPolicy.latest: unknown key(s) "numVersion" (did you mean numVersions?)',
+      'telemetry.health: unknown key(s) "schedul" (did you mean schedule?)',
+      'telemetry.upload: unknown key(s) "batchpoints" (did you mean batchPoints?)',
+      'log: unknown key(s) "levle" (did you mean level?)',
+    ]));
+    // Only keys of the same level are offered: "dir" lives in models, not in http.
+    expect(problems({ deviceId: 'pi', http: { dir: '/m' } })).toEqual(['http: unknown key(s) "dir"']);
+    // A union of objects names the keys it takes.
+    expect(problems({ deviceId: 'pi', models: { versionPolicy: { lates: {} } } })).toEqual([
+      'models.versionPolicy: unknown key(s) "lates" (did you mean latest?); must be an object with one of the keys latest, all, specific',
+    ]);
+  });
+
+  it('counts edits, a swap of neighbours as one, and offers only near keys', () => {
+    expect(editDistance('keepalive', 'keepalives')).toBe(1);
+    expect(editDistance('levle', 'level')).toBe(1);
+    expect(editDistance('', 'abc')).toBe(3);
+    expect(editDistance('kitten', 'sitting')).toBe(3);
+    expect(nearestKey('Port', ['host', 'port'])).toBe('port');
+    expect(nearestKey('prot', ['host', 'port'])).toBe('port');
+    expect(nearestKey('post', ['host', 'port'])).toBe('host'); // one edit from both: the first listed wins
+    expect(nearestKey('url', ['uri'])).toBe('uri');
+    expect(nearestKey('port', ['host'])).toBeUndefined();
+    expect(nearestKey('surprise', ['deviceId', 'groups', 'stateDir', 'trust', 'mqtt'])).toBeUndefined();
+    expect(nearestKey('x', [])).toBeUndefined();
   });
 
   it('requires a trust root and paired client certificate when mqtt is set', () => {
@@ -112,5 +158,65 @@ describe('agent config', () => {
     for (const root of ['edgefleet', 'acme/edgefleet', '/edgefleet', 'a//b', 'a/', 'a/+', 'a#']) {
       expect(config({ mqtt: { url: 'mqtt://h', topicRoot: root } }), root).toBe(accepts(() => topics.trust(root)));
     }
+  });
+});
+
+/** Runs the real agent entry point, as systemd would, until it exits on its own. */
+function runAgent(configFile: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'agent', 'bin.ts'), '--config', configFile], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`agent did not exit:\n${stdout}${stderr}`));
+    }, 25_000);
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('edgefleet-agent refusing its configuration', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'edgefleet-cfg-child-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  async function configFile(name: string, config: Record<string, unknown>): Promise<string> {
+    const file = join(dir, name);
+    const base = { deviceId: 'child', stateDir: join(dir, 'state'), http: { port: 0 }, runtime: { executionProviders: ['cpu'], warmupRuns: 0 } };
+    await writeFile(file, JSON.stringify({ ...base, ...config }));
+    return file;
+  }
+
+  it('a missing or unreadable trust file: plain text naming the file, exit 2', async () => {
+    const missing = join(dir, 'missing-trust.json');
+    const mqtt = { url: 'mqtt://127.0.0.1:1' };
+    const file = await configFile('missing-trust.json.conf', { mqtt, trust: missing });
+    const run = await runAgent(file);
+    expect(run.code, run.stdout + run.stderr).toBe(2);
+    expect(run.stderr).toBe(`edgefleet-agent: invalid configuration in ${file}:\n  trust: cannot use ${missing}: file not found\n`);
+
+    const folder = join(dir, 'trust-folder');
+    await mkdir(folder, { recursive: true });
+    const other = await configFile('folder-trust.conf', { mqtt, trust: folder });
+    const unreadable = await runAgent(other);
+    expect(unreadable.code).toBe(2);
+    expect(unreadable.stderr).toBe(`edgefleet-agent: invalid configuration in ${other}:\n  trust: cannot use ${folder}: cannot read (EISDIR)\n`);
+  });
+
+  it('an unknown key: exit 2, with the nearest known key', async () => {
+    const file = await configFile('typo.conf', { htpp: { port: 0 } });
+    const run = await runAgent(file);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toBe(`edgefleet-agent: invalid configuration in ${file}:\n  (root): unknown key(s) "htpp" (did you mean http?)\n`);
+    expect(run.stdout).toBe('');
   });
 });

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import type { z } from 'zod';
 import { EdgefleetError, errorMessage } from '../errors.js';
+import { formatIssues } from './issues.js';
 import { configSchema, type AgentConfig } from './schema.js';
 
 /**
@@ -18,15 +18,6 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; type: 'string' | 'i
   EDGEFLEET_MODELS_DIR: { path: ['models', 'dir'], type: 'string' },
   EDGEFLEET_LOG_LEVEL: { path: ['log', 'level'], type: 'string' },
 };
-
-/** Formats every problem, one per line, with the key path that has it. */
-export function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
-  return issues.map((issue) => {
-    const where = issue.path.length > 0 ? issue.path.join('.') : '(root)';
-    if (issue.code === 'unrecognized_keys') return `${where}: unknown key(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
-    return `${where}: ${issue.message}`;
-  });
-}
 
 export class ConfigError extends EdgefleetError {
   readonly problems: string[];
@@ -58,7 +49,7 @@ export function parseConfig(raw: unknown, options: { source?: string; env?: Node
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(source, ['(root): must be a JSON object']);
   const merged = applyEnv(structuredClone(raw) as Record<string, unknown>, options.env ?? {});
   const result = configSchema.safeParse(merged);
-  if (!result.success) throw new ConfigError(source, formatIssues(result.error.issues));
+  if (!result.success) throw new ConfigError(source, formatIssues(result.error.issues, configSchema));
   const config = result.data;
   const problems: string[] = [];
   if (config.mqtt && !config.trust) problems.push('trust: required when mqtt is set (the trust root verifies every rollout)');
