@@ -16,6 +16,7 @@ import { VersionLoader } from './serving/loader.js';
 import { ModelRegistry } from './serving/registry.js';
 import { ModelRepository } from './serving/repository.js';
 import { AgentDatabase, agentDatabasePath, kv } from './store/database.js';
+import { StateDirLock } from './store/state-lock.js';
 import { HealthSampler } from './telemetry/health.js';
 import { Metrics } from './telemetry/metrics.js';
 import { TelemetryOutbox } from './telemetry/outbox.js';
@@ -59,7 +60,8 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   const outbox = config.mqtt ? new TelemetryOutbox({ database: () => database as AgentDatabase, ...config.telemetry.buffer, logger: telemetryLog }) : undefined;
   const recorder = outbox ? new InferenceRecorder({ sink: outbox, intervalS: config.telemetry.intervalS, logger: telemetryLog }) : undefined;
   const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
-  const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), runtime];
+  // The lock comes before anything that touches the state directory or the broker.
+  const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), new StateDirLock(config.stateDir), runtime];
   let reporter: Reporter | undefined;
 
   if (config.mqtt) {
