@@ -2,7 +2,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
@@ -12,8 +12,6 @@ import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { MqttConfig } from '../agent/mqtt/connection.js';
 import { backoffDelay, MqttConnection } from '../agent/mqtt/connection.js';
-import type { EmbeddedBroker } from '../demo/broker.js';
-import { startEmbeddedBroker } from '../demo/broker.js';
 import { parseStatus } from '../protocol/index.js';
 import { MOSQUITTO_BIN, mosquittoSkipReason, startMosquitto } from './helpers/mosquitto.js';
 import type { Mosquitto } from './helpers/mosquitto.js';
@@ -41,16 +39,23 @@ interface Seen {
   retain: boolean;
 }
 
+/** The MQTT versions every connection test runs over, and how Mosquitto's log names each (p2 is 3.1.1). */
+const VERSIONS = [
+  { protocolVersion: 5, name: 'MQTT 5', logged: 'p5' },
+  { protocolVersion: 4, name: 'MQTT 3.1.1', logged: 'p2' },
+] as const;
+type ProtocolVersion = (typeof VERSIONS)[number]['protocolVersion'];
+
 /** A plain mqtt.js client that records what arrives on `filter`. */
-async function watch(url: string, filter: string): Promise<{ client: MqttClient; seen: Seen[] }> {
-  const client = await connectAsync(url, { protocolVersion: 5, clientId: `watch-${uid()}`, reconnectPeriod: 100 });
+async function watch(url: string, filter: string, protocolVersion: ProtocolVersion): Promise<{ client: MqttClient; seen: Seen[] }> {
+  const client = await connectAsync(url, { protocolVersion, clientId: `watch-${uid()}`, reconnectPeriod: 100 });
   const seen: Seen[] = [];
   client.on('message', (topic, payload, packet) => seen.push({ topic, text: payload.toString(), retain: packet.retain }));
   await client.subscribeAsync(filter, { qos: 1 });
   return { client, seen };
 }
 
-const cfg = (url: string, extra: Partial<MqttConfig> = {}): MqttConfig => ({ url, topicRoot: `t${uid()}`, keepaliveS: 30, ...extra });
+const baseCfg = (url: string, extra: Partial<MqttConfig> = {}): MqttConfig => ({ url, topicRoot: `t${uid()}`, keepaliveS: 30, ...extra });
 
 function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -72,12 +77,17 @@ describe('backoffDelay', () => {
   });
 });
 
-describe.skipIf(skip)(`MqttConnection against Mosquitto${skip ? ` (skipped: ${skip})` : ''}`, () => {
+/*
+ * One suite over both MQTT versions the agent speaks (MQTT.js's
+ * abstract_client pattern), each against its own real Mosquitto.
+ */
+describe.skipIf(skip).each(VERSIONS)(`MqttConnection over $name against Mosquitto${skip ? ` (skipped: ${skip})` : ''}`, ({ protocolVersion, logged }) => {
   let broker: Mosquitto;
   const cleanups: (() => Promise<unknown>)[] = [];
+  const cfg = (url: string, extra: Partial<MqttConfig> = {}): MqttConfig => baseCfg(url, { protocolVersion, ...extra });
 
   beforeAll(async () => {
-    broker = await startMosquitto();
+    broker = await startMosquitto({ logTypes: ['notice'] });
   });
   afterAll(async () => {
     await broker?.stop();
@@ -92,17 +102,23 @@ describe.skipIf(skip)(`MqttConnection against Mosquitto${skip ? ` (skipped: ${sk
     return conn;
   }
   async function watcher(filter: string): Promise<Seen[]> {
-    const { client, seen } = await watch(broker.url, filter);
+    const { client, seen } = await watch(broker.url, filter, protocolVersion);
     cleanups.push(() => client.endAsync(true));
     return seen;
   }
 
-  it('connects, publishes retained online status and round-trips messages', async () => {
+  it('connects with that version, publishes retained online status and round-trips messages', async () => {
     let connects = 0;
-    const conn = connection(cfg(broker.url), { onConnect: () => (connects += 1) });
+    const deviceId = `dev-${uid()}`;
+    const conn = connection(cfg(broker.url), { deviceId, onConnect: () => (connects += 1) });
     await conn.start();
     expect(conn.connected).toBe(true);
     expect(connects).toBe(1);
+    expect(conn.client.options.protocolVersion).toBe(protocolVersion);
+    // The broker saw that protocol level, a persistent session (c0) and the configured keepalive.
+    await waitForAsync(async () => (await readFile(broker.logFile ?? '', 'utf8')).includes(`as ${deviceId} (${logged}, c0, k30)`), 'broker log of the connect');
+    // Only MQTT 5 can ask for a session expiry: a 3.1.1 CONNECT with properties is malformed.
+    expect(conn.client.options.properties?.sessionExpiryInterval).toBe(protocolVersion === 5 ? 7 * 24 * 3600 : undefined);
     const status = await watcher(conn.statusTopic);
     const retained = await waitFor(() => status.find((m) => m.retain), 'retained status');
     const parsed = parseStatus(retained.text);
@@ -140,7 +156,7 @@ describe.skipIf(skip)(`MqttConnection against Mosquitto${skip ? ` (skipped: ${sk
     await first.start();
     await first.subscribe(`${config.topicRoot}/cmd`);
     await first.stop();
-    const publisher = await connectAsync(broker.url, { protocolVersion: 5, clientId: `pub-${uid()}` });
+    const publisher = await connectAsync(broker.url, { protocolVersion, clientId: `pub-${uid()}` });
     cleanups.push(() => publisher.endAsync(true));
     await publisher.publishAsync(`${config.topicRoot}/cmd`, 'while-away', { qos: 1 });
     const second = connection(config, { deviceId });
@@ -173,7 +189,7 @@ describe.skipIf(skip)(`MqttConnection against Mosquitto${skip ? ` (skipped: ${sk
     expect(parseStatus(retained.text).online).toBe(true);
     expect(Date.parse(parseStatus(retained.text).ts ?? '')).toBeGreaterThan(firstTs);
     // The subscription survived the restart (persistent session, or resubscribed).
-    const publisher = await connectAsync(broker.url, { protocolVersion: 5, clientId: `pub-${uid()}` });
+    const publisher = await connectAsync(broker.url, { protocolVersion, clientId: `pub-${uid()}` });
     cleanups.push(() => publisher.endAsync(true));
     await publisher.publishAsync(`${conn.topicRoot}/after`, 'hello', { qos: 1 });
     await waitFor(() => inbox.includes('hello'), 'message after restart');
@@ -282,9 +298,11 @@ function makePki(dir: string, deviceId: string): void {
   }
 }
 
-describe.skipIf(skip || opensslMissing)(`MqttConnection with TLS and passwords${skip || opensslMissing ? ' (skipped)' : ''}`, () => {
+// Over both versions too: a refused CONNACK differs between them (a 3.1.1 return code, an MQTT 5 reason code).
+describe.skipIf(skip || opensslMissing).each(VERSIONS)(`MqttConnection with TLS and passwords over $name${skip || opensslMissing ? ' (skipped)' : ''}`, ({ protocolVersion }) => {
   let dir: string;
   const cleanups: (() => Promise<unknown>)[] = [];
+  const cfg = (url: string, extra: Partial<MqttConfig> = {}): MqttConfig => baseCfg(url, { protocolVersion, ...extra });
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'edgefleet-tls-'));
@@ -340,64 +358,5 @@ describe.skipIf(skip || opensslMissing)(`MqttConnection with TLS and passwords${
     cleanups.push(() => refused.stop());
     await refused.start();
     expect(refused.connected).toBe(false);
-  });
-});
-
-describe('MqttConnection over MQTT 3.1.1 (mqtt.protocolVersion 4) against aedes', () => {
-  let broker: EmbeddedBroker;
-  const cleanups: (() => Promise<unknown>)[] = [];
-
-  beforeAll(async () => {
-    broker = await startEmbeddedBroker({ port: 0 });
-  });
-  afterAll(async () => {
-    await broker?.stop();
-  });
-  afterEach(async () => {
-    for (const c of cleanups.splice(0).reverse()) await c();
-  });
-
-  const v4 = (): MqttConfig => cfg(broker.url, { protocolVersion: 4 });
-  function connection(config: MqttConfig, deviceId = `dev-${uid()}`): MqttConnection {
-    const conn = new MqttConnection({ config, deviceId, logger, startWaitMs: 5000 });
-    cleanups.push(() => conn.stop());
-    return conn;
-  }
-  async function watcher(filter: string): Promise<Seen[]> {
-    const client = await connectAsync(broker.url, { protocolVersion: 4, clientId: `watch-${uid()}`, reconnectPeriod: 100 });
-    cleanups.push(() => client.endAsync(true));
-    const seen: Seen[] = [];
-    client.on('message', (topic, payload, packet) => seen.push({ topic, text: payload.toString(), retain: packet.retain }));
-    await client.subscribeAsync(filter, { qos: 1 });
-    return seen;
-  }
-
-  it('connects, publishes a retained online status, leaves its will when the socket dies, and reconnects', async () => {
-    const conn = connection(v4());
-    await conn.start();
-    expect(conn.connected).toBe(true);
-    expect(conn.client.options.protocolVersion).toBe(4);
-    const status = await watcher(conn.statusTopic);
-    await waitFor(() => status.find((m) => m.retain && parseStatus(m.text).online), 'retained online status');
-    conn.client.stream.destroy();
-    const will = await waitFor(() => status.find((m) => JSON.parse(m.text).online === false), 'last will');
-    await waitFor(() => status.slice(status.indexOf(will)).find((m) => JSON.parse(m.text).online === true), 'online again');
-  });
-
-  it('keeps its session across a clean stop: QoS 1 messages sent while away arrive on the next start', async () => {
-    const deviceId = `dev-${uid()}`;
-    const config = v4();
-    const first = connection(config, deviceId);
-    await first.start();
-    await first.subscribe(`${config.topicRoot}/cmd`);
-    await first.stop();
-    const publisher = await connectAsync(broker.url, { protocolVersion: 4, clientId: `pub-${uid()}` });
-    cleanups.push(() => publisher.endAsync(true));
-    await publisher.publishAsync(`${config.topicRoot}/cmd`, 'while-away', { qos: 1 });
-    const second = connection(config, deviceId);
-    const inbox: string[] = [];
-    second.onMessage((_topic, payload) => inbox.push(payload.toString()));
-    await second.start();
-    await waitFor(() => inbox.includes('while-away'), 'queued message');
   });
 });
