@@ -1,12 +1,12 @@
-import { createHash, webcrypto, type Hash } from 'node:crypto';
-import { mkdir, open } from 'node:fs/promises';
-import type { FileHandle } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { webcrypto } from 'node:crypto';
 import type { Logger } from 'pino';
 import { blockCount } from '../../protocol/manifest.js';
 import type { AgentDatabase } from '../store/database.js';
-import { fsyncDir } from '../store/fs-atomic.js';
+import { BlockProgress } from './block-progress.js';
 import { RolloutError } from './errors.js';
+import { InOrderHash, readBackSha256 } from './file-hash.js';
+import { StagingFile } from './staging-file.js';
+import { SubscriptionBatch } from './subscription-batch.js';
 
 /**
  * Pulls one artifact's blocks from the broker (docs/protocol.md section 5): retained
@@ -15,12 +15,10 @@ import { RolloutError } from './errors.js';
  * network: a block that arrives frees its place at once, and its check and
  * write run behind it (bounded by 2 windows of bytes in memory).
  *
- * Progress is durable: a block is recorded in `artifact_blocks` only after its
- * bytes are fsynced in the staging file (group commit), so a restart asks only
- * for what is missing and never trusts half-written bytes. The rows are
- * committed without a WAL fsync of their own (AgentDatabase.relaxed): a kill
- * keeps them, power loss may drop the last few, which only means those blocks
- * are fetched again.
+ * Progress is durable (block-progress.ts): a block is recorded only after its
+ * bytes are fsynced in the staging file (staging-file.ts), so a restart asks
+ * only for what is missing and never trusts half-written bytes. The whole
+ * file's hash is fed as blocks come (file-hash.ts).
  */
 
 type MessageListener = (topic: string, payload: Buffer) => void;
@@ -82,11 +80,6 @@ interface Slot {
   timer: NodeJS.Timeout | undefined;
 }
 
-/** Forgets an artifact's pull progress, so the next pull starts from scratch. */
-export function clearArtifactProgress(db: AgentDatabase, sha256: string): void {
-  db.db.prepare('DELETE FROM artifact_blocks WHERE sha256 = ?').run(sha256);
-}
-
 export class BlockPuller {
   /** Subscriptions made (first asks, re-asks, re-subscriptions after reconnect). */
   blocksRequested = 0;
@@ -104,29 +97,21 @@ export class BlockPuller {
   private readonly maxBlockRetries: number;
   private readonly giveUpAfterMs: number;
   private readonly log: Logger;
-  private fh: FileHandle | undefined;
+  private readonly requests: SubscriptionBatch;
+  private readonly progress: BlockProgress;
+  private staging: StagingFile | undefined;
+  /** The running whole-file hash (a fresh pull only; a resumed one reads the file back). */
+  private fileHash: InOrderHash | undefined;
   /** Missing blocks not yet asked for, in order. */
   private queue: number[] = [];
   private readonly outstanding = new Map<number, Slot>();
   /** Blocks that failed their check so far, by index. */
   private readonly hashFailures = new Map<number, number>();
-  /** Written to the staging file but not yet fsynced. */
-  private written: number[] = [];
-  private durable = 0;
   /** Blocks being verified and written. */
   private readonly pipeline = new Set<Promise<void>>();
   /** Bytes received and not yet written; the window stops growing past maxBuffered. */
   private buffered = 0;
   private readonly maxBuffered: number;
-  /** The running whole-file hash (a fresh pull only; see hashInOrder). */
-  private fileHash: Hash | undefined;
-  private hashNext = 0;
-  private readonly hashAhead = new Map<number, Buffer>();
-  private hashAheadBytes = 0;
-  private toSubscribe: string[] = [];
-  private toUnsubscribe: string[] = [];
-  private requestsQueued = false;
-  private flushing: Promise<void> | undefined;
   private ioFailed = false;
   private stallTimer: NodeJS.Timeout | undefined;
   private started = false;
@@ -150,6 +135,18 @@ export class BlockPuller {
     this.giveUpAfterMs = options.giveUpAfterMs ?? 600_000;
     this.log = options.logger.child({ component: 'block-puller', artifact: artifact.sha256 });
     this.maxBuffered = 2 * this.window * artifact.blockSize;
+    this.requests = new SubscriptionBatch(this.client, this.log);
+    this.progress = new BlockProgress({
+      db: options.db,
+      sha256: artifact.sha256,
+      total: this.total,
+      sync: () => this.openStaging().sync(),
+      onDurable: (durable) => {
+        this.options.onProgress?.(durable, this.total);
+        if (durable >= this.total) this.settle?.resolve();
+      },
+      onError: (err) => this.ioFail(err),
+    });
   }
 
   /** Resolves once the whole staging file is in and matches size and sha256. Call once. */
@@ -157,15 +154,15 @@ export class BlockPuller {
     if (this.started) throw new Error('BlockPuller.pull() may only be called once');
     this.started = true;
     try {
-      const kept = await this.openStaging();
-      if (!kept) clearArtifactProgress(this.options.db, this.artifact.sha256);
-      const done = this.loadDone();
-      this.durable = done.size;
+      const { file, kept } = await StagingFile.open(this.options.stagingFile, this.artifact.size);
+      this.staging = file;
+      if (!kept) this.progress.clear();
+      const done = this.progress.load();
       this.queue = [];
       for (let i = 0; i < this.total; i++) if (!done.has(i)) this.queue.push(i);
-      if (done.size === 0) this.fileHash = createHash('sha256');
+      if (done.size === 0) this.fileHash = new InOrderHash();
       this.log.info({ blocks: this.total, missing: this.queue.length }, 'pulling artifact blocks');
-      this.options.onProgress?.(this.durable, this.total);
+      this.options.onProgress?.(done.size, this.total);
       if (this.aborted) throw abortedError();
       if (this.queue.length > 0) await this.receiveAll();
       await this.verifyFile();
@@ -181,36 +178,15 @@ export class BlockPuller {
     this.fail(abortedError());
   }
 
-  private async openStaging(): Promise<boolean> {
-    const file = this.options.stagingFile;
-    await mkdir(dirname(file), { recursive: true });
-    let kept = true;
-    try {
-      this.fh = await open(file, 'r+');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      this.fh = await open(file, 'w+');
-      kept = false;
-    }
-    const { size } = await this.fh.stat();
-    if (size !== this.artifact.size) {
-      // Sparse: blocks fill it in any order. A file of another size cannot
-      // hold the recorded blocks, so their rows are not trusted either.
-      kept = false;
-      await this.fh.truncate(this.artifact.size);
-    }
-    if (!kept) {
-      await this.fh.sync();
-      await fsyncDir(dirname(file)); // the name must outlive power loss before any row refers to it
-    }
-    return kept;
+  private openStaging(): StagingFile {
+    if (!this.staging) throw new Error('staging file is not open');
+    return this.staging;
   }
 
-  private loadDone(): Set<number> {
-    const rows = this.options.db.db
-      .prepare<[string], { idx: number }>('SELECT idx FROM artifact_blocks WHERE sha256 = ?')
-      .all(this.artifact.sha256);
-    return new Set(rows.map((r) => r.idx).filter((i) => i >= 0 && i < this.total));
+  private ioFail(err: unknown): void {
+    this.ioFailed = true;
+    this.progress.halt();
+    this.fail(err);
   }
 
   private receiveAll(): Promise<void> {
@@ -249,39 +225,13 @@ export class BlockPuller {
     // QoS 0 delivery: a block lost with a connection is asked again on connect
     // (see onConnect) rather than resent by the broker from the session, which
     // would resend whole windows the device had already received.
-    this.request('sub', i);
+    this.requests.subscribe(this.topic(i));
     this.armTimer(i, slot);
   }
 
   private unsubscribe(i: number): void {
-    this.request('unsub', i);
+    this.requests.unsubscribe(this.topic(i));
   }
-
-  /**
-   * Subscribes and unsubscribes made in one event-loop turn go out as one
-   * UNSUBSCRIBE and one SUBSCRIBE packet (MQTT carries a list of topics in
-   * each), in that order, so an unsubscribe-then-subscribe re-ask stays one.
-   */
-  private request(kind: 'sub' | 'unsub', i: number): void {
-    (kind === 'sub' ? this.toSubscribe : this.toUnsubscribe).push(this.topic(i));
-    if (this.requestsQueued) return;
-    this.requestsQueued = true;
-    queueMicrotask(this.sendRequests);
-  }
-
-  private readonly sendRequests = (): void => {
-    this.requestsQueued = false;
-    const unsub = this.toUnsubscribe;
-    const sub = this.toSubscribe;
-    this.toUnsubscribe = [];
-    this.toSubscribe = [];
-    if (unsub.length > 0) {
-      this.client.unsubscribeAsync(unsub).catch((err: unknown) => this.log.debug({ err, topics: unsub.length }, 'unsubscribe failed'));
-    }
-    if (sub.length > 0) {
-      this.client.subscribeAsync(sub, { qos: 0 }).catch((err: unknown) => this.log.debug({ err, topics: sub.length }, 'subscribe failed'));
-    }
-  };
 
   /** Unsubscribing first makes the broker deliver the retained block again on subscribe. */
   private reask(i: number, slot: Slot): void {
@@ -367,50 +317,17 @@ export class BlockPuller {
         return;
       }
       this.stallTimer?.refresh();
-      this.hashInOrder(i, payload);
-      const fh = this.fh;
-      if (!fh || this.ioFailed) return;
-      await fh.write(payload, 0, payload.length, i * this.artifact.blockSize);
-      this.written.push(i);
-      this.kickFlush();
+      this.fileHash?.add(i, payload);
+      const staging = this.staging;
+      if (!staging || this.ioFailed) return;
+      await staging.write(payload, i * this.artifact.blockSize);
+      this.progress.written(i);
     } catch (err) {
-      this.ioFailed = true;
-      this.fail(err);
+      this.ioFail(err);
     } finally {
       this.buffered -= payload.length;
       this.fillWindow();
     }
-  }
-
-  /**
-   * The whole-file sha256, fed block by block in order as they are verified,
-   * so that the check at the end needs no second pass over the file. Blocks
-   * verified ahead of a gap wait in memory up to MAX_HASH_AHEAD_BYTES; past
-   * that (a block keeps failing to come) the running hash is dropped and the
-   * file is read back at the end instead, as it is on a resumed pull.
-   */
-  private hashInOrder(i: number, payload: Buffer): void {
-    if (!this.fileHash) return;
-    if (i !== this.hashNext) {
-      this.hashAhead.set(i, payload);
-      this.hashAheadBytes += payload.length;
-      if (this.hashAheadBytes > MAX_HASH_AHEAD_BYTES) this.dropFileHash();
-      return;
-    }
-    this.fileHash.update(payload);
-    this.hashNext++;
-    for (let next = this.hashAhead.get(this.hashNext); next; next = this.hashAhead.get(this.hashNext)) {
-      this.hashAhead.delete(this.hashNext);
-      this.hashAheadBytes -= next.length;
-      this.fileHash.update(next);
-      this.hashNext++;
-    }
-  }
-
-  private dropFileHash(): void {
-    this.fileHash = undefined;
-    this.hashAhead.clear();
-    this.hashAheadBytes = 0;
   }
 
   private onBadBlock(i: number, length: number): void {
@@ -444,44 +361,6 @@ export class BlockPuller {
     );
   }
 
-  /**
-   * Group commit: one fsync covers every block written before it started;
-   * blocks written meanwhile wait for the next. Fast disks sync per block,
-   * slow ones batch themselves.
-   */
-  private kickFlush(): void {
-    if (this.flushing || this.ioFailed) return;
-    this.flushing = this.flushLoop()
-      .catch((err: unknown) => {
-        this.ioFailed = true;
-        this.fail(err);
-      })
-      .finally(() => {
-        this.flushing = undefined;
-        if (this.written.length > 0) this.kickFlush(); // written after the loop's last check
-      });
-  }
-
-  private async flushLoop(): Promise<void> {
-    const fh = this.fh;
-    if (!fh) return;
-    const insert = this.options.db.db.prepare<[string, number]>(
-      'INSERT OR IGNORE INTO artifact_blocks (sha256, idx) VALUES (?, ?)',
-    );
-    const record = this.options.db.db.transaction((batch: number[]) => {
-      for (const i of batch) insert.run(this.artifact.sha256, i);
-    });
-    while (this.written.length > 0) {
-      const batch = this.written;
-      this.written = [];
-      await fh.sync(); // the bytes are durable before a row says so
-      this.options.db.relaxed(() => record(batch));
-      this.durable += batch.length;
-      this.options.onProgress?.(this.durable, this.total);
-      if (this.durable >= this.total) this.settle?.resolve();
-    }
-  }
-
   private stopReceiving(): void {
     this.settle = undefined;
     this.client.off('message', this.onMessage);
@@ -498,32 +377,20 @@ export class BlockPuller {
   private async cleanup(): Promise<void> {
     this.stopReceiving();
     while (this.pipeline.size > 0) await Promise.allSettled([...this.pipeline]);
-    while (this.flushing) await this.flushing;
-    const fh = this.fh;
-    this.fh = undefined;
-    await fh?.close();
+    await this.progress.settled();
+    const staging = this.staging;
+    this.staging = undefined;
+    await staging?.close();
   }
 
   private async verifyFile(): Promise<void> {
-    const fh = this.fh;
-    if (!fh) throw new Error('staging file is not open');
-    const { size } = await fh.stat();
-    let hash = this.fileHash;
-    if (!hash || this.hashNext !== this.total) {
-      hash = createHash('sha256');
-      const buffer = Buffer.alloc(1 << 20);
-      for (let position = 0; position < size; ) {
-        const { bytesRead } = await fh.read(buffer, 0, buffer.length, position);
-        if (bytesRead === 0) break;
-        hash.update(buffer.subarray(0, bytesRead));
-        position += bytesRead;
-      }
-    }
-    const digest = hash.digest('hex');
+    const staging = this.openStaging();
+    const size = await staging.size();
+    const digest = this.fileHash?.digest(this.total) ?? (await readBackSha256(staging, size));
     if (size === this.artifact.size && digest === this.artifact.sha256.toLowerCase()) return;
     // Every block matched yet the whole does not: the manifest is inconsistent.
     // Start from scratch next time rather than trust any of these blocks.
-    clearArtifactProgress(this.options.db, this.artifact.sha256);
+    this.progress.clear();
     throw new BlockPullError(
       'FILE_HASH',
       `artifact ${this.artifact.sha256} is ${size} bytes with sha256 ${digest}; ` +
@@ -533,9 +400,6 @@ export class BlockPuller {
 }
 
 const { subtle } = webcrypto;
-
-/** Verified blocks kept for the running whole-file hash while an earlier one is missing. */
-const MAX_HASH_AHEAD_BYTES = 8 * 1024 * 1024;
 
 function hex(digest: ArrayBuffer): string {
   return Buffer.from(digest).toString('hex');
