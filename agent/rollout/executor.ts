@@ -151,6 +151,8 @@ export class StepExecutor {
     const servable = await loader.load(name, version, bytes, {
       batching: manifest.runtime?.batching && { maxQueueSize: 1024, ...manifest.runtime.batching },
       selfTest: manifest.selfTest && ((s) => runSelfTest(s, manifest.selfTest as NonNullable<Manifest['selfTest']>)),
+      // The self-test's inputs are real input for the model: warm up on them rather than on a generated one.
+      warmup: manifest.selfTest && { from: 'self-test', requests: [{ inputs: manifest.selfTest.inputs }] },
     });
     events.emit({ type: 'load.completed', name, version, executionProvider: servable.session.executionProvider });
   }

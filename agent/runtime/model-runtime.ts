@@ -1,20 +1,18 @@
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.js';
-import { EdgefleetError, errorMessage } from '../errors.js';
 import { loadOrt, type Ort } from './ort.js';
 import { probeProviders, type ProviderReport } from './providers.js';
 import { createSession, type ModelSession } from './session.js';
-import { warmupInputs } from './warmup.js';
+import { warmUp, type WarmupOutcome, type WarmupRequests } from './warmup.js';
 
 export interface LoadedSession {
   session: ModelSession;
   loadMs: number;
-  warmupMs: number;
 }
 
 /**
  * Owns ONNX Runtime: loads the library (telemetry off), probes the execution
- * providers once at start, and turns model bytes into warmed sessions.
+ * providers once at start, turns model bytes into sessions and warms them up.
  */
 export class ModelRuntime {
   private ort: Ort | undefined;
@@ -38,22 +36,18 @@ export class ModelRuntime {
     return this.report;
   }
 
-  /** Loads and warms a model; a model that cannot run its warm-up is not returned. */
+  /** Loads a model into a session; warming it up is the caller's next step (warmUp). */
   async load(bytes: Uint8Array, log: Logger): Promise<LoadedSession> {
     if (!this.ort) throw new Error('ModelRuntime used before start()');
     const t0 = performance.now();
     const session = await createSession(this.ort, bytes, this.providers.available, this.options.config, (ep, reason) =>
       log.warn({ executionProvider: ep, reason }, 'execution provider rejected the model; falling back to the next'),
     );
-    const loadMs = performance.now() - t0;
-    try {
-      const inputs = warmupInputs(session.inputs);
-      const t1 = performance.now();
-      for (let i = 0; i < this.options.config.warmupRuns; i++) await session.run(inputs);
-      return { session, loadMs, warmupMs: performance.now() - t1 };
-    } catch (err) {
-      await session.release();
-      throw new EdgefleetError('MODEL_LOAD', `warm-up run failed: ${errorMessage(err)}`, { cause: err });
-    }
+    return { session, loadMs: performance.now() - t0 };
+  }
+
+  /** Runs `runtime.warmupRuns` warm-ups on the given requests, or on a generated input without them (see warmup.ts). */
+  warmUp(session: ModelSession, given: WarmupRequests | undefined): Promise<WarmupOutcome> {
+    return warmUp(session, given, this.options.config.warmupRuns);
   }
 }

@@ -2,19 +2,23 @@ import type { Logger } from 'pino';
 import type { BatchingConfig } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import type { ModelRuntime } from '../runtime/model-runtime.js';
+import type { ModelSession } from '../runtime/session.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { ModelRegistry } from './registry.js';
 import { Servable } from './servable.js';
+import { resolveWarmup, type WarmupSource } from './warmup-file.js';
 
 export interface LoadOptions {
   batching?: BatchingConfig | undefined;
   /** Runs on the loaded servable before it takes traffic; throwing rejects the version. */
   selfTest?: (servable: Servable) => Promise<void>;
+  /** Real input to warm up with; without any, a generated input whose failure only warns. */
+  warmup?: WarmupSource | undefined;
 }
 
 /**
  * Loads a model version beside whatever serves now and switches it in only
- * once it has loaded, warmed up and passed its self-test. Until then the
+ * once it has loaded, passed its self-test and warmed up. Until then the
  * versions already serving keep serving.
  */
 export class VersionLoader {
@@ -30,11 +34,18 @@ export class VersionLoader {
       const batchLabels = { model: name, version: String(version) };
       servable = new Servable(name, version, loaded.session, options.batching, (_requests, rows) => metrics.batchRows.observe(batchLabels, rows));
       await options.selfTest?.(servable);
+      const warm = await this.warmUp(loaded.session, options.warmup, log);
       metrics.loadSeconds.set({ model: name, version: String(version), provider: loaded.session.executionProvider }, loaded.loadMs / 1000);
-      metrics.warmupSeconds.set({ model: name, version: String(version) }, loaded.warmupMs / 1000);
+      metrics.warmupSeconds.set({ model: name, version: String(version) }, warm.ms / 1000);
       registry.activate(servable);
       log.info(
-        { executionProvider: loaded.session.executionProvider, loadMs: round(loaded.loadMs), warmupMs: round(loaded.warmupMs), batching: servable.runner.batcher !== undefined },
+        {
+          executionProvider: loaded.session.executionProvider,
+          loadMs: round(loaded.loadMs),
+          warmupMs: round(warm.ms),
+          warmedUpOn: warm.on,
+          batching: servable.runner.batcher !== undefined,
+        },
         'model version available',
       );
       return servable;
@@ -46,6 +57,19 @@ export class VersionLoader {
       log.error({ err: message }, 'model version failed to load; versions already serving keep serving');
       throw err;
     }
+  }
+
+  /** Warms a loaded session up; says on what, for the log. */
+  private async warmUp(session: ModelSession, source: WarmupSource | undefined, log: Logger): Promise<{ ms: number; on: string }> {
+    const given = source && (await resolveWarmup(source, session));
+    const warm = await this.deps.runtime.warmUp(session, given);
+    if (given !== undefined) return { ms: warm.ms, on: given.source };
+    if (warm.input === 'given' || warm.failure === undefined) return { ms: warm.ms, on: 'a generated input' };
+    log.warn(
+      { err: warm.failure },
+      'warm-up on a generated input failed; the version serves anyway, as real requests may well run (give it real warm-up input: warmup.json beside the model, or a selfTest in its manifest)',
+    );
+    return { ms: warm.ms, on: 'a generated input (failed)' };
   }
 
   /** Takes a version out of service once its requests in flight finish. */

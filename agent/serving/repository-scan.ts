@@ -1,5 +1,6 @@
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { WARMUP_FILE } from './warmup-file.js';
 
 const MODEL_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const VERSION_DIR = /^[1-9][0-9]{0,15}$/;
@@ -8,15 +9,23 @@ export interface FileSignature {
   path: string;
   size: number;
   mtimeMs: number;
+  /** The version's warmup.json beside the model, when there is one. */
+  warmup?: { size: number; mtimeMs: number } | undefined;
 }
 
+/** The same model file, unchanged (the warm-up file aside: loading waits only for the model to settle). */
 export const sameFile = (a: FileSignature | undefined, b: FileSignature | undefined): boolean =>
   a !== undefined && b !== undefined && a.path === b.path && a.size === b.size && a.mtimeMs === b.mtimeMs;
 
+/** The same model file and the same warm-up file (or none): what a failed load is remembered by. */
+export const sameFiles = (a: FileSignature | undefined, b: FileSignature | undefined): boolean =>
+  sameFile(a, b) && a?.warmup?.size === b?.warmup?.size && a?.warmup?.mtimeMs === b?.warmup?.mtimeMs;
+
 /**
- * Lists `{dir}/{name}/{version}/model.onnx` files, TensorFlow Serving's layout.
- * Names that are not valid model names, non-numeric version folders and hidden
- * entries (temp files of an atomic copy) are skipped.
+ * Lists `{dir}/{name}/{version}/model.onnx` files, TensorFlow Serving's layout,
+ * with the warmup.json beside each. Names that are not valid model names,
+ * non-numeric version folders and hidden entries (temp files of an atomic
+ * copy) are skipped.
  */
 export async function scanRepository(dir: string): Promise<Map<string, Map<number, FileSignature>>> {
   const out = new Map<string, Map<number, FileSignature>>();
@@ -28,7 +37,7 @@ export async function scanRepository(dir: string): Promise<Map<string, Map<numbe
       const path = join(dir, name, v, 'model.onnx');
       try {
         const s = await stat(path);
-        if (s.isFile()) versions.set(Number(v), { path, size: s.size, mtimeMs: s.mtimeMs });
+        if (s.isFile()) versions.set(Number(v), { path, size: s.size, mtimeMs: s.mtimeMs, warmup: await statWarmup(join(dir, name, v, WARMUP_FILE)) });
       } catch {
         // No model.onnx (yet): not a candidate.
       }
@@ -36,6 +45,15 @@ export async function scanRepository(dir: string): Promise<Map<string, Map<numbe
     if (versions.size > 0) out.set(name, versions);
   }
   return out;
+}
+
+async function statWarmup(path: string): Promise<FileSignature['warmup']> {
+  try {
+    const s = await stat(path);
+    return { size: s.size, mtimeMs: s.mtimeMs };
+  } catch {
+    return undefined;
+  }
 }
 
 async function listDirs(dir: string): Promise<string[]> {

@@ -1,11 +1,13 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { CoalescedPass } from '../coalesce.js';
 import type { AgentConfig } from '../config/schema.js';
 import type { VersionLoader } from './loader.js';
 import type { ModelRegistry } from './registry.js';
-import { sameFile, scanRepository, type FileSignature } from './repository-scan.js';
+import { sameFile, sameFiles, scanRepository, type FileSignature } from './repository-scan.js';
+import { WARMUP_FILE } from './warmup-file.js';
 import { selectVersions } from './version-policy.js';
 
 type ModelsConfig = AgentConfig['models'];
@@ -94,7 +96,8 @@ export class ModelRepository {
     const failed = this.failed.get(name) ?? new Map<number, FileSignature>();
     this.failed.set(name, failed);
     const settled = new Map([...onDisk].filter(([, sig]) => this.isSettled(sig, now)));
-    const loadable = (): number[] => [...settled].filter(([v, sig]) => !sameFile(failed.get(v), sig)).map(([v]) => v);
+    // A failed version is retried once its model or its warm-up file changes.
+    const loadable = (): number[] => [...settled].filter(([v, sig]) => !sameFiles(failed.get(v), sig)).map(([v]) => v);
     const wanted = selectVersions(policy, loadable());
 
     // Load new or changed versions, oldest first so the newest ends up as the default last.
@@ -122,7 +125,10 @@ export class ModelRepository {
     const after = await stat(sig.path).catch(() => undefined);
     if (!after || after.size !== sig.size || after.mtimeMs !== sig.mtimeMs || bytes.length !== sig.size) return;
     try {
-      await this.deps.loader.load(name, version, bytes, { batching: this.deps.config.config[name]?.batching });
+      await this.deps.loader.load(name, version, bytes, {
+        batching: this.deps.config.config[name]?.batching,
+        warmup: { from: 'file', path: join(dirname(sig.path), WARMUP_FILE) },
+      });
       loaded.set(version, sig);
       failed.delete(version);
     } catch {

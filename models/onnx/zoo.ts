@@ -188,6 +188,24 @@ export function castModel(): Uint8Array {
   });
 }
 
+/**
+ * q = x / d in INT32 (ONNX integer Div truncates): runs on any real request
+ * whose divisor has no zero, and fails on a generated warm-up input, which
+ * holds zeros. The model every warm-up on made-up data would wrongly refuse.
+ */
+export function divideModel(): Uint8Array {
+  const shape = ['batch', 'n'];
+  return buildModel({
+    name: 'divide',
+    inputs: [
+      { name: 'x', type: 'int32', shape },
+      { name: 'd', type: 'int32', shape },
+    ],
+    outputs: [{ name: 'q', type: 'int32', shape }],
+    nodes: [{ op: 'Div', inputs: ['x', 'd'], outputs: ['q'] }],
+  });
+}
+
 export interface ZooEntry {
   bytes(): Uint8Array;
   description: string;
@@ -224,6 +242,10 @@ export const ZOO: Readonly<Record<string, ZooEntry>> = {
   cast: {
     bytes: castModel,
     description: 'x FP16 [batch, n] → y FP32 (Cast), z FP16 (Identity)',
+  },
+  divide: {
+    bytes: divideModel,
+    description: 'q = x / d, INT32 [batch, n]; any zero in d is a run-time error',
   },
 };
 

@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { parseConfig } from '../../agent/config/load.js';
 import type { AgentConfigInput } from '../../agent/config/schema.js';
 import { createAgent, type Agent } from '../../agent/main.js';
@@ -14,8 +14,15 @@ export interface TestAgent {
   close(): Promise<void>;
 }
 
-/** Starts a real agent in-process on a free port, with its own temp state and models dirs. */
-export async function startTestAgent(overrides: Partial<AgentConfigInput> = {}, prepare?: (modelsDir: string) => Promise<void>): Promise<TestAgent> {
+/**
+ * Starts a real agent in-process on a free port, with its own temp state and
+ * models dirs. Logs go nowhere (TEST_LOG_LEVEL to see them) unless `logger` is given.
+ */
+export async function startTestAgent(
+  overrides: Partial<AgentConfigInput> = {},
+  prepare?: (modelsDir: string) => Promise<void>,
+  logger: Logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
+): Promise<TestAgent> {
   const dir = await mkdtemp(join(tmpdir(), 'edgefleet-test-'));
   const modelsDir = join(dir, 'models');
   const { mkdir } = await import('node:fs/promises');
@@ -29,7 +36,7 @@ export async function startTestAgent(overrides: Partial<AgentConfigInput> = {}, 
     models: { dir: modelsDir, pollIntervalMs: 100, settleMs: 0, ...overrides.models },
     runtime: { executionProviders: ['cpu'], warmupRuns: 1, intraOpNumThreads: 1, ...overrides.runtime },
   });
-  const agent = createAgent(config, pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }));
+  const agent = createAgent(config, logger);
   await agent.start();
   const address = agent.httpAddress;
   if (!address) throw new Error('agent did not listen');
