@@ -277,6 +277,13 @@ describe('v2 JSON requests', () => {
     expectError(() => parseV2Body(Buffer.from('{"inputs": ['), undefined, IMG), 'BAD_REQUEST', 'malformed JSON');
     expectError(() => parseV2Request([1], IMG), 'BAD_REQUEST', 'JSON object');
   });
+
+  it('takes "inputs": [] only for a model without inputs (a constant), and refuses it for one with inputs', () => {
+    const constant: ModelIo = { inputs: [], outputs: [spec('values', 'FP32', [2])] };
+    expect(parseV2Request({ inputs: [] }, constant).inputs).toEqual([]);
+    expectError(() => parseV2Request({ inputs: [] }, IMG), 'BAD_REQUEST', '"inputs" must be a non-empty array');
+    expectError(() => parseV2Request({}, constant), 'BAD_REQUEST', '"inputs" must be a non-empty array');
+  });
 });
 
 describe('v2 binary tensors', () => {

@@ -97,7 +97,8 @@ export function parseV2Request(json: unknown, model: ModelIo, binary?: Buffer): 
   const params = optionalObject(json.parameters, 'request "parameters"');
   const binaryOutput = params?.binary_data_output ?? false;
   if (typeof binaryOutput !== 'boolean') throw badRequest('parameters.binary_data_output must be a boolean');
-  if (!Array.isArray(json.inputs) || json.inputs.length === 0) throw badRequest('"inputs" must be a non-empty array');
+  // A model without inputs (a constant, a generator) is asked with "inputs": [].
+  if (!Array.isArray(json.inputs) || (json.inputs.length === 0 && model.inputs.length > 0)) throw badRequest('"inputs" must be a non-empty array');
   const inputs = decodeInputs(json.inputs, model.inputs, binary);
   const outputs = parseRequestedOutputs(json.outputs, model.outputs, binaryOutput);
   return { ...(id !== undefined && { id }), inputs, outputs, binaryOutput };
