@@ -18,7 +18,7 @@ const itCall = /\bit(?:\.skipIf\([^)]*\))?\(\s*(['"`])((?:\\.|(?!\1).)*)\1/g;
 let failed = 0;
 let total = 0;
 for (const file of files) {
-  for (const [, quote, raw] of readFileSync(join(repo, file), 'utf8').matchAll(itCall)) {
+  for (const [, quote, raw = ''] of readFileSync(join(repo, file), 'utf8').matchAll(itCall)) {
     if (quote === '`' && raw.includes('${')) {
       console.log(`SKIP ${file} :: ${raw} [name built at run time]`);
       continue;
@@ -29,7 +29,7 @@ for (const file of files) {
     const pattern = name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     const run = spawnSync('npx', ['vitest', 'run', file, '-t', pattern], { cwd: repo, encoding: 'utf8', timeout: 300_000 });
     const out = `${run.stdout ?? ''}${run.stderr ?? ''}`;
-    const summary = out.match(/Tests\s+(.*)\n/)?.[1]?.trim() ?? 'no summary';
+    const summary = /Tests\s+(.*)\n/.exec(out)?.[1]?.trim() ?? 'no summary';
     const ok = run.status === 0 && /passed/.test(summary) && !/failed/.test(summary);
     if (!ok) failed++;
     console.log(`${ok ? 'PASS' : 'FAIL'} ${((Date.now() - started) / 1000).toFixed(1)}s ${file} :: ${name} [${summary}]`);
