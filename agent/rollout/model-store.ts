@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
+import { MODEL_NAME_RE } from '../../protocol/names.js';
 import { fsyncDir, removeQuietly, writeFileAtomic } from '../store/fs-atomic.js';
 import { RolloutError } from './errors.js';
 
@@ -17,7 +18,6 @@ export class StoreError extends RolloutError<'FILE_HASH' | 'NO_SPACE' | 'MISSING
   }
 }
 
-const MODEL_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 /**
  * Verified model artifacts on disk: `{stateDir}/models/{name}/{version}/`
@@ -52,7 +52,7 @@ export class ModelStore {
   async list(): Promise<StoredVersion[]> {
     const out: StoredVersion[] = [];
     for (const name of await readdir(this.root).catch(() => [] as string[])) {
-      if (!MODEL_NAME.test(name)) continue;
+      if (!MODEL_NAME_RE.test(name)) continue;
       for (const v of await readdir(join(this.root, name)).catch(() => [] as string[])) {
         const version = Number(v);
         if (!Number.isSafeInteger(version) || version < 1) continue;

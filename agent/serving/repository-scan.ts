@@ -1,8 +1,8 @@
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { MODEL_NAME_RE } from '../../protocol/names.js';
 import { WARMUP_FILE } from './warmup-file.js';
 
-const MODEL_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const VERSION_DIR = /^[1-9][0-9]{0,15}$/;
 
 export interface FileSignature {
@@ -30,7 +30,7 @@ export const sameFiles = (a: FileSignature | undefined, b: FileSignature | undef
 export async function scanRepository(dir: string): Promise<Map<string, Map<number, FileSignature>>> {
   const out = new Map<string, Map<number, FileSignature>>();
   for (const name of await listDirs(dir)) {
-    if (!MODEL_NAME.test(name)) continue;
+    if (!MODEL_NAME_RE.test(name)) continue;
     const versions = new Map<number, FileSignature>();
     for (const v of await listDirs(join(dir, name))) {
       if (!VERSION_DIR.test(v) || !Number.isSafeInteger(Number(v))) continue;
