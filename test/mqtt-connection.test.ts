@@ -211,6 +211,28 @@ describe.skipIf(skip).each(VERSIONS)(`MqttConnection over $name against Mosquitt
     await waitFor(() => seen.some((m) => m.topic.endsWith('/queued')) && seen.some((m) => m.topic === conn.statusTopic), 'retained messages');
   });
 
+  it('a refused broker ends the start wait at once; a subscribe made offline waits for the connection, not the caller', async () => {
+    const restarting = broker.restart({ downMs: 2000 });
+    await waitForAsync(async () => !(await canConnect(broker.port)), 'broker down');
+    const conn = connection(cfg(broker.url)); // startWaitMs 5000: the first attempt's refusal ends it
+    const t0 = Date.now();
+    await conn.start();
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(conn.connected).toBe(false);
+    const inbox: string[] = [];
+    conn.onMessage((_topic, payload) => inbox.push(payload.toString()));
+    let subscribed = false;
+    const subscribing = conn.subscribe(`${conn.topicRoot}/offline-sub`).then(() => (subscribed = true));
+    await sleep(300);
+    expect(subscribed).toBe(false); // held by mqtt.js until the broker connects: no start() may await it
+    await restarting;
+    await subscribing;
+    const publisher = await connectAsync(broker.url, { protocolVersion, clientId: `pub-${uid()}` });
+    cleanups.push(() => publisher.endAsync(true));
+    await publisher.publishAsync(`${conn.topicRoot}/offline-sub`, 'arrived', { qos: 1 });
+    await waitFor(() => inbox.includes('arrived'), 'message on the topic subscribed while offline');
+  });
+
   it('stop() publishes a retained offline status with a time and leaves no will behind', async () => {
     const conn = connection(cfg(broker.url));
     await conn.start();

@@ -99,7 +99,9 @@ export class MqttConnection {
 
   /**
    * Reads TLS material and the password (a missing file is an error naming it),
-   * connects, and resolves once connected or after startWaitMs, whichever is first.
+   * connects, and resolves once the first attempt has connected or failed, or
+   * after startWaitMs, whichever is first. Nothing waits for the broker beyond
+   * that: subscriptions and publishes made while offline go out on connect.
    */
   async start(): Promise<void> {
     if (this.mqtt) throw new Error('MQTT connection already started');
@@ -109,13 +111,20 @@ export class MqttConnection {
     this.attach(client);
     this.log.info({ url: safeUrl(this.opts.config.url), clientId: this.opts.deviceId, protocolVersion: options.protocolVersion }, 'connecting to MQTT broker');
     const waitMs = this.opts.startWaitMs ?? 5000;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      new Promise<void>((resolve) => client.once('connect', () => resolve())),
-      new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs))),
-    ]);
-    clearTimeout(timer);
-    if (!client.connected) this.log.warn({ waitedMs: waitMs }, 'MQTT broker not reachable yet; serving offline, retrying in the background');
+    const since = Date.now();
+    // The first attempt's outcome, bounded: a refused or unreachable broker ends the wait at once.
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        client.off('connect', done);
+        client.off('close', done);
+        resolve();
+      };
+      const timer = setTimeout(done, waitMs);
+      client.on('connect', done);
+      client.on('close', done);
+    });
+    if (!client.connected) this.log.warn({ waitedMs: Date.now() - since }, 'MQTT broker not reachable yet; serving offline, retrying in the background');
   }
 
   private async clientOptions(): Promise<IClientOptions> {
@@ -221,7 +230,8 @@ export class MqttConnection {
 
   /**
    * Subscribes with QoS 1; resolves on SUBACK. A subscription cut off by a
-   * lost connection is asked again after the next connect.
+   * lost connection is asked again after the next connect. Offline, mqtt.js
+   * holds the SUBSCRIBE until the broker connects, so no start() may await it.
    */
   async subscribe(topicList: string | readonly string[]): Promise<void> {
     const list = typeof topicList === 'string' ? [topicList] : [...topicList];

@@ -7,6 +7,7 @@ export type RolloutErrorCode =
   | 'BLOCK_MISSING' // a block never came (not published, or retired)
   | 'FILE_HASH' // the whole file, staged or installed, does not match its signed size and sha256
   | 'ABORTED' // the agent is stopping
+  | 'SUPERSEDED' // a newer desired document no longer needs the step; abandoned, not failed
   | 'NO_SPACE' // the artifact does not fit on the state filesystem
   | 'MISSING' // an installed model file is gone from the store
   | 'NO_CONNECTION' // no MQTT connection to pull blocks with
@@ -68,6 +69,8 @@ const OUTCOMES: Record<FailureCode, Rule> = {
   BLOCK_MISSING: RETRY,
   FILE_HASH: UNVERIFIED,
   ABORTED: RETRY,
+  // rollout.ts reports it as `step.superseded`, never as a failure; the row is for completeness.
+  SUPERSEDED: { status: 'failed', modelState: undefined, event: undefined, retryable: false },
   NO_SPACE: RETRY,
   MISSING: RETRY,
   NO_CONNECTION: RETRY,

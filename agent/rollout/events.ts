@@ -54,7 +54,9 @@ export type RolloutEvent =
   | (Model & { type: 'rolled-back'; reason: string })
   | (Model & { type: 'unloaded' })
   /** A step failed; `retrying` says whether it will be tried again. Steps without a version carry none. */
-  | { type: 'step.failed'; name: string; version: number | undefined; outcome: Outcome; attempt: number; maxAttempts: number; retrying: boolean };
+  | { type: 'step.failed'; name: string; version: number | undefined; outcome: Outcome; attempt: number; maxAttempts: number; retrying: boolean }
+  /** A download or switch abandoned because the document accepted since (`serial`) no longer needs it. */
+  | (Model & { type: 'step.superseded'; step: 'fetch' | 'activate'; serial: number });
 
 export type RolloutEventType = RolloutEvent['type'];
 export type RolloutListener = (event: RolloutEvent) => void;

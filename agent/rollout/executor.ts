@@ -48,13 +48,19 @@ export class StepExecutor {
     this.puller?.abort();
   }
 
-  async run(step: Step, envelopes: ReadonlyMap<string, unknown>): Promise<void> {
+  /**
+   * `signal` aborts the step when a newer document no longer needs it (rollout.ts):
+   * a pull stops at once and keeps its durable progress, a switch not yet made is
+   * not made, a health window ends early. The step then rejects with the
+   * signal's reason, except a cut-short health window, which counts as passed.
+   */
+  async run(step: Step, envelopes: ReadonlyMap<string, unknown>, signal?: AbortSignal): Promise<void> {
     const envelope = (name: string, version: number): unknown => envelopes.get(`${name}@${version}`);
     switch (step.kind) {
       case 'fetch':
-        return this.fetch(step.name, step.version, envelope(step.name, step.version));
+        return this.fetch(step.name, step.version, envelope(step.name, step.version), signal);
       case 'activate':
-        return this.activate(step.name, step.version, step.sha256, step.makeDefault);
+        return this.activate(step.name, step.version, step.sha256, step.makeDefault, signal);
       case 'label': {
         for (const problem of this.deps.registry.setLabels(step.name, step.labels)) this.deps.logger.warn({ model: step.name }, problem);
         return;
@@ -72,7 +78,7 @@ export class StepExecutor {
     }
   }
 
-  private async fetch(name: string, version: number, envelope: unknown): Promise<void> {
+  private async fetch(name: string, version: number, envelope: unknown, signal: AbortSignal | undefined): Promise<void> {
     const { events, store, config } = this.deps;
     const manifest = this.deps.verifyManifest(envelope, name, version);
     const client = this.deps.client();
@@ -81,7 +87,7 @@ export class StepExecutor {
     await store.ensureSpace(artifact.size);
     // Progress comes from the puller, which counts blocks already recorded before a restart.
     events.emit({ type: 'fetch.started', name, version, sha256: artifact.sha256, size: artifact.size, blocks: artifact.blockSha256.length });
-    this.puller = new BlockPuller({
+    const puller = new BlockPuller({
       client,
       topicRoot: this.deps.topicRoot,
       artifact,
@@ -93,10 +99,18 @@ export class StepExecutor {
       logger: this.deps.logger.child({ model: name, version }),
       onProgress: (done, total) => events.emit({ type: 'fetch.progress', name, version, done, total }),
     });
+    this.puller = puller;
+    // The puller keeps what it has recorded, so a later return to this version resumes.
+    const abandon = (): void => puller.abort();
+    signal?.addEventListener('abort', abandon);
     try {
       if (this.stopped) throw new RolloutError('ABORTED', 'stopping');
-      await this.puller.pull();
+      if (signal?.aborted) puller.abort();
+      await puller.pull();
+    } catch (err) {
+      throw signal?.aborted ? abortReason(signal) : err;
     } finally {
+      signal?.removeEventListener('abort', abandon);
       this.puller = undefined;
     }
     events.emit({ type: 'fetch.verifying', name, version });
@@ -112,9 +126,14 @@ export class StepExecutor {
   }
 
   /** Verify again → load → self-test → warm (in the loader) → switch → health window. */
-  private async activate(name: string, version: number, sha256: string, makeDefault: boolean): Promise<void> {
+  private async activate(name: string, version: number, sha256: string, makeDefault: boolean, signal: AbortSignal | undefined): Promise<void> {
     const { events, registry, state } = this.deps;
     if (!registry.isAvailable(name, version)) await this.load(name, version, sha256, (envelope) => this.deps.verifyManifest(envelope, name, version));
+    if (signal?.aborted) {
+      // Loaded, not switched to: it serves beside the default until the newer plan unloads it.
+      events.emit({ type: 'added', name, version });
+      throw abortReason(signal);
+    }
     if (!makeDefault) {
       events.emit({ type: 'added', name, version });
       return;
@@ -126,7 +145,7 @@ export class StepExecutor {
     events.emit({ type: 'activated', name, version, previous });
     try {
       // With nothing served before there is nothing to fall back to: no window.
-      if (previous !== undefined && previous !== version) await this.watchHealth(name, version);
+      if (previous !== undefined && previous !== version) await this.watchHealth(name, version, signal);
     } catch (err) {
       await this.rollBack(pending, (err as Error).message);
       throw err;
@@ -158,14 +177,15 @@ export class StepExecutor {
   }
 
   /** Watches the new version's model faults (a client's bad input or overload never counts); too many roll it back. */
-  private async watchHealth(name: string, version: number): Promise<void> {
+  private async watchHealth(name: string, version: number, signal: AbortSignal | undefined): Promise<void> {
     const { config, registry } = this.deps;
     const servable = registry.servableOf(name, version);
     if (!servable || config.healthWindowS <= 0) return;
     const runs0 = servable.runs;
     const failures0 = servable.modelFaults;
     const until = Date.now() + config.healthWindowS * 1000;
-    while (Date.now() < until && !this.stopped) {
+    // A newer document that no longer wants this version ends the window: its plan switches away.
+    while (Date.now() < until && !this.stopped && !signal?.aborted) {
       await new Promise((r) => setTimeout(r, Math.min(250, until - Date.now())));
       const runs = servable.runs - runs0;
       const failures = servable.modelFaults - failures0;
@@ -184,4 +204,10 @@ export class StepExecutor {
     this.deps.logger.warn({ model: pending.name, version: pending.version, previous: pending.previous }, reason);
     this.deps.onServingChanged();
   }
+}
+
+/** Why a step was aborted: the RolloutError its signal carries. */
+function abortReason(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  return reason instanceof Error ? reason : new RolloutError('SUPERSEDED', 'superseded by a newer desired document');
 }

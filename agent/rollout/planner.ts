@@ -5,6 +5,11 @@
  * version is fetched and verified before anything switches, new versions
  * switch in before old ones go, and files of the version served before are
  * kept on disk so a rollback needs no download.
+ *
+ * Nothing that serves is taken away until the new set serves: versions (and
+ * labels) no longer listed are unloaded only once every listed version serves,
+ * with nothing left to fetch or switch. A document that fails (a listed
+ * version blocked) therefore unloads nothing.
  */
 
 export interface VersionRef {
@@ -63,19 +68,19 @@ export function plan(desired: readonly DesiredVersion[], current: CurrentState):
     const now = serving.get(key(d));
     if (!now || (makeDefault && !now.isDefault)) steps.push({ kind: 'activate', name: d.name, version: d.version, sha256: d.sha256, makeDefault });
   }
-  for (const name of new Set([...wanted.map((d) => d.name), ...Object.keys(current.labels)])) {
+  // The new set serves: nothing listed is blocked, nothing is left to fetch or switch.
+  const newSetServes = steps.length === 0 && !desired.some((d) => blocked.has(key(d)));
+  const wantedNames = new Set(wanted.map((d) => d.name));
+  for (const name of new Set([...wantedNames, ...Object.keys(current.labels)])) {
+    // Taking every label off a model that is not wanted is part of unloading it.
+    if (!wantedNames.has(name) && !newSetServes) continue;
     const labels: Record<string, number> = {};
     for (const d of wanted) if (d.name === name) for (const l of d.labels) labels[l] = d.version;
     if (!sameLabels(labels, current.labels[name] ?? {})) steps.push({ kind: 'label', name, labels });
   }
   const wantedKeys = new Set(wanted.map(key));
-  const listed = new Set(desired.map((d) => d.name));
-  const replaceable = new Set(wanted.map((d) => d.name));
-  for (const s of current.serving) {
-    // A model whose every listed version is blocked keeps serving what it has: a bad update never takes serving down.
-    if (wantedKeys.has(key(s)) || (listed.has(s.name) && !replaceable.has(s.name))) continue;
-    steps.push({ kind: 'unload', name: s.name, version: s.version });
-  }
+  // A failed fetch or switch, or one still to come, never takes away what serves.
+  if (newSetServes) for (const s of current.serving) if (!wantedKeys.has(key(s))) steps.push({ kind: 'unload', name: s.name, version: s.version });
   for (const name of new Set([...current.onDisk.map((r) => r.name), ...wanted.map((d) => d.name)])) {
     const keep = pruneKeep(name, wanted, current);
     const disk = current.onDisk.filter((r) => r.name === name).map((r) => r.version);
@@ -84,13 +89,16 @@ export function plan(desired: readonly DesiredVersion[], current: CurrentState):
   return steps;
 }
 
-/** Keep what is desired plus the version served before the last switch, for rollback. */
+/**
+ * Keep what is desired and what still serves (so a restart serves it again),
+ * else the version served before the last switch, for rollback.
+ */
 function pruneKeep(name: string, wanted: readonly DesiredVersion[], current: CurrentState): number[] {
   const keep = new Set(wanted.filter((d) => d.name === name).map((d) => d.version));
   const servingOthers = current.serving.filter((s) => s.name === name && !keep.has(s.version)).map((s) => s.version);
   const onDiskOthers = current.onDisk.filter((r) => r.name === name && !keep.has(r.version)).map((r) => r.version);
   const previous = current.previous?.[name];
-  if (servingOthers.length > 0) keep.add(Math.max(...servingOthers));
+  if (servingOthers.length > 0) for (const v of servingOthers) keep.add(v);
   else if (previous !== undefined && onDiskOthers.includes(previous)) keep.add(previous);
   else if (onDiskOthers.length > 0) keep.add(Math.max(...onDiskOthers));
   return [...keep].sort((a, b) => a - b);
@@ -99,4 +107,26 @@ function pruneKeep(name: string, wanted: readonly DesiredVersion[], current: Cur
 function sameLabels(a: Readonly<Record<string, number>>, b: Readonly<Record<string, number>>): boolean {
   const ka = Object.keys(a);
   return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
+}
+
+/**
+ * Whether a step planned for an earlier document is still on the way to
+ * `desired` (a newly accepted document, nothing blocked yet): a download or a
+ * switch of a version it no longer lists, lists with another artifact, or no
+ * longer makes the default is not, and is abandoned. Label, unload and prune
+ * steps are quick and always finish.
+ */
+export function stillNeeded(step: Step, desired: readonly DesiredVersion[]): boolean {
+  switch (step.kind) {
+    case 'fetch':
+    case 'activate': {
+      const listed = desired.some((d) => d.name === step.name && d.version === step.version && d.sha256 === step.sha256);
+      if (!listed || step.kind === 'fetch') return listed;
+      return (defaultVersions(desired).get(step.name) === step.version) === step.makeDefault;
+    }
+    case 'label':
+    case 'unload':
+    case 'prune':
+      return true;
+  }
 }

@@ -74,6 +74,16 @@ const HANDLERS: Handlers = {
     if (outcome.event) r.event(outcome.event, { model: e.name, version, detail: outcome.message });
     if (outcome.modelState) r.setModel(e.name, version, { state: outcome.modelState, error: outcome.message });
   },
+  // The version left the report when the newer document was accepted (unless it serves); the event says why its work stopped.
+  'step.superseded': (r, e) =>
+    r.event('superseded', {
+      model: e.name,
+      version: e.version,
+      detail:
+        e.step === 'fetch'
+          ? `download abandoned: serial ${e.serial} no longer lists this version; the blocks received are kept for a later return`
+          : `switch abandoned: serial ${e.serial} no longer switches to this version`,
+    }),
 };
 
 /** A listener for RolloutEvents that keeps `reporter` in step with the rollout. */

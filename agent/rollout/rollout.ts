@@ -16,7 +16,7 @@ import { RolloutError, classify, failureCode } from './errors.js';
 import { StepExecutor } from './executor.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import type { ModelStore } from './model-store.js';
-import { plan, type CurrentState, type DesiredVersion } from './planner.js';
+import { plan, stillNeeded, type CurrentState, type DesiredVersion, type Step } from './planner.js';
 import { RolloutState, type ActiveDesired, type Blocked, type ServingSet } from './rollout-state.js';
 import type { TrustStore } from './trust-store.js';
 
@@ -50,6 +50,10 @@ export class Rollout {
   private blocked: Blocked[] = [];
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
+  /** The step being applied, and how to abandon it when a newer document no longer needs it. */
+  private inProgress: { step: Step; abort: AbortController } | undefined;
+  /** Tries of each step (by its JSON) for the document in force; a newly accepted one starts afresh. */
+  private readonly attempts = new Map<string, number>();
   private stopped = false;
   private unsubscribe: (() => void) | undefined;
 
@@ -87,7 +91,15 @@ export class Rollout {
     if (conn) {
       this.unsubscribe = conn.onMessage((topic, payload) => void this.onMessage(topic, payload));
       const { deviceId, groups } = this.o.config;
-      await conn.subscribe([topics.trust(this.topicRoot), topics.device(this.topicRoot, deviceId, 'desired'), ...groups.map((g) => topics.groupDesired(this.topicRoot, g))]);
+      const list = [topics.trust(this.topicRoot), topics.device(this.topicRoot, deviceId, 'desired'), ...groups.map((g) => topics.groupDesired(this.topicRoot, g))];
+      // Not awaited: without a broker the SUBSCRIBE waits for the connection, and serving
+      // must not. The retained documents arrive whenever the broker does.
+      conn.subscribe(list).then(
+        () => this.log.debug({ topics: list }, 'subscribed to trust and desired state'),
+        (err: unknown) => {
+          if (!this.stopped) this.log.error({ topics: list, err: errorMessage(err) }, 'could not subscribe to trust and desired state; no rollout reaches this device');
+        },
+      );
     }
     this.loop = this.run();
   }
@@ -214,11 +226,26 @@ export class Rollout {
     this.manifests = manifests;
     this.blocked = [];
     this.state.setBlocked(this.blocked);
+    this.attempts.clear();
     const models = desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], sha256: manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? null }));
     const { registry } = this.o;
     const available = registry.names().flatMap((name) => registry.availableVersions(name).map((version) => ({ name, version })));
     this.o.events.emit({ type: 'desired.accepted', origin, serial: desired.serial, from: candidate.key, models, available });
+    this.supersede(desired.serial);
     this.wake?.();
+  }
+
+  /**
+   * A newer document supersedes work in progress: a download or switch it no
+   * longer needs is abandoned now, not after its timeouts, and the loop
+   * re-plans. An abandoned pull keeps its recorded blocks for a later return.
+   */
+  private supersede(serial: number): void {
+    const running = this.inProgress;
+    if (!running || running.abort.signal.aborted || stillNeeded(running.step, this.desiredVersions())) return;
+    const { step } = running;
+    this.log.info({ step, serial }, 'step abandoned: the newer desired document no longer needs it');
+    running.abort.abort(new RolloutError('SUPERSEDED', `${step.kind} of ${step.name} abandoned: desired serial ${serial} no longer needs it`));
   }
 
   private reject(candidate: Candidate, origin: DesiredOrigin, err: unknown): void {
@@ -269,7 +296,6 @@ export class Rollout {
 
   /** Plan → run the first step → plan again, until nothing is left; retryable failures back off. */
   private async run(): Promise<void> {
-    const attempts = new Map<string, number>();
     while (!this.stopped) {
       const active = this.active;
       const steps = active ? plan(this.desiredVersions(), await this.current()) : [];
@@ -280,17 +306,25 @@ export class Rollout {
         continue;
       }
       const envelopes = new Map(active.models.map((m) => [`${m.name}@${m.version}`, m.manifest]));
+      const abort = new AbortController();
+      this.inProgress = { step, abort };
       try {
-        await this.executor.run(step, envelopes);
-        attempts.delete(JSON.stringify(step));
+        await this.executor.run(step, envelopes, abort.signal);
+        this.attempts.delete(JSON.stringify(step));
       } catch (err) {
         if (this.stopped) return;
-        await this.onStepFailed(step, err, attempts);
+        // Whatever else went wrong, the step is no longer wanted: neither a failure nor a retry.
+        if (abort.signal.aborted && (step.kind === 'fetch' || step.kind === 'activate')) {
+          this.o.events.emit({ type: 'step.superseded', step: step.kind, name: step.name, version: step.version, serial: this.active?.serial ?? active.serial });
+        } else await this.onStepFailed(step, err);
+      } finally {
+        this.inProgress = undefined;
       }
     }
   }
 
-  private async onStepFailed(step: ReturnType<typeof plan>[number], err: unknown, attempts: Map<string, number>): Promise<void> {
+  private async onStepFailed(step: Step, err: unknown): Promise<void> {
+    const { attempts } = this;
     const outcome = classify(err);
     const id = JSON.stringify(step);
     const n = (attempts.get(id) ?? 0) + 1;
