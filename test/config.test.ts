@@ -21,11 +21,22 @@ function problems(raw: unknown, env: NodeJS.ProcessEnv = {}): string[] {
 describe('agent config', () => {
   it('fills the documented defaults', () => {
     const c = parseConfig({ deviceId: 'pi-001' }, { baseDir: '/etc/edgefleet' });
-    expect(c.http).toEqual({ host: '127.0.0.1', port: 8501, bodyLimitBytes: 64 * 1024 * 1024, maxInFlight: 1024 });
+    expect(c.http).toEqual({ host: '127.0.0.1', port: 8501, bodyLimitBytes: 64 * 1024 * 1024, maxInFlight: 1024, maxConnections: 1024 });
     expect(c.runtime.executionProviders).toEqual(['tensorrt', 'cuda', 'xnnpack', 'cpu']);
     expect(c.models.versionPolicy).toEqual({ latest: { numVersions: 1 } });
     expect(c.stateDir).toBe('/var/lib/edgefleet');
     expect(c.mqtt).toBeUndefined();
+  });
+
+  it('bounds MQTT packets: 1 MiB + 64 KiB by default, never below a whole artifact block or a telemetry batch', () => {
+    const base = { deviceId: 'pi', trust: '/t.json', mqtt: { url: 'mqtt://h' } };
+    expect(parseConfig(base).mqtt?.maxPacketBytes).toBe(1024 * 1024 + 64 * 1024);
+    expect(problems({ ...base, mqtt: { url: 'mqtt://h', maxPacketBytes: 128 * 1024 } })).toEqual(['mqtt.maxPacketBytes: Too small: expected number to be >=196608']);
+    expect(problems({ ...base, mqtt: { url: 'mqtt://h', maxPacketBytes: 300_000 } })).toEqual([
+      'mqtt.maxPacketBytes: must be at least telemetry.upload.batchBytes + 65536 (327680): a telemetry batch must fit in one packet',
+    ]);
+    expect(problems({ ...base, mqtt: { url: 'mqtt://h', maxPacketBytes: 300_000 }, telemetry: { upload: { batchBytes: 200_000 } } })).toEqual([]);
+    expect(problems({ deviceId: 'pi', http: { maxConnections: 0 } })).toEqual(['http.maxConnections: Too small: expected number to be >=1']);
   });
 
   it('accepts the full example of PROTOCOL.md section 9', () => {

@@ -42,6 +42,15 @@ export type ModelOptions = z.infer<typeof modelOptionsSchema>;
 
 const path = z.string().min(1);
 
+/** Room for a PUBLISH's topic, packet id and properties besides its payload. */
+export const MQTT_PACKET_HEADROOM = 64 * 1024;
+/** 1 MiB of payload (a desired or trust document) plus headroom; far above the largest artifact block (128 KiB). */
+export const DEFAULT_MQTT_PACKET_BYTES = 1024 * 1024 + MQTT_PACKET_HEADROOM;
+/** The largest artifact block (docs/protocol.md section 4) plus headroom: blocks must always fit. */
+const MIN_MQTT_PACKET_BYTES = 128 * 1024 + MQTT_PACKET_HEADROOM;
+/** The largest packet MQTT can frame: 5 bytes of fixed header and 268,435,455 of remaining length. */
+const MAX_MQTT_PACKET_BYTES = 268_435_460;
+
 export const configSchema = z.strictObject({
   deviceId: named(DEVICE_ID_RE),
   groups: z.array(named(GROUP_RE)).default([]),
@@ -62,6 +71,11 @@ export const configSchema = z.strictObject({
        * 3.1.1 has no session expiry, so the broker keeps the session as long as its own settings say.
        */
       protocolVersion: z.literal([4, 5]).default(5),
+      /**
+       * Largest packet taken from the broker, whole (MQTT 5's Maximum Packet Size). A larger
+       * one (a retained desired, group or trust document) is dropped unread and logged.
+       */
+      maxPacketBytes: z.number().int().min(MIN_MQTT_PACKET_BYTES).max(MAX_MQTT_PACKET_BYTES).default(DEFAULT_MQTT_PACKET_BYTES),
     })
     .optional(),
   http: z
@@ -71,6 +85,12 @@ export const configSchema = z.strictObject({
       bodyLimitBytes: z.number().int().min(1024).default(64 * 1024 * 1024),
       /** Requests in flight beyond this are answered 503. */
       maxInFlight: z.number().int().min(1).default(1024),
+      /**
+       * Open connections; at the cap a new one closes the longest idle connection (or one
+       * stuck sending its head), else gets 503. systemd/edgefleet-agent.service's LimitNOFILE
+       * leaves room for the default.
+       */
+      maxConnections: z.number().int().min(1).max(1_000_000).default(1024),
     })
     .prefault({}),
   models: z
@@ -158,6 +178,21 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') }).prefault({}),
+}).check((ctx) => {
+  // On MQTT 5, mqtt.js applies the packet limit to what the agent sends too: a telemetry batch must fit.
+  const { mqtt, telemetry } = ctx.value;
+  const need = telemetry.upload.batchBytes + MQTT_PACKET_HEADROOM;
+  // Either value already refused on its own says enough.
+  const at = (path: string): boolean => ctx.issues.some((i) => i.path?.join('.') === path);
+  if (at('mqtt.maxPacketBytes') || at('telemetry.upload.batchBytes')) return;
+  if (mqtt && mqtt.maxPacketBytes < need) {
+    ctx.issues.push({
+      code: 'custom',
+      input: mqtt.maxPacketBytes,
+      path: ['mqtt', 'maxPacketBytes'],
+      message: `must be at least telemetry.upload.batchBytes + ${MQTT_PACKET_HEADROOM} (${need}): a telemetry batch must fit in one packet`,
+    });
+  }
 });
 
 export type AgentConfig = z.infer<typeof configSchema>;

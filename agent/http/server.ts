@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.js';
@@ -25,6 +26,17 @@ export interface HttpServerOptions {
 
 /** Longest wait at stop for connections still sending a request. */
 const DRAIN_MS = 5000;
+/** Connection-limit warnings: one, then at most one summary per this period. */
+const LIMIT_LOG_MS = 10_000;
+/** Descriptors the agent needs besides API connections (systemd/edgefleet-agent.service counts them). */
+const OTHER_FDS = 200;
+
+/** The soft limit on open files (after Node's own raise at start-up), from /proc/self/limits; undefined off Linux. */
+async function openFileLimit(): Promise<number | undefined> {
+  const limits = await readFile('/proc/self/limits', 'utf8').catch(() => '');
+  const soft = /^Max open files\s+(\d+)/m.exec(limits)?.[1];
+  return soft === undefined ? undefined : Number(soft);
+}
 
 const tooLarge = (limit: number): EdgefleetError =>
   new EdgefleetError('PAYLOAD_TOO_LARGE', `request body is larger than the limit of ${limit} bytes (http.bodyLimitBytes)`);
@@ -39,6 +51,8 @@ export class HttpServer {
   private inFlight = 0;
   private draining = false;
   private drained: (() => void) | undefined;
+  private readonly limitCounts = { evicted: 0, refused: 0 };
+  private limitLoggedAt = -Infinity;
 
   constructor(private readonly options: HttpServerOptions) {}
 
@@ -46,18 +60,47 @@ export class HttpServer {
     const { logger, config } = this.options;
     const server = new WireServer({
       bodyLimitBytes: config.bodyLimitBytes,
+      maxConnections: config.maxConnections,
       onRequest: (req, res) => this.handle(req, res),
       onRefused: (err) => logger.debug({ status: err.status, err: err.message }, 'malformed HTTP request refused'),
       onHandlerError: (err) => logger.error({ err: errorMessage(err) }, 'request handler failed'),
+      onConnectionLimit: (action) => this.connectionLimit(action),
+      onAcceptError: (err) => logger.error({ err: errorMessage(err) }, 'could not accept an HTTP connection'),
     });
     const address = await server.listen(config.port, config.host);
     this.server = server;
-    logger.info({ host: address.address, port: address.port }, 'HTTP API listening');
+    logger.info({ host: address.address, port: address.port, maxConnections: config.maxConnections }, 'HTTP API listening');
+    const fdLimit = await openFileLimit();
+    if (fdLimit !== undefined && fdLimit < config.maxConnections + OTHER_FDS) {
+      logger.warn(
+        { maxConnections: config.maxConnections, openFileLimit: fdLimit },
+        `http.maxConnections (${config.maxConnections}) + ${OTHER_FDS} for the rest of the agent is above the open-file limit (${fdLimit}): raise LimitNOFILE or lower http.maxConnections, or a flood of connections can leave none for models, SQLite and MQTT`,
+      );
+    }
     return address;
   }
 
   get address(): AddressInfo | undefined {
     return this.server?.address;
+  }
+
+  /** Open connections now and the most ever open at once (never above http.maxConnections). */
+  get connections(): { open: number; peak: number } {
+    return { open: this.server?.connectionCount ?? 0, peak: this.server?.peakConnectionCount ?? 0 };
+  }
+
+  /** A flood hits the cap thousands of times a second: one warning, then a summary at most every LIMIT_LOG_MS. */
+  private connectionLimit(action: 'evicted' | 'refused'): void {
+    this.limitCounts[action]++;
+    const now = performance.now();
+    if (now - this.limitLoggedAt < LIMIT_LOG_MS) return;
+    this.limitLoggedAt = now;
+    const { evicted, refused } = this.limitCounts;
+    this.limitCounts.evicted = this.limitCounts.refused = 0;
+    this.options.logger.warn(
+      { maxConnections: this.options.config.maxConnections, evicted, refused },
+      'HTTP connections at http.maxConnections: new ones close the longest-waiting idle or slow connection, or get 503 when all have a request in progress',
+    );
   }
 
   /**

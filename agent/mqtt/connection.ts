@@ -1,11 +1,13 @@
+import type { Duplex } from 'node:stream';
 import { connect } from 'mqtt';
 import type { IClientOptions, IPublishPacket, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { mutualTlsProblem, readBrokerFiles, safeUrl } from '../../lib/broker.js';
 import { formatTime, topics } from '../../protocol/index.js';
 import type { Status } from '../../protocol/index.js';
-import type { AgentConfig } from '../config/schema.js';
+import { DEFAULT_MQTT_PACKET_BYTES, type AgentConfig } from '../config/schema.js';
 import { EdgefleetError, errorMessage } from '../errors.js';
+import { PacketSizeGuard, type RefusedPacket } from './packet-size-guard.js';
 
 /**
  * The agent's one MQTT connection (docs/protocol.md section 7). MQTT 5 (or 3.1.1
@@ -16,10 +18,15 @@ import { EdgefleetError, errorMessage } from '../errors.js';
  * keeps the session as long as its own settings say. The agent keeps serving
  * without a broker: start() never fails for an unreachable broker, it waits a
  * bounded time and keeps retrying in the background with capped backoff.
+ *
+ * No packet from the broker larger than `mqtt.maxPacketBytes` is read whole:
+ * MQTT 5 asks the broker not to send one (Maximum Packet Size), and on both
+ * versions the bytes pass a guard (packet-size-guard.ts) that streams an
+ * oversized packet away unparsed and logs it.
  */
 
-/** The `mqtt` config section; protocolVersion may be left out (MQTT 5) when built by hand. */
-export type MqttConfig = Omit<NonNullable<AgentConfig['mqtt']>, 'protocolVersion'> & { protocolVersion?: 4 | 5 };
+/** The `mqtt` config section; protocolVersion (MQTT 5) and maxPacketBytes may be left out when built by hand. */
+export type MqttConfig = Omit<NonNullable<AgentConfig['mqtt']>, 'protocolVersion' | 'maxPacketBytes'> & { protocolVersion?: 4 | 5; maxPacketBytes?: number };
 export type MessageHandler = (topic: string, payload: Buffer, packet: IPublishPacket) => void;
 
 export interface MqttConnectionOptions {
@@ -106,10 +113,13 @@ export class MqttConnection {
   async start(): Promise<void> {
     if (this.mqtt) throw new Error('MQTT connection already started');
     const options = await this.clientOptions();
-    const client = connect(this.opts.config.url, options);
+    // Not connected yet, so every stream, the first one included, goes through the guard.
+    const client = connect(this.opts.config.url, { ...options, manualConnect: true });
+    guardStreams(client, this.maxPacketBytes, (packet) => this.refused(packet));
     this.mqtt = client;
     this.attach(client);
-    this.log.info({ url: safeUrl(this.opts.config.url), clientId: this.opts.deviceId, protocolVersion: options.protocolVersion }, 'connecting to MQTT broker');
+    client.connect();
+    this.log.info({ url: safeUrl(this.opts.config.url), clientId: this.opts.deviceId, protocolVersion: options.protocolVersion, maxPacketBytes: this.maxPacketBytes }, 'connecting to MQTT broker');
     const waitMs = this.opts.startWaitMs ?? 5000;
     const since = Date.now();
     // The first attempt's outcome, bounded: a refused or unreachable broker ends the wait at once.
@@ -140,8 +150,12 @@ export class MqttConnection {
       protocolVersion,
       clientId: deviceId,
       clean: false,
-      // MQTT 3.1.1 has no properties: a v4 CONNECT carrying them is malformed.
-      ...(protocolVersion === 5 && { properties: { sessionExpiryInterval: this.opts.sessionExpiryS ?? DEFAULT_SESSION_EXPIRY_S } }),
+      // MQTT 3.1.1 has no properties: a v4 CONNECT carrying them is malformed. On MQTT 5 the broker
+      // must not send a packet over maximumPacketSize (Mosquitto drops it). mqtt-packet also applies
+      // it to what the agent sends; the schema keeps it above the telemetry batch size for that.
+      ...(protocolVersion === 5 && {
+        properties: { sessionExpiryInterval: this.opts.sessionExpiryS ?? DEFAULT_SESSION_EXPIRY_S, maximumPacketSize: this.maxPacketBytes },
+      }),
       keepalive: config.keepaliveS,
       connectTimeout: 10_000,
       reconnectPeriod: backoffDelay(0, this.initialBackoffMs, this.maxBackoffMs),
@@ -184,6 +198,19 @@ export class MqttConnection {
     client.on('message', (topic, payload, packet) => {
       for (const handler of this.messageHandlers) this.safely('message handler', () => handler(topic, payload, packet));
     });
+  }
+
+  private get maxPacketBytes(): number {
+    return this.opts.config.maxPacketBytes ?? DEFAULT_MQTT_PACKET_BYTES;
+  }
+
+  private refused(packet: RefusedPacket): void {
+    const { topic, bytes, limit, qos } = packet;
+    const what = topic === undefined ? `an MQTT packet of type ${packet.type}` : `the message on ${topic}`;
+    this.log.error(
+      { topic, bytes, limit, qos, type: packet.type },
+      `refused ${what}: ${bytes} bytes is over the limit of ${limit} (mqtt.maxPacketBytes); it was dropped unread. Raise mqtt.maxPacketBytes to accept it`,
+    );
   }
 
   private safely(what: string, fn: () => void): void {
@@ -296,6 +323,18 @@ export class MqttConnection {
     this.pending.clear();
     this.log.info('MQTT disconnected');
   }
+}
+
+/**
+ * Puts a PacketSizeGuard between every stream mqtt.js opens (one per connect)
+ * and its parser. mqtt.js has no option for it; its client builds each stream
+ * through the `streamBuilder` it was constructed with, so that is wrapped.
+ */
+function guardStreams(client: MqttClient, limit: number, onRefused: (packet: RefusedPacket) => void): void {
+  const holder = client as unknown as { streamBuilder?: (client: MqttClient) => Duplex };
+  const build = holder.streamBuilder;
+  if (typeof build !== 'function') throw new Error('this mqtt.js has no streamBuilder to wrap: agent/mqtt/packet-size-guard.ts needs updating for it');
+  holder.streamBuilder = (c) => new PacketSizeGuard(build.call(client, c), limit, onRefused);
 }
 
 /** Rejects when `promise` has not settled within `ms`. */

@@ -34,6 +34,8 @@ export interface MosquittoOptions {
    * timestamps, to the file `logFile` names, for a test to read back.
    */
   logTypes?: readonly string[];
+  /** Mosquitto's max_packet_size: the largest packet it takes from a client (1 MiB unless given). */
+  maxPacketBytes?: number;
 }
 
 export interface Mosquitto {
@@ -59,7 +61,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
   const port = await freePort();
   const config = join(dir, 'mosquitto.conf');
   const logFile = options.logTypes ? join(dir, 'broker.log') : undefined;
-  await writeFile(config, configText(port, dir, logFile, options.logTypes ?? []));
+  await writeFile(config, configText(port, dir, logFile, options.logTypes ?? [], options.maxPacketBytes ?? 1048576));
   let child = await launch(config, port);
   const halt = (): Promise<void> => terminate(child);
   const start = async (): Promise<void> => {
@@ -83,7 +85,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
   };
 }
 
-function configText(port: number, dir: string, logFile: string | undefined, logTypes: readonly string[]): string {
+function configText(port: number, dir: string, logFile: string | undefined, logTypes: readonly string[], maxPacketBytes: number): string {
   return [
     `listener ${port} 127.0.0.1`,
     'allow_anonymous true',
@@ -93,7 +95,7 @@ function configText(port: number, dir: string, logFile: string | undefined, logT
     // Mosquitto drops root privileges to "mosquitto", which could not write the temp dir.
     `user ${userInfo().username}`,
     // 128 KiB blocks plus headers must fit.
-    'max_packet_size 1048576',
+    `max_packet_size ${maxPacketBytes}`,
     'max_inflight_messages 0',
     'max_queued_messages 10000',
     ...(logFile ? [`log_dest file ${logFile}`, 'log_timestamp false'] : ['log_dest stderr']),

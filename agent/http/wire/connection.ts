@@ -113,6 +113,16 @@ export class Connection {
     return this.phase === IDLE && this.pending === undefined;
   }
 
+  /**
+   * Since when this connection has held no request the server has taken in:
+   * idle since its last answer (or its accept), sending a head since its first
+   * byte, or closing after an answer. Undefined while a body is read or a
+   * request answered: such a connection is never evicted.
+   */
+  get waitingSince(): number | undefined {
+    return this.phase === BODY || this.phase === BUSY ? undefined : this.since;
+  }
+
   /** Stops after the request in hand, if any; an idle connection closes now. */
   drain(): void {
     this.closeAfter = true;
