@@ -1,5 +1,5 @@
 /**
- * Names, times and MQTT topics of the wire protocol (docs/protocol.md sections 1, 5-7).
+ * Names, times and MQTT topics of the wire protocol (docs/protocol.md sections 1, 3, 5-7).
  */
 import { z } from 'zod';
 import { ProtocolError } from './errors.js';
@@ -73,6 +73,8 @@ export type Target = { device: string; group?: never } | { group: string; device
 
 export type ParsedTopic =
   | { kind: 'trust' }
+  /** `{root}/trust/{version}`: one version of the trust chain (section 3, revision 2). */
+  | { kind: 'trust-version'; version: number }
   | { kind: 'block'; sha256: string; index: number }
   | { kind: 'desired'; target: Target }
   | { kind: 'status' | 'state' | 'events' | 'telemetry'; deviceId: string };
@@ -92,6 +94,13 @@ function checkName(value: string, re: RegExp, what: string): string {
 
 export const topics = {
   trust: (root: string): string => `${checkTopicRoot(root)}/trust`,
+  /** Where trust version `version` stays retained, so an offline device can walk the chain. */
+  trustVersion(root: string, version: number): string {
+    if (!Number.isSafeInteger(version) || version < 1) throw new ProtocolError('MALFORMED', `trust version ${version} must be an integer >= 1`);
+    return `${checkTopicRoot(root)}/trust/${version}`;
+  },
+  /** Subscription filter for every retained trust version. */
+  trustVersions: (root: string): string => `${checkTopicRoot(root)}/trust/+`,
   block(root: string, sha256: string, index: number): string {
     if (!SHA256_HEX_RE.test(sha256)) throw new ProtocolError('MALFORMED', 'artifact sha256 must be 64 lowercase hex digits');
     if (!Number.isSafeInteger(index) || index < 0) throw new ProtocolError('MALFORMED', `block index ${index} must be an integer >= 0`);
@@ -114,6 +123,12 @@ export function parseTopic(root: string, topic: string): ParsedTopic | undefined
   const parts = topic.slice(prefix.length).split('/');
   const [first, second, third, fourth] = parts;
   if (parts.length === 1 && first === 'trust') return { kind: 'trust' };
+  if (parts.length === 2 && first === 'trust') {
+    // Decimal as the publisher writes it: no sign, no leading zeros, so one version has one topic.
+    if (!/^[1-9]\d*$/.test(second ?? '')) return undefined;
+    const version = Number(second);
+    return Number.isSafeInteger(version) ? { kind: 'trust-version', version } : undefined;
+  }
   if (parts.length === 4 && first === 'artifacts' && third === 'blocks') {
     if (second === undefined || !SHA256_HEX_RE.test(second) || !/^(0|[1-9]\d*)$/.test(fourth ?? '')) return undefined;
     const index = Number(fourth);

@@ -62,13 +62,28 @@ export const reportedStateSchema = z.object({
       unavailable: z.record(z.string(), z.string()),
     }),
   }),
+  /**
+   * The trust in force and the last problem with trust: a rotation refused, a
+   * broken link in the chain of `{root}/trust/{version}`, a version that skips
+   * ahead with nothing to walk. Added beside revision 2 of the contract, so
+   * optional: older devices do not send it, older readers drop it.
+   */
+  trust: z
+    .object({
+      version: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+      expiresAt: timeSchema,
+      // null while no problem has been seen since the last accepted version (or the start).
+      error: z.string().nullable(),
+    })
+    .optional(),
 });
 export type ReportedState = z.infer<typeof reportedStateSchema>;
 export type ReportedModel = ReportedState['models'][number];
+export type ReportedTrust = NonNullable<ReportedState['trust']>;
 
 export const EVENT_TYPES = [
   'desired.received', 'desired.rejected', 'download.started', 'download.completed', 'verify.failed',
-  'selftest.failed', 'activated', 'rolled_back', 'unloaded', 'trust.updated',
+  'selftest.failed', 'activated', 'rolled_back', 'unloaded', 'trust.updated', 'trust.rejected',
 ] as const;
 /** Known event types; readers accept others too. */
 export type KnownEventType = (typeof EVENT_TYPES)[number];

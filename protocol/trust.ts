@@ -1,7 +1,7 @@
 /**
  * The trust document (docs/protocol.md section 3): keys, roles and thresholds, and
  * its rotation. The initial document is installed out of band; later ones
- * arrive signed on `{root}/trust`.
+ * arrive signed on `{root}/trust`, and each stays retained on `{root}/trust/{version}`.
  */
 import type { KeyObject } from 'node:crypto';
 import { z } from 'zod';
@@ -153,4 +153,19 @@ export function acceptRotation(current: Trust, envelope: unknown): Trust {
   // The same opened envelope, so the signatures checked are over the bytes just parsed.
   requireSignatures(opened, requirement(next, 'root', `new root (trust v${next.version})`));
   return next;
+}
+
+/**
+ * The version an envelope's payload claims, before any signature is checked;
+ * undefined when it cannot be read. Only for deciding what to do with a
+ * message (a repeat, a gap to walk), never for accepting one.
+ */
+export function claimedTrustVersion(envelope: unknown): number | undefined {
+  try {
+    const opened = openEnvelope(envelope, PAYLOAD_TYPES.trust);
+    const doc = JSON.parse(opened.payload.toString('utf8')) as { version?: unknown };
+    return typeof doc.version === 'number' ? doc.version : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -161,8 +161,11 @@ describe.skipIf(skip)('edgefleet CLI', () => {
     expect(next.version).toBe(2);
     expect(next.document.roles.models).toEqual(trust.document.roles.models);
     expect(loadTrust(await readFile(join(dir, 'trust-v2.document.json'))).document).toEqual(next.document);
-    const onBroker = await retained(broker.url, 'edgefleet/trust');
+    // Retained on {root}/trust and, for devices that were away, on {root}/trust/2 (section 3, revision 2).
+    const onBroker = await retained(broker.url, 'edgefleet/trust/#');
     expect(JSON.parse(onBroker.get('edgefleet/trust')?.toString() ?? 'null')).toEqual(envelope);
+    expect(JSON.parse(onBroker.get('edgefleet/trust/2')?.toString() ?? 'null')).toEqual(envelope);
+    expect(run.stdout).toContain('published trust version 2 retained on edgefleet/trust/2 and edgefleet/trust');
 
     // Signed by the new root alone, the same document is refused by devices...
     const newRoot = privateKeyFromPem(await readFile(join(keys, 'root2.key')));
@@ -266,6 +269,7 @@ describe.skipIf(skip)('edgefleet CLI', () => {
     const state = {
       schema: 1, device: 'pi-001', groups: ['lab'], ts,
       desired: { source: 'device', serial: 2, status: 'rejected', error: 'bad signature by rollout key' },
+      trust: { version: 1, expiresAt: '2036-01-01T00:00:00Z', error: 'edgefleet/trust/2: signature does not verify' },
       models: [{ name: 'mlp', version: 1, state: 'serving', labels: ['stable'], executionProvider: 'cpu', sha256: 'a'.repeat(64), progress: 1, error: null }],
       agent: { version: '0.1.0', arch: 'arm64', startedAt: ts, executionProviders: { available: ['cpu'], unavailable: {} } },
     };
@@ -273,20 +277,26 @@ describe.skipIf(skip)('edgefleet CLI', () => {
     await publishRetained(broker.url, 'edgefleet/devices/pi-001/status', JSON.stringify({ online: true, ts }));
     await publishRetained(broker.url, 'edgefleet/devices/pi-002/status', JSON.stringify({ online: false }));
     await publishRetained(broker.url, 'edgefleet/devices/pi-003/state', '{"not": "a state"}');
+    const expired = { ...state, device: 'pi-004', desired: null, models: [], trust: { version: 4, expiresAt: '2020-01-01T00:00:00Z', error: null } };
+    await publishRetained(broker.url, 'edgefleet/devices/pi-004/state', JSON.stringify(expired));
 
     const json = await cli('devices', '--json', '--wait-ms', '500', ...b());
     expect(json.code, json.stderr).toBe(0);
     const rows = JSON.parse(json.stdout) as { device: string; online: boolean | null; groups: string[] }[];
-    expect(rows.map((r) => [r.device, r.online])).toEqual([['pi-001', true], ['pi-002', false]]);
-    expect(rows[0]).toMatchObject({ groups: ['lab'], desired: state.desired, models: state.models, ts });
+    expect(rows.map((r) => [r.device, r.online])).toEqual([['pi-001', true], ['pi-002', false], ['pi-004', null]]);
+    expect(rows[0]).toMatchObject({ groups: ['lab'], desired: state.desired, trust: state.trust, models: state.models, ts });
+    // A device that does not report trust (revision 1) has none.
+    expect(rows[1]).toMatchObject({ device: 'pi-002', trust: null });
     expect(json.stderr).toMatch(/ignoring the state of pi-003/);
 
     const table = await cli('devices', '--group', 'lab', '--wait-ms', '500', ...b());
     expect(table.code, table.stderr).toBe(0);
     const lines = table.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(/^DEVICE\s+ONLINE\s+GROUPS\s+DESIRED\s+MODELS\s+LAST SEEN$/);
-    expect(lines[1]).toMatch(/^pi-001\s+yes\s+lab\s+2 rejected\s+mlp:1 serving cpu\s+\S+$/);
+    expect(lines[0]).toMatch(/^DEVICE\s+ONLINE\s+GROUPS\s+DESIRED\s+TRUST\s+MODELS\s+LAST SEEN$/);
+    expect(lines[1]).toMatch(/^pi-001\s+yes\s+lab\s+2 rejected\s+v1 error\s+mlp:1 serving cpu\s+\S+$/);
+    expect(lines).toContain('pi-001: trust v1: edgefleet/trust/2: signature does not verify');
     expect(lines).toContain('pi-001: desired serial 2 rejected: bad signature by rollout key');
+    expect(lines[2]).toMatch(/^pi-004\s+\?\s+lab\s+-\s+v4 expired\s+-\s+\S+$/);
     expect(table.stdout).not.toContain('pi-002');
   });
 

@@ -197,7 +197,7 @@ describe.skipIf(skip)('Mosquitto with provisioning/mosquitto (mutual TLS, per-de
   });
 
   it('does not let a device publish desired state, trust or artifact blocks', async () => {
-    for (const topic of ['edgefleet/devices/pi-001/desired', 'edgefleet/devices/pi-002/desired', 'edgefleet/groups/lab/desired', 'edgefleet/trust', `edgefleet/artifacts/${SHA}/blocks/0`, 'edgefleet/other']) {
+    for (const topic of ['edgefleet/devices/pi-001/desired', 'edgefleet/devices/pi-002/desired', 'edgefleet/groups/lab/desired', 'edgefleet/trust', 'edgefleet/trust/3', `edgefleet/artifacts/${SHA}/blocks/0`, 'edgefleet/other']) {
       expect(await reachesAdmin(device, topic, `forged ${topic}`), topic).toBe(false);
     }
   });
@@ -208,6 +208,7 @@ describe.skipIf(skip)('Mosquitto with provisioning/mosquitto (mutual TLS, per-de
       ['edgefleet/devices/pi-002/desired', 'desired for pi-002'],
       ['edgefleet/groups/lab/desired', 'desired for lab'],
       ['edgefleet/trust', 'trust v2'],
+      ['edgefleet/trust/2', 'trust chain v2'],
       [`edgefleet/artifacts/${SHA}/blocks/0`, 'block 0'],
     ];
     for (const [topic, payload] of published) {
@@ -217,10 +218,10 @@ describe.skipIf(skip)('Mosquitto with provisioning/mosquitto (mutual TLS, per-de
     // A second session of the same device subscribes as the agent does.
     const reader = await client('pi-001-reader', deviceKeys);
     const got = watch(reader);
-    const allowed = ['edgefleet/devices/pi-001/desired', 'edgefleet/groups/lab/desired', 'edgefleet/trust', `edgefleet/artifacts/${SHA}/blocks/0`];
+    const allowed = ['edgefleet/devices/pi-001/desired', 'edgefleet/groups/lab/desired', 'edgefleet/trust', 'edgefleet/trust/+', `edgefleet/artifacts/${SHA}/blocks/0`];
     const granted = await reader.subscribeAsync(allowed, { qos: 1 });
-    expect(granted.map((g) => g.qos)).toEqual([1, 1, 1, 1]);
-    for (const payload of ['desired for pi-001', 'desired for lab', 'trust v2', 'block 0']) await got.until(payload);
+    expect(granted.map((g) => g.qos)).toEqual([1, 1, 1, 1, 1]);
+    for (const payload of ['desired for pi-001', 'desired for lab', 'trust v2', 'trust chain v2', 'block 0']) await got.until(payload);
 
     // Mosquitto 2.0 grants the SUBSCRIBE and checks read access per message, so the
     // retained messages there must simply never come. A marker published after the

@@ -150,22 +150,42 @@ describe('report projection: rollout events to reported state and events', () =>
     ]);
   });
 
-  it('resumed, dropped, trust: desired state and events', () => {
-    const { reporter, published } = project([
-      { type: 'desired.resumed', origin: device, serial: 3 },
-      { type: 'trust.updated', version: 2 },
-      { type: 'trust.updated', version: undefined },
-      { type: 'trust.rejected', error: new ProtocolError('TRUST_VERSION', 'not current + 1').message },
-    ]);
+  it('resumed, dropped: desired state and events', () => {
+    const { reporter, published } = project([{ type: 'desired.resumed', origin: device, serial: 3 }]);
     expect(reporter.snapshot().desired).toEqual({ source: 'device', serial: 3, status: 'applying', error: null });
     const dropped = project([{ type: 'desired.dropped', origin: device, serial: 3, error: 'no longer verifies' }]);
     expect(dropped.reporter.snapshot().desired).toEqual({ source: 'device', serial: 3, status: 'rejected', error: 'no longer verifies' });
-    expect([...published, ...dropped.published]).toEqual([
-      { type: 'trust.updated', detail: 'trust version 2' },
-      { type: 'trust.updated', detail: 'trust version ?' },
-      { type: 'trust.rejected', detail: 'not current + 1' },
-      { type: 'desired.rejected', detail: 'no longer verifies' },
+    expect([...published, ...dropped.published]).toEqual([{ type: 'desired.rejected', detail: 'no longer verifies' }]);
+  });
+
+  it('trust: the version in force and its last problem in the state, an event per update and refusal', () => {
+    const v1 = { version: 1, expiresAt: '2036-01-01T00:00:00Z' };
+    const v2 = { version: 2, expiresAt: '2037-01-01T00:00:00Z' };
+    const refused = new ProtocolError('TRUST_VERSION', 'trust version 4 skips past the current version 2').message;
+    // Before any trust event a state has no trust field (what a revision-1 device sends), and still validates.
+    const before = project([]).reporter.snapshot();
+    expect(before).not.toHaveProperty('trust');
+    expect(reportedStateSchema.parse(before)).not.toHaveProperty('trust');
+
+    const loaded = project([{ type: 'trust.loaded', ...v1 }]);
+    expect(loaded.reporter.snapshot().trust).toEqual({ ...v1, error: null });
+    expect(loaded.published).toEqual([]);
+
+    const { reporter, published } = project([
+      { type: 'trust.loaded', ...v1 },
+      { type: 'trust.updated', topic: 'r/trust/2', ...v2 },
+      { type: 'trust.rejected', current: v2, error: `r/trust/3: ${refused}` },
     ]);
+    const state = reporter.snapshot();
+    expect(state.trust).toEqual({ ...v2, error: `r/trust/3: ${refused}` });
+    expect(reportedStateSchema.parse(state).trust).toEqual(state.trust);
+    expect(published).toEqual([
+      { type: 'trust.updated', detail: 'trust version 2 from r/trust/2' },
+      { type: 'trust.rejected', detail: `r/trust/3: ${refused}` },
+    ]);
+    // The next accepted version clears the problem.
+    const cleared = project([{ type: 'trust.rejected', current: v1, error: 'bad' }, { type: 'trust.updated', topic: 'r/trust', ...v2 }]);
+    expect(cleared.reporter.snapshot().trust).toEqual({ ...v2, error: null });
   });
 });
 

@@ -128,6 +128,16 @@ describe('TrustStore', () => {
     expect(changes).toHaveLength(1);
   });
 
+  it('refuses a link of the chain whose document is not the version its topic names', async () => {
+    const s = store();
+    await s.load();
+    const result = await s.handleRotation(properRotation(2), { topicVersion: 3 });
+    expect(result.error?.code).toBe('TRUST_VERSION');
+    expect(result.error?.message).toBe('it carries trust version 2, not version 3 as its topic says');
+    expect(s.current.version).toBe(1);
+    expect(await s.handleRotation(properRotation(2), { topicVersion: 2 })).toEqual({ accepted: true, version: 2 });
+  });
+
   it('reports a malformed message with its code', async () => {
     const s = store();
     await s.load();

@@ -17,6 +17,12 @@ export interface AcceptedModel extends VersionRef {
 
 type Model = VersionRef;
 
+/** A trust version and when it expires, as reported. */
+export interface TrustRef {
+  version: number;
+  expiresAt: string;
+}
+
 /**
  * What the rollout does, as typed facts (balena-supervisor's step events):
  * the rollout and executor emit them, report-projection.ts turns them into
@@ -33,8 +39,12 @@ export type RolloutEvent =
   | { type: 'desired.dropped'; origin: DesiredOrigin; serial: number; error: string }
   /** Nothing is left to do for the active document; `error` is the worst blocked version's. */
   | { type: 'desired.settled'; origin: DesiredOrigin; serial: number; status: 'applied' | 'failed' | 'rejected'; error: string | null }
-  | { type: 'trust.updated'; version: number | undefined }
-  | { type: 'trust.rejected'; error: string }
+  /** The trust in force when the rollout starts. */
+  | ({ type: 'trust.loaded' } & TrustRef)
+  /** A rotation accepted and persisted; `topic` says where it came from ({root}/trust or a link of the chain). */
+  | ({ type: 'trust.updated'; topic: string } & TrustRef)
+  /** A trust message refused, or the chain that stops short; the trust in force is unchanged. */
+  | { type: 'trust.rejected'; current: TrustRef; error: string }
   // Steps on one model version.
   | (Model & { type: 'fetch.started'; sha256: string; size: number; blocks: number })
   /** Blocks durable so far (counting those recorded before a restart). */

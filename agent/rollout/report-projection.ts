@@ -2,7 +2,7 @@ import type { RolloutEvent, RolloutEventType, RolloutListener } from './events.j
 import type { Reporter } from './reporter.js';
 
 /** What the projection needs of the Reporter, which publishes and coalesces. */
-export type ReportTarget = Pick<Reporter, 'setDesired' | 'setModel' | 'removeModel' | 'event' | 'snapshot'>;
+export type ReportTarget = Pick<Reporter, 'setDesired' | 'setModel' | 'removeModel' | 'setTrust' | 'event' | 'snapshot'>;
 
 type Handlers = { [T in RolloutEventType]: (r: ReportTarget, e: Extract<RolloutEvent, { type: T }>) => void };
 
@@ -38,8 +38,16 @@ const HANDLERS: Handlers = {
     r.event('desired.rejected', { detail: e.error });
   },
   'desired.settled': (r, e) => r.setDesired({ ...e.origin, serial: e.serial, status: e.status, error: e.error }),
-  'trust.updated': (r, e) => r.event('trust.updated', { detail: `trust version ${e.version ?? '?'}` }),
-  'trust.rejected': (r, e) => r.event('trust.rejected', { detail: e.error }),
+  'trust.loaded': (r, e) => r.setTrust({ version: e.version, expiresAt: e.expiresAt, error: null }),
+  'trust.updated': (r, e) => {
+    // An accepted version settles whatever problem came before it.
+    r.setTrust({ version: e.version, expiresAt: e.expiresAt, error: null });
+    r.event('trust.updated', { detail: `trust version ${e.version} from ${e.topic}` });
+  },
+  'trust.rejected': (r, e) => {
+    r.setTrust({ version: e.current.version, expiresAt: e.current.expiresAt, error: e.error });
+    r.event('trust.rejected', { detail: e.error });
+  },
   'fetch.started': (r, e) => {
     r.setModel(e.name, e.version, { state: 'downloading', sha256: e.sha256, error: null });
     r.event('download.started', { model: e.name, version: e.version, detail: `${e.size} bytes in ${e.blocks} blocks` });

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { formatTime, topics } from '../../protocol/index.js';
-import type { DeviceEvent, ReportedModel, ReportedState } from '../../protocol/index.js';
+import type { DeviceEvent, ReportedModel, ReportedState, ReportedTrust } from '../../protocol/index.js';
 import { errorMessage } from '../errors.js';
 import type { ProviderReport } from '../runtime/providers.js';
 import { agentVersion } from '../version.js';
@@ -49,8 +49,10 @@ export class Reporter {
   private readonly eventsTopic: string;
   private readonly coalesceMs: number;
   private readonly progressIntervalMs: number;
-  private readonly base: Omit<ReportedState, 'ts' | 'desired' | 'models'>;
+  private readonly base: Omit<ReportedState, 'ts' | 'desired' | 'models' | 'trust'>;
   private desired: DesiredReport = null;
+  /** Absent until the rollout says which trust is in force. */
+  private trust: ReportedTrust | undefined;
   private readonly models = new Map<string, ReportedModel>();
   private dirty = true;
   private lastPublishAt = 0;
@@ -102,7 +104,7 @@ export class Reporter {
   /** The state as it would be published now. */
   snapshot(): ReportedState {
     const models = [...this.models.values()].sort((a, b) => a.name.localeCompare(b.name) || a.version - b.version);
-    return structuredClone({ ...this.base, ts: formatTime(), desired: this.desired, models });
+    return structuredClone({ ...this.base, ts: formatTime(), desired: this.desired, models, ...(this.trust && { trust: this.trust }) });
   }
 
   setExecutionProviders(report: ProviderReport): void {
@@ -114,6 +116,11 @@ export class Reporter {
 
   setDesired(status: DesiredReport): void {
     this.desired = status === null ? null : { ...status };
+    this.changed(false);
+  }
+
+  setTrust(trust: ReportedTrust): void {
+    this.trust = { ...trust };
     this.changed(false);
   }
 

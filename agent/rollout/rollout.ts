@@ -18,6 +18,7 @@ import type { MqttConnection } from '../mqtt/connection.js';
 import type { ModelStore } from './model-store.js';
 import { plan, stillNeeded, type CurrentState, type DesiredVersion, type Step } from './planner.js';
 import { RolloutState, type ActiveDesired, type Blocked, type ServingSet } from './rollout-state.js';
+import { TrustChain } from './trust-chain.js';
 import type { TrustStore } from './trust-store.js';
 
 export interface RolloutOptions {
@@ -56,6 +57,9 @@ export class Rollout {
   private readonly attempts = new Map<string, number>();
   private stopped = false;
   private unsubscribe: (() => void) | undefined;
+  private readonly trustChain: TrustChain;
+  /** A desired document came while the trust chain was being walked: verify it when the walk ends. */
+  private evaluationDeferred = false;
 
   constructor(private readonly o: RolloutOptions) {
     this.log = o.logger;
@@ -76,6 +80,7 @@ export class Rollout {
       verifyManifestIgnoringExpiry: (envelope, name, version) => this.checkManifest(envelope, name, version, 0),
       onServingChanged: () => this.saveServing(),
     });
+    this.trustChain = new TrustChain({ store: o.trust, events: o.events, topicRoot: this.topicRoot, logger: o.logger, onWalked: (accepted) => this.onTrustWalked(accepted) });
   }
 
   private get topicRoot(): string {
@@ -87,11 +92,12 @@ export class Rollout {
     this.blocked = this.state.blocked();
     await this.restore();
     this.resume(this.state.active());
+    this.trustChain.start();
     const conn = this.o.connection;
     if (conn) {
       this.unsubscribe = conn.onMessage((topic, payload) => void this.onMessage(topic, payload));
       const { deviceId, groups } = this.o.config;
-      const list = [topics.trust(this.topicRoot), topics.device(this.topicRoot, deviceId, 'desired'), ...groups.map((g) => topics.groupDesired(this.topicRoot, g))];
+      const list = [topics.trustVersions(this.topicRoot), topics.trust(this.topicRoot), topics.device(this.topicRoot, deviceId, 'desired'), ...groups.map((g) => topics.groupDesired(this.topicRoot, g))];
       // Not awaited: without a broker the SUBSCRIBE waits for the connection, and serving
       // must not. The retained documents arrive whenever the broker does.
       conn.subscribe(list).then(
@@ -107,6 +113,7 @@ export class Rollout {
   async stop(): Promise<void> {
     this.stopped = true;
     this.unsubscribe?.();
+    await this.trustChain.stop();
     this.executor.stop();
     this.wake?.();
     await this.loop;
@@ -163,20 +170,24 @@ export class Rollout {
 
   private async onMessage(topic: string, payload: Buffer): Promise<void> {
     const parsed = parseTopic(this.topicRoot, topic);
-    if (parsed?.kind === 'trust') {
-      if (payload.length === 0) return;
-      const result = await this.o.trust.handleRotation(payload);
-      if (result.accepted) {
-        this.o.events.emit({ type: 'trust.updated', version: result.version });
-        this.evaluate();
-      } else if (result.error) {
-        this.log.warn({ err: result.error.message }, 'trust rotation refused');
-        this.o.events.emit({ type: 'trust.rejected', error: result.error.message });
-      }
+    // Trust versions are subscribed first, so the retained chain is in hand before the head and the desired documents.
+    if (parsed?.kind === 'trust-version') {
+      this.trustChain.offerVersion(parsed.version, payload);
+    } else if (parsed?.kind === 'trust') {
+      this.trustChain.offerHead(payload);
     } else if (parsed?.kind === 'desired') {
       this.source.offer(parsed.target, payload);
-      this.evaluate();
+      // Verified under the trust the walk reaches, not refused under the one it is leaving.
+      if (this.trustChain.walking) this.evaluationDeferred = true;
+      else this.evaluate();
     }
+  }
+
+  /** A newer trust may let the counting document verify (or no longer). */
+  private onTrustWalked(accepted: boolean): void {
+    const deferred = this.evaluationDeferred;
+    this.evaluationDeferred = false;
+    if (accepted || deferred) this.evaluate();
   }
 
   private checkManifest(envelope: unknown, name: string, version: number, now: number): Manifest {

@@ -1,14 +1,15 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { acceptRotation, loadTrust, openEnvelope, PAYLOAD_TYPES, ProtocolError } from '../../protocol/index.js';
+import { acceptRotation, claimedTrustVersion, loadTrust, ProtocolError } from '../../protocol/index.js';
 import type { Trust } from '../../protocol/index.js';
 import { EdgefleetError, errorMessage } from '../errors.js';
 import { writeFileAtomic } from '../store/fs-atomic.js';
 
 /**
  * The device's current trust (docs/protocol.md section 3): the provisioned document,
- * or a later one accepted by rotation on `{root}/trust` and persisted as
+ * or a later one accepted by rotation (on `{root}/trust` or, walking the chain,
+ * `{root}/trust/{version}`: trust-chain.ts) and persisted as
  * `{stateDir}/trust.json`. Whichever of the two has the higher version counts,
  * so re-provisioning a device with a newer document also works.
  */
@@ -22,6 +23,11 @@ export interface TrustStoreOptions {
   logger: Logger;
   /** Called after a rotation has been persisted and taken into use. */
   onChange?: (trust: Trust) => void;
+}
+
+export interface RotationSource {
+  /** The N of `{root}/trust/N` the envelope came on: its document must be that version. */
+  topicVersion?: number;
 }
 
 export interface RotationResult {
@@ -109,13 +115,13 @@ export class TrustStore {
    * persisted before it is used. Rejects only when persisting fails, leaving
    * the current trust in place (the retained message will be retried).
    */
-  handleRotation(payload: Buffer): Promise<RotationResult> {
-    const run = this.queue.then(() => this.rotate(payload));
+  handleRotation(payload: Buffer, source: RotationSource = {}): Promise<RotationResult> {
+    const run = this.queue.then(() => this.rotate(payload, source));
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  private async rotate(payload: Buffer): Promise<RotationResult> {
+  private async rotate(payload: Buffer, { topicVersion }: RotationSource): Promise<RotationResult> {
     const current = this.current;
     if (payload.length === 0) return { accepted: false };
     let envelope: unknown;
@@ -124,12 +130,18 @@ export class TrustStore {
     } catch (err) {
       return this.refused(new ProtocolError('MALFORMED', `trust message is not JSON: ${errorMessage(err)}`, { cause: err }));
     }
-    const claimed = claimedVersion(envelope);
+    const claimed = claimedTrustVersion(envelope);
     // A repeat decides nothing, so reading the (not yet verified) version to skip it is safe.
-    if (claimed !== undefined && claimed <= current.version) return { accepted: false, version: claimed };
+    if (claimed !== undefined && claimed <= current.version && (topicVersion === undefined || claimed === topicVersion)) {
+      return { accepted: false, version: claimed };
+    }
     let next: Trust;
     try {
       next = acceptRotation(current, envelope);
+      // Checked on the verified document: version N of the chain is what {root}/trust/N must carry.
+      if (topicVersion !== undefined && next.version !== topicVersion) {
+        throw new ProtocolError('TRUST_VERSION', `it carries trust version ${next.version}, not version ${topicVersion} as its topic says`);
+      }
     } catch (err) {
       if (err instanceof ProtocolError) return this.refused(err);
       throw err;
@@ -148,16 +160,5 @@ export class TrustStore {
   private refused(error: ProtocolError): RotationResult {
     this.log.warn({ code: error.code, err: error.message, current: this.trust?.version }, 'trust rotation rejected');
     return { accepted: false, error };
-  }
-}
-
-/** The version an envelope's payload claims, before any signature is checked; undefined if unreadable. */
-function claimedVersion(envelope: unknown): number | undefined {
-  try {
-    const opened = openEnvelope(envelope, PAYLOAD_TYPES.trust);
-    const doc = JSON.parse(opened.payload.toString('utf8')) as { version?: unknown };
-    return typeof doc.version === 'number' ? doc.version : undefined;
-  } catch {
-    return undefined;
   }
 }

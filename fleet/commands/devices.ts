@@ -29,8 +29,10 @@ export const devices: Command = {
 
 Reads the retained {root}/devices/+/state and {root}/devices/+/status messages
 (PROTOCOL.md section 7) and prints one row per device: online, groups, the
-desired state's serial and status, each model's version, state and execution
-provider, and when it last reported. Problems devices report follow the table.
+desired state's serial and status, the trust version in force (with "expired"
+or "error" when so), each model's version, state and execution provider, and
+when it last reported. Problems devices report follow the table, trust
+problems first: a device that cannot update its trust refuses new rollouts.
 
 Options:
   --json        print the rows as a JSON array instead
@@ -107,18 +109,25 @@ function lastSeen(row: DeviceRow): string {
   return times.sort((a, b) => (parseTime(b) ?? 0) - (parseTime(a) ?? 0))[0] ?? '-';
 }
 
+function trustCell(trust: DeviceRow['trust'], now: number): string {
+  if (trust === null) return '-';
+  const notes = [...((parseTime(trust.expiresAt) ?? 0) <= now ? ['expired'] : []), ...(trust.error !== null ? ['error'] : [])];
+  return [`v${trust.version}`, ...notes].join(' ');
+}
+
 function modelCell(m: ReportedState['models'][number]): string {
   const progress = m.state === 'downloading' ? ` ${Math.round(m.progress * 100)}%` : '';
   return `${m.name}:${m.version} ${m.state}${progress}${m.executionProvider ? ` ${m.executionProvider}` : ''}`;
 }
 
-export function formatTable(rows: readonly DeviceRow[]): string {
-  const header = ['DEVICE', 'ONLINE', 'GROUPS', 'DESIRED', 'MODELS', 'LAST SEEN'];
+export function formatTable(rows: readonly DeviceRow[], now = Date.now()): string {
+  const header = ['DEVICE', 'ONLINE', 'GROUPS', 'DESIRED', 'TRUST', 'MODELS', 'LAST SEEN'];
   const cells = rows.map((r) => [
     r.device,
     r.online === null ? '?' : r.online ? 'yes' : 'no',
     r.groups.join(',') || '-',
     r.desired ? `${r.desired.serial} ${r.desired.status}` : '-',
+    trustCell(r.trust, now),
     r.models.map(modelCell).join(', ') || '-',
     lastSeen(r),
   ]);
@@ -131,6 +140,7 @@ export function formatTable(rows: readonly DeviceRow[]): string {
 function problems(rows: readonly DeviceRow[]): string[] {
   const out: string[] = [];
   for (const r of rows) {
+    if (r.trust?.error) out.push(`${r.device}: trust v${r.trust.version}: ${r.trust.error}`);
     if (r.desired?.error) out.push(`${r.device}: desired serial ${r.desired.serial} ${r.desired.status}: ${r.desired.error}`);
     for (const m of r.models) if (m.error) out.push(`${r.device}: ${m.name}:${m.version} ${m.state}: ${m.error}`);
   }

@@ -51,7 +51,9 @@ ${THRESHOLD_HELP} (default: unchanged)
   --out-document FILE   the plain new document, for provisioning new devices
                         (default: --out with .document.json in place of .json)
   --force               replace existing output files
-  --publish             publish the envelope retained (QoS 1) on {root}/trust
+  --publish             publish the envelope retained (QoS 1) on {root}/trust/{version},
+                        then on {root}/trust; the versioned copies are never cleared, so
+                        devices offline through several rotations walk the chain
 
 ${BROKER_HELP}`,
 
@@ -79,9 +81,15 @@ ${BROKER_HELP}`,
     await writeFileAtomic(outDocument, `${JSON.stringify(next, null, 2)}\n`, { overwrite: force });
     io.out(`wrote ${out} (signed trust version ${next.version}, expires ${expiresAt}) and ${outDocument} (plain document)`);
     if (broker !== undefined) {
-      const topic = topics.trust(broker.topicRoot);
-      await withBroker(broker, (b) => b.publish(topic, Buffer.from(JSON.stringify(envelope)), true));
-      io.out(`published trust version ${next.version} retained on ${topic}`);
+      const payload = Buffer.from(JSON.stringify(envelope));
+      // The versioned copy first: a device that sees the new head can then always find the link to it.
+      const linkTopic = topics.trustVersion(broker.topicRoot, next.version);
+      const headTopic = topics.trust(broker.topicRoot);
+      await withBroker(broker, async (b) => {
+        await b.publish(linkTopic, payload, true);
+        await b.publish(headTopic, payload, true);
+      });
+      io.out(`published trust version ${next.version} retained on ${linkTopic} and ${headTopic}`);
     }
   },
 };
