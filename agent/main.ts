@@ -65,7 +65,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   let reporter: Reporter | undefined;
 
   if (config.mqtt) {
-    components.push(step(async () => (database = AgentDatabase.open(agentDatabasePath(config.stateDir))), async () => database?.close()));
+    components.push(step(async () => (database = AgentDatabase.open(agentDatabasePath(config.stateDir), { logger: logger.child({ component: 'store' }) })), async () => database?.close()));
     const trust = new TrustStore({ provisionedPath: config.trust, stateDir: config.stateDir, logger: logger.child({ component: 'trust' }) });
     const connection = new MqttConnection({ config: config.mqtt, deviceId: config.deviceId, logger: logger.child({ component: 'mqtt' }) });
     const rep = new Reporter({ transport: connection, topicRoot: config.mqtt.topicRoot, deviceId: config.deviceId, groups: config.groups, logger: logger.child({ component: 'reporter' }) });

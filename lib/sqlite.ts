@@ -15,6 +15,12 @@ export interface OpenSqliteOptions {
   migrations: readonly string[];
   /** Who writes the file ("agent", "collector"), for the error about a file from a newer release. */
   owner: string;
+  /**
+   * Exclusive locking mode: no other process can open the file, and in
+   * return WAL keeps its index in this process's memory instead of the
+   * `-shm` file, which a full filesystem may have no room to create.
+   */
+  exclusive?: boolean;
 }
 
 /** Opens (creating it and its directory if needed) and migrates the database at `file`. */
@@ -22,6 +28,7 @@ export function openSqlite(file: string, options: OpenSqliteOptions): Database.D
   mkdirSync(dirname(file), { recursive: true });
   const db = new Database(file);
   try {
+    if (options.exclusive) db.pragma('locking_mode = EXCLUSIVE');
     // WAL keeps readers off the writer's back; FULL syncs the WAL on every
     // commit, so a committed row survives power loss (NORMAL may lose it).
     db.pragma('journal_mode = WAL');

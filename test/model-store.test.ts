@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { classify } from '../agent/rollout/errors.js';
 import { ModelStore, StoreError } from '../agent/rollout/model-store.js';
+import { NoSpaceError } from '../agent/store/no-space.js';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -43,12 +44,20 @@ describe('model store', () => {
     await expect(readFile(join(store.root, 'm', '1', 'model.onnx'))).rejects.toThrow();
   });
 
-  it('fails a pull that cannot fit with a retryable, clear error naming both figures', async () => {
+  it('fails a pull that cannot fit with a retryable, clear error naming the filesystem, the file and both figures', async () => {
     const store = await storeWith([]);
-    const err = await store.ensureSpace(2 ** 52).catch((e: unknown) => e);
-    expect((err as StoreError).code).toBe('NO_SPACE');
-    expect((err as Error).message).toMatch(/not enough disk space .*needs [\d.]+ MiB with margin, [\d.]+ MiB are free/);
-    expect(classify(err)).toMatchObject({ status: 'failed', retryable: true });
-    await expect(store.ensureSpace(1024)).resolves.toBeUndefined();
+    const err = await store.ensureSpace('a'.repeat(64), 2 ** 52).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NoSpaceError);
+    expect((err as Error).message).toMatch(/^no space left on \S+ for \S+\/staging\/a{64}\.part: needs \d+ bytes \(\d+ bytes free\); the artifact is 4503599627370496 bytes, 0 are staged/);
+    expect(classify(err)).toMatchObject({ code: 'NO_SPACE', status: 'failed', retryable: true, untilFixed: true });
+    await expect(store.ensureSpace('a'.repeat(64), 1024)).resolves.toBeUndefined();
+  });
+
+  it('counts what a staging file already holds as not needed again', async () => {
+    const store = await storeWith([]);
+    const sha256 = 'b'.repeat(64);
+    await writeFile(store.stagingFile(sha256), Buffer.alloc(1 << 20, 7));
+    const err = await store.ensureSpace(sha256, 2 ** 52).catch((e: unknown) => e);
+    expect((err as NoSpaceError).message).toContain(`${1 << 20} are staged`);
   });
 });

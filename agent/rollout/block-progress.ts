@@ -1,9 +1,14 @@
 import type { Statement } from 'better-sqlite3';
 import type { AgentDatabase } from '../store/database.js';
 
-/** Forgets an artifact's pull progress, so the next pull starts from scratch. */
+/** Forgets an artifact's pull progress, so the next pull starts from scratch. A full filesystem is a NoSpaceError. */
 export function clearArtifactProgress(db: AgentDatabase, sha256: string): void {
-  db.db.prepare('DELETE FROM artifact_blocks WHERE sha256 = ?').run(sha256);
+  db.write(() => db.db.prepare('DELETE FROM artifact_blocks WHERE sha256 = ?').run(sha256));
+}
+
+/** The artifacts (sha256) with pull progress recorded. */
+export function artifactsInProgress(db: AgentDatabase): string[] {
+  return db.db.prepare<[], { sha256: string }>('SELECT DISTINCT sha256 FROM artifact_blocks').all().map((r) => r.sha256);
 }
 
 export interface BlockProgressOptions {
@@ -45,7 +50,8 @@ export class BlockProgress {
     const insertAll = db.transaction((batch: number[]) => {
       for (const i of batch) insert.run(o.sha256, i);
     });
-    this.record = (batch) => o.db.relaxed(() => insertAll(batch));
+    // About 80 bytes a row in the WAL; a full filesystem is a NoSpaceError that ends the pull.
+    this.record = (batch) => o.db.relaxed(() => o.db.write(() => insertAll(batch), batch.length * 80));
   }
 
   /** The blocks recorded by an earlier pull; they count as durable from here on. */

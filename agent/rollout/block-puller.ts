@@ -2,6 +2,7 @@ import { webcrypto } from 'node:crypto';
 import type { Logger } from 'pino';
 import { blockCount } from '../../protocol/manifest.js';
 import type { AgentDatabase } from '../store/database.js';
+import { isNoSpace } from '../store/no-space.js';
 import { BlockProgress } from './block-progress.js';
 import { RolloutError } from './errors.js';
 import { InOrderHash, readBackSha256 } from './file-hash.js';
@@ -389,8 +390,14 @@ export class BlockPuller {
     const digest = this.fileHash?.digest(this.total) ?? (await readBackSha256(staging, size));
     if (size === this.artifact.size && digest === this.artifact.sha256.toLowerCase()) return;
     // Every block matched yet the whole does not: the manifest is inconsistent.
-    // Start from scratch next time rather than trust any of these blocks.
-    this.progress.clear();
+    // Start from scratch next time rather than trust any of these blocks. On a
+    // full disk the rows stay (the rollout deletes them with the staging file
+    // once it is free to): FILE_HASH is what this pull reports either way.
+    try {
+      this.progress.clear();
+    } catch (err) {
+      if (!isNoSpace(err)) throw err;
+    }
     throw new BlockPullError(
       'FILE_HASH',
       `artifact ${this.artifact.sha256} is ${size} bytes with sha256 ${digest}; ` +

@@ -1,5 +1,6 @@
 import { isProtocolError, type ProtocolErrorCode } from '../../protocol/errors.js';
 import { errorMessage } from '../errors.js';
+import { isNoSpace } from '../store/no-space.js';
 
 /** Stable codes of the ways a rollout step fails; each has one row in OUTCOMES. */
 export type RolloutErrorCode =
@@ -8,7 +9,7 @@ export type RolloutErrorCode =
   | 'FILE_HASH' // the whole file, staged or installed, does not match its signed size and sha256
   | 'ABORTED' // the agent is stopping
   | 'SUPERSEDED' // a newer desired document no longer needs the step; abandoned, not failed
-  | 'NO_SPACE' // the artifact does not fit on the state filesystem
+  | 'NO_SPACE' // the state filesystem is full (agent/store/no-space.ts): a pull, an install, a record of the rollout
   | 'MISSING' // an installed model file is gone from the store
   | 'NO_CONNECTION' // no MQTT connection to pull blocks with
   | 'MANIFEST' // a manifest listed in a desired document does not verify (the cause says why)
@@ -38,6 +39,8 @@ export type FailureCode = RolloutErrorCode | ProtocolErrorCode | 'UNEXPECTED';
 
 export function failureCode(err: unknown): FailureCode {
   if (err instanceof RolloutError || isProtocolError(err)) return err.code;
+  // Typed where it happens (NoSpaceError); an ENOSPC from a write not wrapped yet means the same.
+  if (isNoSpace(err)) return 'NO_SPACE';
   return 'UNEXPECTED';
 }
 
@@ -53,15 +56,21 @@ export interface Outcome {
   /** Event to emit besides desired.rejected, if any. */
   event: 'verify.failed' | 'selftest.failed' | undefined;
   retryable: boolean;
+  /**
+   * A condition of the device, not of the version (a full disk): reported
+   * `failed` at once and retried, with capped backoff, for as long as it
+   * lasts; it never uses up the version's attempts.
+   */
+  untilFixed: boolean;
   message: string;
 }
 
 type Rule = Omit<Outcome, 'code' | 'message'>;
 
 /** Worth another try: the version is reported `failed` only once the attempts run out. */
-const RETRY: Rule = { status: 'failed', modelState: 'failed', event: undefined, retryable: true };
+const RETRY: Rule = { status: 'failed', modelState: 'failed', event: undefined, retryable: true, untilFixed: false };
 /** Bytes or signatures that do not match what was signed: retrying cannot help. */
-const UNVERIFIED: Rule = { status: 'rejected', modelState: 'rejected', event: 'verify.failed', retryable: false };
+const UNVERIFIED: Rule = { status: 'rejected', modelState: 'rejected', event: 'verify.failed', retryable: false, untilFixed: false };
 
 /** A Record over the union, so a new code does not compile until it has a row. */
 const OUTCOMES: Record<FailureCode, Rule> = {
@@ -70,14 +79,15 @@ const OUTCOMES: Record<FailureCode, Rule> = {
   FILE_HASH: UNVERIFIED,
   ABORTED: RETRY,
   // rollout.ts reports it as `step.superseded`, never as a failure; the row is for completeness.
-  SUPERSEDED: { status: 'failed', modelState: undefined, event: undefined, retryable: false },
-  NO_SPACE: RETRY,
+  SUPERSEDED: { status: 'failed', modelState: undefined, event: undefined, retryable: false, untilFixed: false },
+  // Freeing space fixes it; until then what serves keeps serving.
+  NO_SPACE: { ...RETRY, untilFixed: true },
   MISSING: RETRY,
   NO_CONNECTION: RETRY,
   MANIFEST: UNVERIFIED,
-  SELF_TEST: { status: 'rejected', modelState: 'failed', event: 'selftest.failed', retryable: false },
+  SELF_TEST: { status: 'rejected', modelState: 'failed', event: 'selftest.failed', retryable: false, untilFixed: false },
   // Trying the same version again would break serving again: an operator decides.
-  ROLLED_BACK: { status: 'failed', modelState: undefined, event: undefined, retryable: false },
+  ROLLED_BACK: { status: 'failed', modelState: undefined, event: undefined, retryable: false, untilFixed: false },
   MALFORMED: UNVERIFIED,
   PAYLOAD_TYPE: UNVERIFIED,
   BAD_SIGNATURE: UNVERIFIED,

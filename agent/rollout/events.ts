@@ -33,8 +33,13 @@ export type RolloutEvent =
   // Desired documents and trust.
   | { type: 'desired.accepted'; origin: DesiredOrigin; serial: number; from: string; models: AcceptedModel[]; available: VersionRef[] }
   | { type: 'desired.rejected'; origin: DesiredOrigin; serial: number; code: FailureCode; error: string }
-  /** The document being applied before a restart is picked up again. */
+  /** The document being applied before a restart is picked up again, or goes on after a full disk had stopped it. */
   | { type: 'desired.resumed'; origin: DesiredOrigin; serial: number }
+  /**
+   * The document cannot go on until a condition of the device clears (a full
+   * disk: recording it, or a step); reported `failed` with why, retried meanwhile.
+   */
+  | { type: 'desired.waiting'; origin: DesiredOrigin; serial: number; error: string }
   /** The document being applied before a restart no longer verifies (rotated trust). */
   | { type: 'desired.dropped'; origin: DesiredOrigin; serial: number; error: string }
   /** Nothing is left to do for the active document; `error` is the worst blocked version's. */

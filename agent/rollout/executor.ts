@@ -84,7 +84,7 @@ export class StepExecutor {
     const client = this.deps.client();
     if (!client) throw new RolloutError('NO_CONNECTION', `cannot download ${name} version ${version}: no MQTT connection configured`);
     const artifact = manifest.artifact;
-    await store.ensureSpace(artifact.size);
+    await store.ensureSpace(artifact.sha256, artifact.size);
     // Progress comes from the puller, which counts blocks already recorded before a restart.
     events.emit({ type: 'fetch.started', name, version, sha256: artifact.sha256, size: artifact.size, blocks: artifact.blockSha256.length });
     const puller = new BlockPuller({

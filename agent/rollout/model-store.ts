@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, statfs } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MODEL_NAME_RE } from '../../protocol/names.js';
 import { fsyncDir, removeQuietly, writeFileAtomic } from '../store/fs-atomic.js';
+import { NoSpaceError, freeBytes, isNoSpace, noSpaceAs } from '../store/no-space.js';
 import { RolloutError } from './errors.js';
 
 export interface StoredVersion {
@@ -11,7 +12,7 @@ export interface StoredVersion {
   sha256: string;
 }
 
-export class StoreError extends RolloutError<'FILE_HASH' | 'NO_SPACE' | 'MISSING'> {
+export class StoreError extends RolloutError<'FILE_HASH' | 'MISSING'> {
   constructor(code: StoreError['code'], message: string) {
     super(code, message);
     this.name = 'StoreError';
@@ -24,7 +25,8 @@ export class StoreError extends RolloutError<'FILE_HASH' | 'NO_SPACE' | 'MISSING
  * holds `model.onnx` and `manifest.json` (the signed envelope it came with).
  * `manifest.json` is written last, atomically, so a version folder without it
  * is an interrupted install and never counts. Downloads stage in
- * `{stateDir}/staging/{sha256}.part`.
+ * `{stateDir}/staging/{sha256}.part`. A full filesystem is a NoSpaceError
+ * (agent/store/no-space.ts) naming the file and the bytes needed.
  */
 export class ModelStore {
   readonly root: string;
@@ -35,13 +37,46 @@ export class ModelStore {
     this.stagingDir = join(stateDir, 'staging');
   }
 
+  /** Creates the folders; a full filesystem does not stop the start (a pull fails with NoSpaceError later instead). */
   async init(): Promise<void> {
-    await mkdir(this.root, { recursive: true });
-    await mkdir(this.stagingDir, { recursive: true });
+    for (const dir of [this.root, this.stagingDir]) {
+      await mkdir(dir, { recursive: true }).catch((err: unknown) => {
+        if (!isNoSpace(err)) throw err;
+      });
+    }
   }
 
   stagingFile(sha256: string): string {
     return join(this.stagingDir, `${sha256}.part`);
+  }
+
+  /** The artifacts (sha256) with a staging file. */
+  async staged(): Promise<string[]> {
+    const names = await readdir(this.stagingDir).catch(() => [] as string[]);
+    return names.filter((n) => STAGING_NAME.test(n)).map((n) => n.slice(0, -'.part'.length));
+  }
+
+  /** Deletes an artifact's staging file (and the space it holds). */
+  async discardStaging(sha256: string): Promise<void> {
+    await removeQuietly(this.stagingFile(sha256));
+  }
+
+  /**
+   * Removes what an interrupted install left: a version folder without its
+   * manifest never counts (list() skips it) but holds the model's bytes.
+   */
+  async removeIncomplete(): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of await readdir(this.root).catch(() => [] as string[])) {
+      if (!MODEL_NAME_RE.test(name)) continue;
+      for (const v of await readdir(join(this.root, name)).catch(() => [] as string[])) {
+        const dir = join(this.root, name, v);
+        if (await stat(join(dir, 'manifest.json')).then(() => true, () => false)) continue;
+        await removeQuietly(dir);
+        removed.push(`${name}/${v}`);
+      }
+    }
+    return removed;
   }
 
   private dir(name: string, version: number): string {
@@ -70,15 +105,26 @@ export class ModelStore {
     return JSON.parse(text) as { envelope: unknown; sha256: string };
   }
 
-  /** Moves a verified staging file into place; the manifest is written last. */
+  /**
+   * Moves a verified staging file into place; the manifest is written last.
+   * On a full filesystem the staging file goes back, so the next try needs
+   * no download.
+   */
   async install(name: string, version: number, sha256: string, envelope: unknown): Promise<void> {
     const dir = this.dir(name, version);
+    const manifest = JSON.stringify({ sha256, envelope });
     await removeQuietly(dir);
-    await mkdir(dir, { recursive: true });
+    await noSpaceAs(dir, Buffer.byteLength(manifest), () => mkdir(dir, { recursive: true }));
     await rename(this.stagingFile(sha256), join(dir, 'model.onnx'));
-    await fsyncDir(dir);
-    await writeFileAtomic(join(dir, 'manifest.json'), JSON.stringify({ sha256, envelope }));
-    await fsyncDir(join(this.root, name));
+    try {
+      await fsyncDir(dir);
+      await writeFileAtomic(join(dir, 'manifest.json'), manifest);
+      await fsyncDir(join(this.root, name));
+    } catch (err) {
+      await rename(join(dir, 'model.onnx'), this.stagingFile(sha256)).catch(() => undefined);
+      await removeQuietly(dir);
+      throw err;
+    }
   }
 
   /**
@@ -115,15 +161,23 @@ export class ModelStore {
     return removed;
   }
 
-  /** Fails with NO_SPACE unless `bytes` more (plus a margin) fit on the state filesystem. */
-  async ensureSpace(bytes: number, already = 0): Promise<void> {
-    const s = await statfs(this.stagingDir);
-    const free = s.bavail * s.bsize;
-    const need = bytes - already + Math.max(16 * 1024 * 1024, bytes * 0.05);
+  /**
+   * Fails with a NoSpaceError unless the rest of an artifact of `size` bytes
+   * (what its staging file does not hold yet) plus a margin for the
+   * database and manifests fits on the state filesystem.
+   */
+  async ensureSpace(sha256: string, size: number): Promise<void> {
+    const held = await stat(this.stagingFile(sha256)).then((s) => Math.min(size, s.blocks * 512), () => 0);
+    // Of the nearest folder that exists: a first start on a full disk may not have made staging/.
+    const free = freeBytes(this.stagingDir) ?? 0;
+    const need = Math.ceil(size - held + Math.max(MIN_MARGIN, size * 0.05));
     if (free < need) {
-      throw new StoreError('NO_SPACE', `not enough disk space in ${this.stagingDir}: the artifact needs ${mib(need)} MiB with margin, ${mib(free)} MiB are free`);
+      throw new NoSpaceError(this.stagingFile(sha256), need, { free, detail: `the artifact is ${size} bytes, ${held} are staged, and ${need - (size - held)} more are kept free for the agent's records` });
     }
   }
 }
 
-const mib = (n: number): string => (n / 1048576).toFixed(1);
+/** Room kept free beyond an artifact, for the database, the manifests and the logs. */
+const MIN_MARGIN = 16 * 1024 * 1024;
+const STAGING_NAME = /^[0-9a-f]{64}\.part$/;
+

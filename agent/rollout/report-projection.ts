@@ -33,6 +33,7 @@ const HANDLERS: Handlers = {
     if (e.code === 'MANIFEST') r.event('verify.failed', { detail: e.error });
   },
   'desired.resumed': (r, e) => r.setDesired({ ...e.origin, serial: e.serial, status: 'applying', error: null }),
+  'desired.waiting': (r, e) => r.setDesired({ ...e.origin, serial: e.serial, status: 'failed', error: e.error }),
   'desired.dropped': (r, e) => {
     r.setDesired({ ...e.origin, serial: e.serial, status: 'rejected', error: e.error });
     r.event('desired.rejected', { detail: e.error });
@@ -76,7 +77,8 @@ const HANDLERS: Handlers = {
     const { outcome, version } = e;
     if (version === undefined) return; // label and prune steps have no version entry to report on
     if (e.retrying) {
-      r.setModel(e.name, version, { error: `${outcome.message} (attempt ${e.attempt} of ${e.maxAttempts}, retrying)` });
+      const attempt = outcome.untilFixed ? `attempt ${e.attempt}, retrying until it is fixed` : `attempt ${e.attempt} of ${e.maxAttempts}, retrying`;
+      r.setModel(e.name, version, { error: `${outcome.message} (${attempt})` });
       return;
     }
     if (outcome.event) r.event(outcome.event, { model: e.name, version, detail: outcome.message });

@@ -9,6 +9,7 @@ import { errorMessage } from '../errors.js';
 import type { VersionLoader } from '../serving/loader.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { AgentDatabase, KvStore } from '../store/database.js';
+import { NoSpaceError } from '../store/no-space.js';
 import { agentVersion } from '../version.js';
 import { DesiredSource, type Candidate } from './desired-source.js';
 import type { DesiredOrigin, RolloutEvents } from './events.js';
@@ -18,6 +19,7 @@ import type { MqttConnection } from '../mqtt/connection.js';
 import type { ModelStore } from './model-store.js';
 import { plan, stillNeeded, type CurrentState, type DesiredVersion, type Step } from './planner.js';
 import { RolloutState, type ActiveDesired, type Blocked, type ServingSet } from './rollout-state.js';
+import { cleanStagingAtStart, discardAbandonedStaging, discardStaging } from './staging-cleanup.js';
 import { TrustChain } from './trust-chain.js';
 import type { TrustStore } from './trust-store.js';
 
@@ -60,6 +62,10 @@ export class Rollout {
   private readonly trustChain: TrustChain;
   /** A desired document came while the trust chain was being walked: verify it when the walk ends. */
   private evaluationDeferred = false;
+  /** A full disk (NO_SPACE): the document is reported `failed` until a step or an acceptance goes through. */
+  private waiting = false;
+  /** Accepting a document found no room: evaluated again after this timer, with capped backoff. */
+  private evaluateRetry: { timer: NodeJS.Timeout; tries: number } | undefined;
 
   constructor(private readonly o: RolloutOptions) {
     this.log = o.logger;
@@ -92,6 +98,7 @@ export class Rollout {
     this.blocked = this.state.blocked();
     await this.restore();
     this.resume(this.state.active());
+    await this.cleanStaging(() => cleanStagingAtStart(this.o.store, this.o.database, this.wantedArtifacts(), this.log));
     this.trustChain.start();
     const conn = this.o.connection;
     if (conn) {
@@ -112,6 +119,7 @@ export class Rollout {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearTimeout(this.evaluateRetry?.timer);
     this.unsubscribe?.();
     await this.trustChain.stop();
     this.executor.stop();
@@ -231,12 +239,10 @@ export class Rollout {
       return;
     }
     const active: ActiveDesired = { key: candidate.key, ...origin, serial: desired.serial, acceptedAt: now, models: desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], manifest: m.manifest })) };
-    this.state.accept(candidate.key, desired.serial, candidate.hash);
-    this.state.setActive(active);
+    if (!this.acceptDurably(candidate.key, candidate.hash, active, manifests)) return;
     this.active = active;
     this.manifests = manifests;
     this.blocked = [];
-    this.state.setBlocked(this.blocked);
     this.attempts.clear();
     const models = desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], sha256: manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? null }));
     const { registry } = this.o;
@@ -257,6 +263,54 @@ export class Rollout {
     const { step } = running;
     this.log.info({ step, serial }, 'step abandoned: the newer desired document no longer needs it');
     running.abort.abort(new RolloutError('SUPERSEDED', `${step.kind} of ${step.name} abandoned: desired serial ${serial} no longer needs it`));
+  }
+
+  /**
+   * Records the document as accepted (serial, hash, active, nothing blocked)
+   * before acting on it. Without room nothing changes: the document is
+   * reported `failed` with why, and evaluated again later.
+   */
+  private acceptDurably(key: string, hash: string, active: ActiveDesired, manifests: ReadonlyMap<string, Manifest>): boolean {
+    try {
+      this.state.acceptDocument(key, active.serial, hash, active);
+    } catch (err) {
+      if (!(err instanceof NoSpaceError)) throw err;
+      this.log.warn({ target: key, serial: active.serial, err: err.message }, 'desired state cannot be recorded; trying again later');
+      this.o.events.emit({ type: 'desired.waiting', origin: originOf(active), serial: active.serial, error: err.message });
+      void this.freeStaging([...manifests.values()].map((m) => m.artifact.sha256));
+      const tries = (this.evaluateRetry?.tries ?? 0) + 1;
+      clearTimeout(this.evaluateRetry?.timer);
+      const cfg = this.o.config.rollout;
+      const timer = setTimeout(() => this.evaluate(), Math.min(cfg.retryMaxMs, cfg.retryBaseMs * 2 ** (tries - 1)));
+      this.evaluateRetry = { timer, tries };
+      return false;
+    }
+    clearTimeout(this.evaluateRetry?.timer);
+    this.evaluateRetry = undefined;
+    this.waiting = false;
+    return true;
+  }
+
+  /** The artifacts (sha256) of the document in force: their staging files are kept. */
+  private wantedArtifacts(): Set<string> {
+    return new Set([...this.manifests.values()].map((m) => m.artifact.sha256));
+  }
+
+  /**
+   * The filesystem is full: staging files of pulls the document in force
+   * does not list (superseded ones, kept so a return resumes) give way.
+   */
+  private async freeStaging(alsoKeep: readonly string[] = []): Promise<void> {
+    await this.cleanStaging(() => discardAbandonedStaging(this.o.store, this.o.database, new Set([...this.wantedArtifacts(), ...alsoKeep]), this.log));
+  }
+
+  /** Staging clean-up never stops the rollout: a failure is logged. */
+  private async cleanStaging(clean: () => Promise<unknown>): Promise<void> {
+    try {
+      await clean();
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, 'could not delete abandoned staging files');
+    }
   }
 
   private reject(candidate: Candidate, origin: DesiredOrigin, err: unknown): void {
@@ -322,6 +376,10 @@ export class Rollout {
       try {
         await this.executor.run(step, envelopes, abort.signal);
         this.attempts.delete(JSON.stringify(step));
+        if (this.waiting) {
+          this.waiting = false;
+          this.o.events.emit({ type: 'desired.resumed', origin: originOf(active), serial: active.serial });
+        }
       } catch (err) {
         if (this.stopped) return;
         // Whatever else went wrong, the step is no longer wanted: neither a failure nor a retry.
@@ -343,8 +401,15 @@ export class Rollout {
     const version = 'version' in step ? step.version : undefined;
     this.log.warn({ step, attempt: n, err: outcome.message }, 'rollout step failed');
     const cfg = this.o.config.rollout;
-    const retrying = outcome.retryable && n < cfg.maxAttempts;
+    const retrying = outcome.retryable && (outcome.untilFixed || n < cfg.maxAttempts);
     this.o.events.emit({ type: 'step.failed', name: step.name, version, outcome, attempt: n, maxAttempts: cfg.maxAttempts, retrying });
+    if (outcome.untilFixed && this.active) {
+      this.waiting = true;
+      this.o.events.emit({ type: 'desired.waiting', origin: originOf(this.active), serial: this.active.serial, error: outcome.message });
+    }
+    if (outcome.code === 'NO_SPACE') await this.freeStaging();
+    // A pull that failed for good will not be resumed.
+    if (!outcome.retryable && step.kind === 'fetch') await this.cleanStaging(() => discardStaging(this.o.store, this.o.database, step.sha256, this.log));
     if (retrying) {
       const delay = Math.min(cfg.retryMaxMs, cfg.retryBaseMs * 2 ** (n - 1));
       await new Promise<void>((resolve) => {
@@ -362,6 +427,7 @@ export class Rollout {
   }
 
   private finish(active: ActiveDesired): void {
+    this.waiting = false;
     const worst = this.blocked.find((b) => b.status === 'rejected') ?? this.blocked[0];
     const settled = worst ? { status: worst.status, error: worst.reason } : { status: 'applied' as const, error: null };
     this.o.events.emit({ type: 'desired.settled', origin: originOf(active), serial: active.serial, ...settled });

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, open, rename, rm, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { asNoSpace } from './no-space.js';
 
 /**
  * Power can fail at any instant: a reader must see either the old file or the
@@ -9,7 +10,8 @@ import { basename, dirname, join } from 'node:path';
  * name points at them, rename it over the target, then fsync the directory so
  * the rename itself survives. With `exclusive`, an existing target is an
  * EEXIST error instead of being replaced (link() fails atomically, so two
- * writers cannot both create the file).
+ * writers cannot both create the file). A full filesystem is a NoSpaceError
+ * naming `path` and the bytes written; the target is left as it was.
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644, options: { exclusive?: boolean } = {}): Promise<void> {
   const dir = dirname(path);
@@ -32,7 +34,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     }
   } catch (err) {
     await removeQuietly(temp);
-    throw err;
+    throw asNoSpace(err, path, typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength);
   }
   await fsyncDir(dir);
 }

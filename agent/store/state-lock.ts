@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { EdgefleetError } from '../errors.js';
-import { writeFileAtomic } from './fs-atomic.js';
+import { removeQuietly, writeFileAtomic } from './fs-atomic.js';
+import { isNoSpace } from './no-space.js';
 
 /**
  * One agent per state directory, for the life of the process.
@@ -30,6 +31,8 @@ export class StateDirLock {
   async start(): Promise<void> {
     const db = new Database(this.path, { timeout: 0 });
     try {
+      // The file holds nothing: with the journal in memory, taking the lock writes nothing, so it works on a full disk.
+      db.pragma('journal_mode = MEMORY');
       db.exec('BEGIN EXCLUSIVE');
     } catch (err) {
       db.close();
@@ -41,8 +44,14 @@ export class StateDirLock {
       );
     }
     this.db = db;
-    // Only for the message a second agent prints; the file lock is what counts.
-    await writeFileAtomic(this.ownerFile, `${JSON.stringify({ pid: process.pid, since: new Date().toISOString() })}\n`);
+    // Only for the message a second agent prints; the file lock is what counts,
+    // so a full filesystem must not stop the start: a stale owner is removed instead.
+    try {
+      await writeFileAtomic(this.ownerFile, `${JSON.stringify({ pid: process.pid, since: new Date().toISOString() })}\n`);
+    } catch (err) {
+      if (!isNoSpace(err)) throw err;
+      await removeQuietly(this.ownerFile);
+    }
   }
 
   async stop(): Promise<void> {

@@ -2,6 +2,7 @@ import type Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { formatTime } from '../../protocol/index.js';
 import type { AgentDatabase } from '../store/database.js';
+import { NoSpaceError } from '../store/no-space.js';
 import type { DroppedPoint, NewPoint, PointSink } from './points.js';
 
 /**
@@ -16,6 +17,14 @@ import type { DroppedPoint, NewPoint, PointSink } from './points.js';
  * counted durably and reported as one "dropped" point once the uploader can
  * send again. Rows leased to the uploader (a batch in flight) are never
  * discarded, so the bounds may be exceeded by at most one batch meanwhile.
+ *
+ * A full filesystem (agent/store/no-space.ts) never reaches the producers:
+ * append() refuses the points (no seq is used), counts them in memory and
+ * folds the count into the durable drop counters with the next commit that
+ * finds room, so they appear in the next "dropped" point; it logs once per
+ * episode. A batch the broker acknowledged whose rows cannot be deleted is
+ * remembered as sent and deleted with a later commit. Points stored before
+ * stay stored: nothing acknowledged to a producer is lost.
  */
 
 export interface TelemetryOutboxOptions {
@@ -64,25 +73,34 @@ interface Delta {
   seqs: number[];
   rows: number;
   bytes: number;
+  /** Refused points it counted durably; ackedTo it caught up with. */
+  refused?: number;
+  acked?: number;
 }
 
 const EVICT_CHUNK = 256;
 
 export class TelemetryOutbox implements PointSink {
-  private db: Database.Database | undefined;
+  private database: AgentDatabase | undefined;
   private stmts: ReturnType<typeof prepare> | undefined;
   /** Totals kept in memory so bounds checks need no full scan. */
   private rows = 0;
   private bytes = 0;
   /** Highest seq leased to the uploader; 0 when no batch is in flight. */
   private leasedTo = 0;
+  /** Points refused for lack of space, not yet in the durable drop counters. */
+  private refused = 0;
+  /** Highest seq the broker acknowledged whose row could not be deleted for lack of space; 0 when none. */
+  private ackedTo = 0;
+  /** Set while the filesystem is full (the first failure), so it is logged once. */
+  private full: NoSpaceError | undefined;
   private readonly listeners = new Set<() => void>();
 
   constructor(private readonly options: TelemetryOutboxOptions) {}
 
   async start(): Promise<void> {
-    const db = this.options.database().db;
-    this.db = db;
+    this.database = this.options.database();
+    const db = this.database.db;
     this.stmts = prepare(db);
     const totals = this.stmts.totals.get() ?? { rows: 0, bytes: 0 };
     this.rows = totals.rows;
@@ -92,7 +110,7 @@ export class TelemetryOutbox implements PointSink {
   async stop(): Promise<void> {
     this.listeners.clear();
     this.stmts = undefined;
-    this.db = undefined;
+    this.database = undefined;
   }
 
   /** Calls `listener` after every append (the uploader's cue to send). */
@@ -101,10 +119,18 @@ export class TelemetryOutbox implements PointSink {
     return () => this.listeners.delete(listener);
   }
 
-  /** Numbers and stores `points`; they are committed when this returns. Returns their seqs. */
+  /**
+   * Numbers and stores `points`; they are committed when this returns.
+   * Returns their seqs, or none when the filesystem is full: then the points
+   * are counted as dropped.
+   */
   append(points: readonly NewPoint[]): number[] {
     if (points.length === 0) return [];
-    const delta = this.transaction(() => this.insert(points));
+    const delta = this.tryTransaction(() => this.insert(points), () => Buffer.byteLength(JSON.stringify(points)));
+    if (!delta) {
+      this.refused += points.length;
+      return [];
+    }
     for (const listener of this.listeners) listener();
     return delta.seqs;
   }
@@ -115,7 +141,7 @@ export class TelemetryOutbox implements PointSink {
    */
   lease(maxPoints: number, maxBytes: number): OutboxBatch | undefined {
     if (this.leasedTo !== 0) throw new Error('a telemetry batch is already leased');
-    const rows = this.statements().oldest.all(0, maxPoints);
+    const rows = this.statements().oldest.all(this.ackedTo, maxPoints);
     const bodies: string[] = [];
     let bytes = 0;
     let toSeq = 0;
@@ -131,13 +157,15 @@ export class TelemetryOutbox implements PointSink {
     return { fromSeq: first.seq, toSeq, bodies, bytes };
   }
 
-  /** Deletes a leased batch: call only once the broker has acknowledged it. */
+  /**
+   * Deletes a leased batch: call only once the broker has acknowledged it.
+   * Without room to delete, the batch counts as sent (never leased again)
+   * and its rows go with a later commit.
+   */
   ack(batch: OutboxBatch): void {
-    this.transaction(() => {
-      const gone = this.statements().sizeOf.get(batch.fromSeq, batch.toSeq) ?? { rows: 0, bytes: 0 };
-      this.statements().deleteRange.run(batch.fromSeq, batch.toSeq);
-      return { seqs: [], rows: -gone.rows, bytes: -gone.bytes };
-    });
+    // Every row up to toSeq is in this batch or was acknowledged before (see ackedTo).
+    const delta = this.tryTransaction(() => this.catchUp(emptyDelta(), batch.toSeq));
+    if (!delta) this.ackedTo = Math.max(this.ackedTo, batch.toSeq);
     if (this.leasedTo === batch.toSeq) this.leasedTo = 0;
   }
 
@@ -151,9 +179,10 @@ export class TelemetryOutbox implements PointSink {
    * (the uploader calls this when it can send). Returns whether it added one.
    */
   reportDrops(): boolean {
-    const delta = this.transaction(() => {
+    const delta = this.tryTransaction(() => {
+      const caughtUp = this.catchUp(emptyDelta(), this.ackedTo);
       const state = this.state();
-      if (state.pending_count === 0) return { seqs: [], rows: 0, bytes: 0 };
+      if (state.pending_count === 0) return caughtUp;
       this.statements().resetPending.run();
       const point: Omit<DroppedPoint, 'seq'> = {
         ts: formatTime(),
@@ -165,29 +194,75 @@ export class TelemetryOutbox implements PointSink {
       };
       // No eviction for the report itself: it would only be discarded to make room
       // for... the report. The next append brings the table back within bounds.
-      return this.insert([point], false);
+      return this.insert([point], false, caughtUp);
     });
-    return delta.seqs.length > 0;
+    return (delta?.seqs.length ?? 0) > 0;
   }
 
+  /** Counters as committed, plus the points refused for lack of space since. */
   stats(): OutboxStats {
     const state = this.state();
-    return { rows: this.rows, bytes: this.bytes, nextSeq: state.next_seq, droppedTotal: state.dropped_total, pendingDrops: state.pending_count };
+    return {
+      rows: this.rows,
+      bytes: this.bytes,
+      nextSeq: state.next_seq,
+      droppedTotal: state.dropped_total + this.refused,
+      pendingDrops: state.pending_count + this.refused,
+    };
   }
 
-  /** Runs `fn` in an immediate transaction; applies its delta to the totals once committed. */
-  private transaction(fn: () => Delta): Delta {
-    const db = this.database();
-    const delta = db.transaction(fn).immediate();
+  /**
+   * Runs `fn` in an immediate transaction and applies its delta once
+   * committed. Undefined when the filesystem is full: logged once, and the
+   * caller keeps what it could not write in memory.
+   */
+  private tryTransaction(fn: () => Delta, bytes?: () => number): Delta | undefined {
+    const database = this.db();
+    let delta: Delta;
+    try {
+      delta = database.write(() => database.db.transaction(fn).immediate(), bytes);
+    } catch (err) {
+      if (!(err instanceof NoSpaceError)) throw err;
+      if (!this.full) this.options.logger.warn({ err: err.message }, 'no room for telemetry: new points are dropped and counted until there is');
+      this.full = err;
+      return undefined;
+    }
     this.rows += delta.rows;
     this.bytes += delta.bytes;
+    this.refused -= delta.refused ?? 0;
+    if ((delta.acked ?? 0) >= this.ackedTo) this.ackedTo = 0;
+    if (this.full) {
+      this.options.logger.info({ droppedMeanwhile: delta.refused ?? 0 }, 'room for telemetry again');
+      this.full = undefined;
+    }
     return delta;
   }
 
-  private insert(points: readonly NewPoint[], evict = true): Delta {
+  /**
+   * In a transaction: what a full filesystem kept back. Refused points join
+   * the durable drop counters; rows the broker acknowledged up to `ackedTo`
+   * are deleted.
+   */
+  private catchUp(delta: Delta, ackedTo: number): Delta {
     const s = this.statements();
+    if (this.refused > 0) {
+      s.addRefused.run({ count: this.refused });
+      delta.refused = this.refused;
+    }
+    if (ackedTo > 0) {
+      const gone = s.sizeOf.get(0, ackedTo) ?? { rows: 0, bytes: 0 };
+      s.deleteRange.run(0, ackedTo);
+      delta.rows -= gone.rows;
+      delta.bytes -= gone.bytes;
+      delta.acked = ackedTo;
+    }
+    return delta;
+  }
+
+  private insert(points: readonly NewPoint[], evict = true, caughtUp?: Delta): Delta {
+    const s = this.statements();
+    const delta = caughtUp ?? this.catchUp(emptyDelta(), this.ackedTo);
     let seq = this.state().next_seq;
-    const delta: Delta = { seqs: [], rows: 0, bytes: 0 };
     for (const point of points) {
       const body = JSON.stringify({ seq, ...point });
       const bytes = Buffer.byteLength(body);
@@ -210,6 +285,8 @@ export class TelemetryOutbox implements PointSink {
   private evict(delta: Delta): void {
     const { maxRows, maxBytes } = this.options;
     const s = this.statements();
+    // Rows leased (a batch in flight) or already acknowledged are never discarded.
+    const floor = Math.max(this.leasedTo, delta.acked === undefined ? this.ackedTo : 0);
     let rows = this.rows + delta.rows;
     let bytes = this.bytes + delta.bytes;
     let evicted = 0;
@@ -218,7 +295,7 @@ export class TelemetryOutbox implements PointSink {
     let to = pending.pending_to;
     let count = pending.pending_count;
     while (rows > maxRows || bytes > maxBytes) {
-      const chunk = s.oldest.all(this.leasedTo, EVICT_CHUNK);
+      const chunk = s.oldest.all(floor, EVICT_CHUNK);
       if (chunk.length === 0) break; // everything left is leased
       let last = 0;
       for (const row of chunk) {
@@ -238,7 +315,7 @@ export class TelemetryOutbox implements PointSink {
           evicted++;
         }
       }
-      s.deleteRange.run(this.leasedTo + 1, last);
+      s.deleteRange.run(floor + 1, last);
     }
     if (rows === this.rows + delta.rows) return; // nothing discarded
     s.addDrops.run({ evicted, count, from, to });
@@ -255,9 +332,9 @@ export class TelemetryOutbox implements PointSink {
     return row;
   }
 
-  private database(): Database.Database {
-    if (!this.db) throw new Error('telemetry outbox is not started');
-    return this.db;
+  private db(): AgentDatabase {
+    if (!this.database) throw new Error('telemetry outbox is not started');
+    return this.database;
   }
 
   private statements(): ReturnType<typeof prepare> {
@@ -282,5 +359,12 @@ function prepare(db: Database.Database) {
          pending_from = @from, pending_to = @to WHERE id = 1`,
     ),
     resetPending: db.prepare('UPDATE telemetry_state SET pending_count = 0, pending_from = NULL, pending_to = NULL WHERE id = 1'),
+    addRefused: db.prepare<[{ count: number }]>(
+      'UPDATE telemetry_state SET dropped_total = dropped_total + @count, pending_count = pending_count + @count WHERE id = 1',
+    ),
   };
+}
+
+function emptyDelta(): Delta {
+  return { seqs: [], rows: 0, bytes: 0 };
 }

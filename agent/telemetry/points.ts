@@ -38,6 +38,6 @@ export type NewPoint = WithoutSeq<AgentPoint>;
 
 /** Where producers hand their points; the outbox in the agent, an array in some tests. */
 export interface PointSink {
-  /** Stores the points durably (committed when this returns) and numbers them. */
+  /** Stores the points durably (committed when this returns) and numbers them; with no room on the state filesystem the outbox counts them as dropped instead. */
   append(points: readonly NewPoint[]): void;
 }
