@@ -77,7 +77,9 @@ export type ParsedTopic =
   | { kind: 'trust-version'; version: number }
   | { kind: 'block'; sha256: string; index: number }
   | { kind: 'desired'; target: Target }
-  | { kind: 'status' | 'state' | 'events' | 'telemetry'; deviceId: string };
+  | { kind: 'status' | 'state' | 'events' | 'telemetry'; deviceId: string }
+  /** `{root}/devices/{id}/telemetry/ack`: what a collector has stored (section 12, revision 2). */
+  | { kind: 'telemetry-ack'; deviceId: string };
 
 /** `root` when it matches TOPIC_ROOT_RE; a MALFORMED ProtocolError otherwise. */
 export function checkTopicRoot(root: string): string {
@@ -112,6 +114,8 @@ export const topics = {
     `${checkTopicRoot(root)}/groups/${checkName(group, GROUP_RE, 'group')}/desired`,
   desired: (root: string, target: Target): string =>
     target.device !== undefined ? topics.device(root, target.device, 'desired') : topics.groupDesired(root, target.group),
+  /** Where collectors acknowledge a device's stored telemetry (section 12, revision 2). */
+  telemetryAck: (root: string, deviceId: string): string => `${topics.device(root, deviceId, 'telemetry')}/ack`,
   /** Subscription filter for one channel of every device, e.g. for the collector. */
   allDevices: (root: string, channel: DeviceChannel): string => `${checkTopicRoot(root)}/devices/+/${channel}`,
 };
@@ -133,6 +137,9 @@ export function parseTopic(root: string, topic: string): ParsedTopic | undefined
     if (second === undefined || !SHA256_HEX_RE.test(second) || !/^(0|[1-9]\d*)$/.test(fourth ?? '')) return undefined;
     const index = Number(fourth);
     return Number.isSafeInteger(index) ? { kind: 'block', sha256: second, index } : undefined;
+  }
+  if (parts.length === 4 && first === 'devices' && third === 'telemetry' && fourth === 'ack') {
+    return second !== undefined && DEVICE_ID_RE.test(second) ? { kind: 'telemetry-ack', deviceId: second } : undefined;
   }
   if (parts.length !== 3 || second === undefined) return undefined;
   if (first === 'groups' && third === 'desired' && GROUP_RE.test(second)) {

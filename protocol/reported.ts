@@ -136,17 +136,46 @@ export const healthPointSchema = z.object({
   rssBytes: count,
   uptimeS: nonNegative,
   gpus: z.array(gpuSchema),
+  // Section 13 (revision 2): points waiting in the device's buffer.
+  outboxRows: count.optional(),
+  outboxBytes: count.optional(),
 });
 export type HealthPoint = z.infer<typeof healthPointSchema>;
 
-export type TelemetryPoint = InferencePoint | HealthPoint;
-const knownPointSchema = z.discriminatedUnion('kind', [inferencePointSchema, healthPointSchema]);
+/**
+ * Section 13 (revision 2): points the device had to drop (outbox bound);
+ * `oldestSeq`..`newestSeq` are the seqs lost. Agents before revision 2 wrote
+ * `fromSeq`/`toSeq` and no reason; those read back under the new names.
+ */
+export const droppedPointSchema = z.preprocess(
+  (value) => {
+    if (typeof value !== 'object' || value === null) return value;
+    const v = value as Record<string, unknown>;
+    return { ...v, oldestSeq: v.oldestSeq ?? v.fromSeq, newestSeq: v.newestSeq ?? v.toSeq, reason: v.reason ?? 'buffer full' };
+  },
+  z
+    .object({
+      ...pointBase,
+      kind: z.literal('dropped'),
+      count,
+      oldestSeq: count.max(Number.MAX_SAFE_INTEGER),
+      newestSeq: count.max(Number.MAX_SAFE_INTEGER),
+      reason: z.string().max(200),
+    })
+    .refine((p) => p.oldestSeq <= p.newestSeq, { message: 'oldestSeq must not be above newestSeq', path: ['oldestSeq'] }),
+);
+export type DroppedPoint = z.infer<typeof droppedPointSchema>;
+
+export type TelemetryPoint = InferencePoint | HealthPoint | DroppedPoint;
+const KNOWN_KINDS: ReadonlySet<string> = new Set(['inference', 'health', 'dropped']);
+const knownPointSchema = z.union([inferencePointSchema, healthPointSchema, droppedPointSchema]);
 
 /** A known point, or null for a point of an unknown kind (skipped by readers). */
 const pointSchema = z.unknown().transform((value, ctx): TelemetryPoint | null => {
   const kind = typeof value === 'object' && value !== null ? (value as { kind?: unknown }).kind : undefined;
-  if (typeof kind === 'string' && kind !== 'inference' && kind !== 'health') return null;
-  const result = knownPointSchema.safeParse(value);
+  if (typeof kind === 'string' && !KNOWN_KINDS.has(kind)) return null;
+  const schema = kind === 'inference' ? inferencePointSchema : kind === 'health' ? healthPointSchema : kind === 'dropped' ? droppedPointSchema : knownPointSchema;
+  const result = schema.safeParse(value);
   if (result.success) return result.data;
   // Re-raise with their paths, which zod prefixes with this point's position.
   for (const issue of result.error.issues) ctx.addIssue({ ...issue });
@@ -159,6 +188,18 @@ export const telemetryBatchSchema = z.object({
   points: z.array(pointSchema).transform((points) => points.filter((p): p is TelemetryPoint => p !== null)),
 });
 export type TelemetryBatch = z.output<typeof telemetryBatchSchema>;
+
+/**
+ * Section 12 (revision 2): a collector's acknowledgement, retained on
+ * `{root}/devices/{id}/telemetry/ack`: every seq at or below `upTo` is stored.
+ */
+export const telemetryAckSchema = z.object({
+  schema: z.literal(1, 'schema must be 1'),
+  device: deviceIdSchema,
+  upTo: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+});
+export type TelemetryAck = z.infer<typeof telemetryAckSchema>;
+export const parseTelemetryAck = (bytes: Uint8Array | string): TelemetryAck => parsePayload(telemetryAckSchema, bytes, 'telemetry ack');
 
 export const parseStatus = (bytes: Uint8Array | string): Status => parsePayload(statusSchema, bytes, 'status');
 export const parseReportedState = (bytes: Uint8Array | string): ReportedState =>

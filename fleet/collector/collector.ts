@@ -70,7 +70,7 @@ export interface CollectorStats {
   subscribes: number;
 }
 
-type DeviceTopic = Extract<ParsedTopic, { deviceId: string }>;
+type DeviceTopic = Extract<ParsedTopic, { kind: 'status' | 'state' | 'events' | 'telemetry' }>;
 
 export class Collector {
   readonly stats: CollectorStats = { batches: 0, points: 0, duplicates: 0, events: 0, statuses: 0, states: 0, rejected: 0, subscribes: 0 };
@@ -228,7 +228,7 @@ export class Collector {
   private async handle(topic: string, payload: Buffer): Promise<number> {
     const parsed = parseTopic(this.options.broker.topicRoot, topic);
     // Not a device channel (or an empty retained message, which deletes one): nothing to store.
-    if (parsed === undefined || !('deviceId' in parsed) || payload.length === 0) return SUCCESS;
+    if (parsed === undefined || !('deviceId' in parsed) || parsed.kind === 'telemetry-ack' || payload.length === 0) return SUCCESS;
     let write: () => Promise<void>;
     try {
       write = this.writer(parsed, payload);

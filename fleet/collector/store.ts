@@ -134,7 +134,8 @@ export function pointRow(device: string, p: TelemetryPoint): PointRow {
     const lat = p.latencyMs;
     return { ...base, ...none, model: p.model, version: p.version, count: p.count, errors: p.errors, p50: lat?.p50 ?? null, p99: lat?.p99 ?? null };
   }
-  return { ...base, ...none, cpuPct: p.cpuPct, tempC: p.tempC, memUsed: p.memUsedBytes, memTotal: p.memTotalBytes };
+  if (p.kind === 'health') return { ...base, ...none, cpuPct: p.cpuPct, tempC: p.tempC, memUsed: p.memUsedBytes, memTotal: p.memTotalBytes };
+  return { ...base, ...none, count: p.count };
 }
 
 /** A row of the latest table: the newest point per device and slot (health, or inference of one model). */
@@ -149,6 +150,7 @@ export interface LatestRow {
 export function latestRows(device: string, points: readonly TelemetryPoint[]): LatestRow[] {
   const newest = new Map<string, LatestRow>();
   for (const p of points) {
+    if (p.kind !== 'inference' && p.kind !== 'health') continue;
     const slot = p.kind === 'inference' ? `inference/${p.model}` : 'health';
     const ts = millis(p.ts);
     const seen = newest.get(slot);
@@ -226,6 +228,7 @@ function applyLatest(row: FleetRow, p: TelemetryPoint): void {
     row.health = healthSummary(p);
     return;
   }
+  if (p.kind !== 'inference') return;
   row.inference.push(inferenceSummary(p));
   row.inference.sort((a, b) => (a.model < b.model ? -1 : a.model > b.model ? 1 : 0));
 }
