@@ -132,7 +132,7 @@ export const configSchema = z.strictObject({
       healthMinFailures: z.number().int().min(1).default(3),
       /** ...and they are more than this share of the window's runs. */
       healthMaxFailureRate: z.number().min(0).max(1).default(0.2),
-      /** Retryable failures (artifact missing, load error, no space) are retried this often, with capped backoff. */
+      /** Retryable failures (artifact missing, load error) are retried this often, with capped backoff; no space is retried until there is room, without using up attempts. */
       maxAttempts: z.number().int().min(1).default(5),
       retryBaseMs: z.number().int().min(10).default(2_000),
       retryMaxMs: z.number().int().min(10).default(300_000),

@@ -249,13 +249,17 @@ export class Rollout {
     const available = registry.names().flatMap((name) => registry.availableVersions(name).map((version) => ({ name, version })));
     this.o.events.emit({ type: 'desired.accepted', origin, serial: desired.serial, from: candidate.key, models, available });
     this.supersede(desired.serial);
+    // Staging files the new document does not list go now; an abandoned pull's goes once it has stopped (below).
+    if (this.inProgress === undefined) void this.freeStaging();
     this.wake?.();
   }
 
   /**
    * A newer document supersedes work in progress: a download or switch it no
    * longer needs is abandoned now, not after its timeouts, and the loop
-   * re-plans. An abandoned pull keeps its recorded blocks for a later return.
+   * re-plans. An abandoned pull's staging file and recorded blocks are
+   * deleted once it has stopped: a later document bringing the version back
+   * pulls it again (issue 12: abandoned staging files do not hold space).
    */
   private supersede(serial: number): void {
     const running = this.inProgress;
@@ -297,8 +301,9 @@ export class Rollout {
   }
 
   /**
-   * The filesystem is full: staging files of pulls the document in force
-   * does not list (superseded ones, kept so a return resumes) give way.
+   * Deletes the staging files and pull progress of artifacts the document in
+   * force (and `alsoKeep`) does not list: after a supersede, and when the
+   * filesystem is full.
    */
   private async freeStaging(alsoKeep: readonly string[] = []): Promise<void> {
     await this.cleanStaging(() => discardAbandonedStaging(this.o.store, this.o.database, new Set([...this.wantedArtifacts(), ...alsoKeep]), this.log));
@@ -385,6 +390,7 @@ export class Rollout {
         // Whatever else went wrong, the step is no longer wanted: neither a failure nor a retry.
         if (abort.signal.aborted && (step.kind === 'fetch' || step.kind === 'activate')) {
           this.o.events.emit({ type: 'step.superseded', step: step.kind, name: step.name, version: step.version, serial: this.active?.serial ?? active.serial });
+          if (step.kind === 'fetch') await this.freeStaging();
         } else await this.onStepFailed(step, err);
       } finally {
         this.inProgress = undefined;
