@@ -14,7 +14,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, it } from 'vitest';
 import { status } from '../fleet/commands/status.js';
 import { PostgresStore } from '../fleet/collector/postgres-store.js';
-import { SqliteStore } from '../fleet/collector/sqlite-store.js';
+import { SQLITE_MIGRATIONS, SqliteStore } from '../fleet/collector/sqlite-store.js';
 import type { FleetStore } from '../fleet/collector/store.js';
 import type { CommandIo } from '../fleet/command.js';
 import type { HealthPoint, InferencePoint, ReportedState } from '../protocol/index.js';
@@ -242,7 +242,7 @@ describe('SQLite collector store specifics', () => {
     const db = new Database(file);
     db.pragma('user_version = 99');
     db.close();
-    await expect(new SqliteStore(file).init()).rejects.toThrow(/schema version 99 but this collector knows only 1; it was written by a newer collector/);
+    await expect(new SqliteStore(file).init()).rejects.toThrow(new RegExp(`schema version 99 but this collector knows only ${SQLITE_MIGRATIONS.length}; it was written by a newer collector`));
   });
 
   it('edgefleet status refuses a database that does not exist instead of creating one', async () => {

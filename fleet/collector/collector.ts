@@ -28,15 +28,26 @@ import type { IClientOptions, ISubscriptionMap, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { safeUrl } from '../../lib/broker.js';
 import type { ParsedTopic } from '../../protocol/index.js';
-import { parseEvent, parseReportedState, parseStatus, parseTelemetryBatch, parseTopic, topics } from '../../protocol/index.js';
+import type { TelemetryPoint } from '../../protocol/index.js';
+import { eventSchema, formatTime, parseTopic, reportedStateSchema, statusSchema, telemetryBatchSchema, topics, validate } from '../../protocol/index.js';
+import type { z } from 'zod';
 import { FailureError, errorMessage } from '../errors.js';
 import type { BrokerSettings, MqttProtocolVersion } from '../mqtt.js';
+import type { QuotaLimits } from './ingest-guard.js';
+import { CountBuffer, DEFAULT_QUOTAS, DeviceQuotas, arrivalClamped, isPermanentStoreError, normaliseText } from './ingest-guard.js';
 import type { FleetStore } from './store.js';
+import { QUARANTINE_EXCERPT_BYTES, millis } from './store.js';
 
 /** PUBACK reason codes (MQTT 5, 3.4.2.1). */
 const SUCCESS = 0x00;
 const PAYLOAD_FORMAT_INVALID = 0x99;
 const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9e;
+const IMPLEMENTATION_SPECIFIC_ERROR = 0x83;
+const QUOTA_EXCEEDED = 0x97;
+
+/** Acknowledgements of one device within this long go out as one publish. */
+const ACK_COALESCE_MS = 250;
+const COUNTS_FLUSH_MS = 2_000;
 
 const FIRST_CONNECT_TIMEOUT_MS = 30_000;
 const DEFAULT_PRUNE_EVERY_MS = 3_600_000;
@@ -54,6 +65,8 @@ export interface CollectorOptions {
   retentionMs: number | null;
   pruneEveryMs?: number;
   reconnectMs?: number;
+  /** Per-device limits; DEFAULT_QUOTAS where not given (docs/collector.md). */
+  quotas?: Partial<QuotaLimits>;
   log: Logger;
 }
 
@@ -64,8 +77,18 @@ export interface CollectorStats {
   events: number;
   statuses: number;
   states: number;
-  /** Messages acknowledged without storing: not valid per docs/protocol.md section 7. */
+  /** Messages acknowledged without storing: not valid per docs/protocol.md section 7 (also counted in quarantined). */
   rejected: number;
+  /** Messages kept in the quarantine table instead of being stored: not valid, or refused by the database. */
+  quarantined: number;
+  /** Messages and points dropped for a device's quotas. */
+  overQuota: number;
+  /** Device times replaced with the arrival time. */
+  clockSkewed: number;
+  /** Characters replaced in device text (NUL, unpaired surrogates). */
+  normalised: number;
+  /** Telemetry acknowledgements published (section 12). */
+  acks: number;
   /** Subscriptions made: the first, and one after each reconnect to a restored session. */
   subscribes: number;
 }
@@ -73,13 +96,35 @@ export interface CollectorStats {
 type DeviceTopic = Extract<ParsedTopic, { kind: 'status' | 'state' | 'events' | 'telemetry' }>;
 
 export class Collector {
-  readonly stats: CollectorStats = { batches: 0, points: 0, duplicates: 0, events: 0, statuses: 0, states: 0, rejected: 0, subscribes: 0 };
+  readonly stats: CollectorStats = {
+    batches: 0,
+    points: 0,
+    duplicates: 0,
+    events: 0,
+    statuses: 0,
+    states: 0,
+    rejected: 0,
+    quarantined: 0,
+    overQuota: 0,
+    clockSkewed: 0,
+    normalised: 0,
+    acks: 0,
+    subscribes: 0,
+  };
+  private readonly quotas: DeviceQuotas;
+  private readonly counts = new CountBuffer();
+  private readonly warned = new Map<string, { at: number; skipped: number }>();
+  private readonly acks = new Map<string, number>();
+  private ackTimer: NodeJS.Timeout | undefined;
+  private countsTimer: NodeJS.Timeout | undefined;
   private client: MqttClient | undefined;
   private pruneTimer: NodeJS.Timeout | undefined;
   private pruning: Promise<void> | undefined;
   private dropping = false;
 
-  constructor(private readonly options: CollectorOptions) {}
+  constructor(private readonly options: CollectorOptions) {
+    this.quotas = new DeviceQuotas({ ...DEFAULT_QUOTAS, ...options.quotas });
+  }
 
   get protocolVersion(): MqttProtocolVersion {
     return this.options.broker.protocolVersion ?? 5;
@@ -137,6 +182,7 @@ export class Collector {
       await client.endAsync(true);
       throw err;
     }
+    this.countsTimer = setInterval(() => void this.flushCounts(), COUNTS_FLUSH_MS);
     if (this.options.retentionMs !== null) {
       await this.prune();
       this.pruneTimer = setInterval(() => void this.prune(), this.options.pruneEveryMs ?? DEFAULT_PRUNE_EVERY_MS);
@@ -148,6 +194,10 @@ export class Collector {
   /** Disconnects cleanly; the broker keeps the session for the next start. */
   async stop(): Promise<void> {
     clearInterval(this.pruneTimer);
+    clearInterval(this.countsTimer);
+    clearTimeout(this.ackTimer);
+    this.publishAcks();
+    await this.flushCounts();
     await this.pruning;
     await this.client?.endAsync();
     this.client = undefined;
@@ -224,58 +274,121 @@ export class Collector {
     this.client.stream.destroy();
   }
 
-  /** Stores one message; resolves to the PUBACK reason code, rejects when the store failed. */
+  /**
+   * Stores one message; resolves to the PUBACK reason code, rejects when the
+   * store failed for a passing reason (the message stays unacknowledged and
+   * the broker sends it again). Everything retrying cannot fix is
+   * acknowledged: over quota (counted), not valid or refused by the database
+   * (quarantined with why, and counted).
+   */
   private async handle(topic: string, payload: Buffer): Promise<number> {
     const parsed = parseTopic(this.options.broker.topicRoot, topic);
     // Not a device channel (or an empty retained message, which deletes one): nothing to store.
-    if (parsed === undefined || !('deviceId' in parsed) || parsed.kind === 'telemetry-ack' || payload.length === 0) return SUCCESS;
+    if (parsed === undefined || !isDeviceTopic(parsed) || payload.length === 0) return SUCCESS;
+    const device = parsed.deviceId;
+    const receivedAt = Date.now();
+    const over = this.quotas.admit(device, payload.length, receivedAt);
+    if (over !== undefined) return this.refuseOverQuota(device, topic, over);
+    if (parsed.kind === 'events' && payload.length > this.quotas.limits.maxEventBytes) {
+      return this.refuseOverQuota(device, topic, `event of ${payload.length} bytes is over ${this.quotas.limits.maxEventBytes}`);
+    }
     let write: () => Promise<void>;
     try {
-      write = this.writer(parsed, payload);
+      write = await this.writer(parsed, payload, receivedAt);
     } catch (err) {
       this.stats.rejected += 1;
-      this.options.log.warn({ topic, err: errorMessage(err) }, 'ignoring a message that is not valid');
+      await this.quarantine(device, topic, payload, receivedAt, `not valid: ${errorMessage(err)}`);
       return PAYLOAD_FORMAT_INVALID;
     }
-    await write();
+    try {
+      await write();
+    } catch (err) {
+      if (!isPermanentStoreError(err)) throw err;
+      await this.quarantine(device, topic, payload, receivedAt, `refused by the ${this.options.store.kind} store: ${errorMessage(err)}`);
+      return IMPLEMENTATION_SPECIFIC_ERROR;
+    }
     return SUCCESS;
   }
 
+  private refuseOverQuota(device: string, topic: string, why: string): number {
+    this.stats.overQuota += 1;
+    this.counts.add(device, 'overQuota');
+    this.warnOnce(`quota/${device}`, { device, topic, why }, 'message over the device quota: dropped and counted');
+    return QUOTA_EXCEEDED;
+  }
+
+  /** Keeps a message that will not be stored, with why; a passing store failure leaves it unacknowledged. */
+  private async quarantine(device: string, topic: string, payload: Buffer, receivedAt: number, reason: string): Promise<void> {
+    const excerpt = Buffer.from(payload.subarray(0, QUARANTINE_EXCERPT_BYTES));
+    await this.options.store.quarantine({ device, topic, receivedAt, reason: reason.slice(0, 1000), size: payload.length, excerpt });
+    this.stats.quarantined += 1;
+    this.counts.add(device, 'quarantined');
+    this.warnOnce(`quarantine/${device}`, { device, topic, reason }, 'message quarantined: acknowledged, not stored');
+  }
+
+  /** Logs a warning at most once a minute per key, with how many were not logged. */
+  private warnOnce(key: string, fields: Record<string, unknown>, message: string): void {
+    const now = Date.now();
+    const seen = this.warned.get(key);
+    if (seen !== undefined && now - seen.at < 60_000) {
+      seen.skipped++;
+      return;
+    }
+    if (this.warned.size > 10_000) this.warned.clear();
+    this.warned.set(key, { at: now, skipped: 0 });
+    this.options.log.warn({ ...fields, ...(seen?.skipped && { notLogged: seen.skipped }) }, message);
+  }
+
+  /** A device time that is too far from arrival becomes the arrival time, counted. */
+  private clamp(device: string, time: string, receivedAt: number): string {
+    const { ms, skewed } = arrivalClamped(millis(time), receivedAt, this.quotas.limits.maxSkewMs);
+    if (!skewed) return time;
+    this.stats.clockSkewed += 1;
+    this.counts.add(device, 'clockSkewed');
+    this.warnOnce(`clock/${device}`, { device, deviceTime: time }, 'device clock too far from arrival: stored with the arrival time');
+    return formatTime(ms);
+  }
+
   /** Parses a message (throwing when it is invalid) into the write that stores it. */
-  private writer(topic: DeviceTopic, payload: Buffer): () => Promise<void> {
+  private async writer(topic: DeviceTopic, payload: Buffer, receivedAt: number): Promise<() => Promise<void>> {
     const { store } = this.options;
     const device = topic.deviceId;
     const stats = this.stats;
     const kind = topic.kind;
     switch (kind) {
       case 'telemetry': {
-        const batch = parseTelemetryBatch(payload);
+        const batch = this.parse(telemetryBatchSchema, payload, 'telemetry batch');
         if (batch.device !== device) throw new Error(`telemetry batch names device "${batch.device}"`);
+        const points = await this.admitPoints(device, batch.points, receivedAt);
         return async () => {
-          const added = await store.insertPoints(device, batch.points);
+          const added = await store.insertPoints(device, points, receivedAt);
           stats.batches += 1;
           stats.points += added;
-          stats.duplicates += batch.points.length - added;
+          stats.duplicates += points.length - added;
+          if (points.length > 0) this.acknowledge(device, Math.min(...points.map((p) => p.seq)));
         };
       }
       case 'events': {
-        const event = parseEvent(payload);
+        const event = this.parse(eventSchema, payload, 'event');
+        event.ts = this.clamp(device, event.ts, receivedAt);
         return async () => {
-          if (await store.insertEvent(device, event)) stats.events += 1;
+          if (await store.insertEvent(device, event, receivedAt)) stats.events += 1;
         };
       }
       case 'status': {
-        const status = parseStatus(payload);
+        const status = this.parse(statusSchema, payload, 'status');
+        if (status.ts !== undefined) status.ts = this.clamp(device, status.ts, receivedAt);
         return async () => {
-          await store.upsertStatus(device, status, Date.now());
+          await store.upsertStatus(device, status, receivedAt);
           stats.statuses += 1;
         };
       }
       case 'state': {
-        const state = parseReportedState(payload);
+        const state = this.parse(reportedStateSchema, payload, 'reported state');
         if (state.device !== device) throw new Error(`reported state names device "${state.device}"`);
+        state.ts = this.clamp(device, state.ts, receivedAt);
         return async () => {
-          await store.upsertState(state, Date.now());
+          await store.upsertState(state, receivedAt);
           stats.states += 1;
         };
       }
@@ -285,6 +398,88 @@ export class Collector {
       }
     }
   }
+
+  /** UTF-8 JSON, text normalised (NUL and unpaired surrogates replaced), then checked against the schema. */
+  private parse<S extends z.ZodType>(schema: S, payload: Buffer, what: string): z.output<S> {
+    let value: unknown;
+    try {
+      value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(payload));
+    } catch (err) {
+      throw new Error(`${what} is not UTF-8 JSON: ${errorMessage(err)}`);
+    }
+    const normalised = normaliseText(value);
+    this.stats.normalised += normalised.replaced;
+    return validate(schema, normalised.value, what);
+  }
+
+  /**
+   * The points of a batch as they will be stored: times clamped to arrival,
+   * and points under model names beyond the device's quota replaced by a
+   * tombstone row (kind 'over-quota'): not stored, counted, but their seq is
+   * accounted for, so the device's acknowledged prefix goes past them.
+   */
+  private async admitPoints(device: string, points: readonly TelemetryPoint[], receivedAt: number): Promise<TelemetryPoint[]> {
+    if (!this.quotas.knowsModels(device)) this.quotas.setModels(device, await this.options.store.deviceModels(device));
+    const out: TelemetryPoint[] = [];
+    let refused = 0;
+    for (const p of points) {
+      const ts = this.clamp(device, p.ts, receivedAt);
+      if (p.kind === 'inference' && !this.quotas.admitModel(device, p.model)) {
+        refused++;
+        out.push({ seq: p.seq, ts, kind: 'over-quota', model: p.model } as unknown as TelemetryPoint);
+        continue;
+      }
+      out.push(ts === p.ts ? p : { ...p, ts });
+    }
+    if (refused > 0) {
+      this.stats.overQuota += refused;
+      this.counts.add(device, 'overQuota', refused);
+      this.warnOnce(`models/${device}`, { device, maxModels: this.quotas.limits.maxModels }, 'points under more model names than the quota: dropped and counted');
+    }
+    return out;
+  }
+
+  /** Works out the device's acknowledged prefix after a commit, and publishes it soon (coalesced per device). */
+  private acknowledge(device: string, firstSeq: number): void {
+    this.options.store.acknowledge(device, firstSeq).then(
+      (upTo) => {
+        this.acks.set(device, Math.max(upTo, this.acks.get(device) ?? -1));
+        this.ackTimer ??= setTimeout(() => this.publishAcks(), ACK_COALESCE_MS);
+      },
+      (err: unknown) => this.warnOnce('ack', { device, err: errorMessage(err) }, 'could not work out the telemetry acknowledgement; the device sends again'),
+    );
+  }
+
+  private publishAcks(): void {
+    this.ackTimer = undefined;
+    const client = this.client;
+    if (client === undefined) return;
+    const root = this.options.broker.topicRoot;
+    for (const [device, upTo] of this.acks) {
+      const body = JSON.stringify({ schema: 1, device, upTo });
+      client.publish(topics.telemetryAck(root, device), body, { qos: 1, retain: true }, (err) => {
+        if (err) this.warnOnce('ack-publish', { device, err: errorMessage(err) }, 'could not publish a telemetry acknowledgement');
+        else this.stats.acks += 1;
+      });
+    }
+    this.acks.clear();
+  }
+
+  /** Writes the per-device counters gathered since the last flush; on failure they are kept for the next. */
+  private async flushCounts(): Promise<void> {
+    if (this.counts.size === 0) return;
+    const counts = this.counts.take();
+    try {
+      await this.options.store.addCounts(counts);
+    } catch (err) {
+      this.counts.restore(counts);
+      this.warnOnce('counts', { err: errorMessage(err) }, 'could not store the per-device counters; kept for the next try');
+    }
+  }
+}
+
+function isDeviceTopic(t: ParsedTopic): t is DeviceTopic {
+  return t.kind === 'status' || t.kind === 'state' || t.kind === 'events' || t.kind === 'telemetry';
 }
 
 /** Waits for the first CONNACK; later drops are retried by mqtt.js itself. */

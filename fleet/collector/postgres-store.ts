@@ -6,8 +6,21 @@
  */
 import pg from 'pg';
 import type { DeviceEvent, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
-import type { DeviceSeries, FleetFilters, FleetRow, FleetStore, LatestRow, PointRow, StatusRecord, StoredEvent, TimeRange } from './store.js';
-import { DEFAULT_SERIES_LIMIT, assembleFleet, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
+import type {
+  AckPoint,
+  DeviceCountsRecord,
+  DeviceSeries,
+  FleetFilters,
+  FleetRow,
+  FleetStore,
+  LatestRow,
+  PointRow,
+  QuarantineEntry,
+  StatusRecord,
+  StoredEvent,
+  TimeRange,
+} from './store.js';
+import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, assembleFleet, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the schema from version N to N+1. */
 export const POSTGRES_MIGRATIONS: readonly string[] = [
@@ -35,6 +48,22 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
      PRIMARY KEY (device, ts, hash)
    );
    CREATE INDEX fleet_events_ts ON fleet_events (ts);`,
+  // Issue 13: arrival times (retention and "last seen" go by them), per-device counters and the acknowledged prefix, quarantine.
+  `ALTER TABLE fleet_points ADD COLUMN received_at timestamptz;
+   CREATE INDEX fleet_points_received ON fleet_points (received_at);
+   ALTER TABLE fleet_events ADD COLUMN received_at timestamptz;
+   CREATE INDEX fleet_events_received ON fleet_events (received_at);
+   ALTER TABLE fleet_latest ADD COLUMN received_at timestamptz;
+   CREATE TABLE fleet_devices (
+     device text PRIMARY KEY, ack_up_to bigint,
+     quarantined bigint NOT NULL DEFAULT 0, over_quota bigint NOT NULL DEFAULT 0, clock_skewed bigint NOT NULL DEFAULT 0,
+     dropped bigint NOT NULL DEFAULT 0, dropped_last_at timestamptz
+   );
+   CREATE TABLE fleet_quarantine (
+     id bigserial PRIMARY KEY, device text NOT NULL, topic text NOT NULL, received_at timestamptz NOT NULL,
+     reason text NOT NULL, size integer NOT NULL, excerpt bytea NOT NULL
+   );
+   CREATE INDEX fleet_quarantine_received ON fleet_quarantine (received_at);`,
 ];
 
 /** Any constant: collectors starting together take turns migrating. */
@@ -43,17 +72,25 @@ const MIGRATION_LOCK = 0x65646766;
 // Rows travel as one JSON parameter and come apart in jsonb_to_recordset: no placeholder lists to build.
 const INSERT_POINTS = `
   WITH added AS (
-    INSERT INTO fleet_points (device, seq, ts, kind, model, version, count, errors, p50, p99, cpu_pct, temp_c, mem_used, mem_total, data)
+    INSERT INTO fleet_points (device, seq, ts, kind, model, version, count, errors, p50, p99, cpu_pct, temp_c, mem_used, mem_total, data, received_at)
     SELECT $1, r.seq, to_timestamp(r.ts / 1000.0), r.kind, r.model, r.version, r.count, r.errors, r.p50, r.p99,
-           r."cpuPct", r."tempC", r."memUsed", r."memTotal", r.data
+           r."cpuPct", r."tempC", r."memUsed", r."memTotal", r.data, to_timestamp(r."receivedAt" / 1000.0)
     FROM jsonb_to_recordset($2::jsonb) AS r(seq bigint, ts bigint, kind text, model text, version bigint, count bigint,
-         errors bigint, p50 float8, p99 float8, "cpuPct" float8, "tempC" float8, "memUsed" bigint, "memTotal" bigint, data jsonb)
+         errors bigint, p50 float8, p99 float8, "cpuPct" float8, "tempC" float8, "memUsed" bigint, "memTotal" bigint, data jsonb,
+         "receivedAt" bigint)
     ON CONFLICT (device, seq) DO NOTHING
-    RETURNING 1
+    RETURNING kind, count, received_at
   ), latest AS (
-    INSERT INTO fleet_latest (device, slot, ts, data)
-    SELECT $1, l.slot, to_timestamp(l.ts / 1000.0), l.data FROM jsonb_to_recordset($3::jsonb) AS l(slot text, ts bigint, data jsonb)
-    ON CONFLICT (device, slot) DO UPDATE SET ts = excluded.ts, data = excluded.data WHERE excluded.ts > fleet_latest.ts
+    INSERT INTO fleet_latest (device, slot, ts, data, received_at)
+    SELECT $1, l.slot, to_timestamp(l.ts / 1000.0), l.data, to_timestamp(l."receivedAt" / 1000.0)
+    FROM jsonb_to_recordset($3::jsonb) AS l(slot text, ts bigint, data jsonb, "receivedAt" bigint)
+    ON CONFLICT (device, slot) DO UPDATE SET ts = excluded.ts, data = excluded.data, received_at = excluded.received_at
+    WHERE excluded.ts > fleet_latest.ts
+  ), dropped AS (
+    INSERT INTO fleet_devices (device, dropped, dropped_last_at)
+    SELECT $1, sum(count), max(received_at) FROM added WHERE kind = 'dropped' HAVING count(*) > 0
+    ON CONFLICT (device) DO UPDATE SET dropped = fleet_devices.dropped + excluded.dropped,
+      dropped_last_at = GREATEST(fleet_devices.dropped_last_at, excluded.dropped_last_at)
   )
   SELECT count(*)::int AS added FROM added`;
 
@@ -96,12 +133,82 @@ export class PostgresStore implements FleetStore {
     }
   }
 
-  async insertPoints(device: string, points: readonly TelemetryPoint[]): Promise<number> {
+  async insertPoints(device: string, points: readonly TelemetryPoint[], receivedAt?: number): Promise<number> {
     if (points.length === 0) return 0;
-    const rows = points.map((p) => ({ ...pointRow(device, p), data: p }));
-    const latest = latestRows(device, points).map((l) => ({ slot: l.slot, ts: l.ts, data: JSON.parse(l.data) as unknown }));
+    const rows = points.map((p) => {
+      const row = pointRow(device, p);
+      return { ...row, data: p, receivedAt: receivedAt ?? row.ts };
+    });
+    const latest = latestRows(device, points, receivedAt).map((l) => ({ slot: l.slot, ts: l.ts, receivedAt: l.receivedAt, data: JSON.parse(l.data) as unknown }));
     const { rows: result } = await this.pool.query<{ added: number }>(INSERT_POINTS, [device, JSON.stringify(rows), JSON.stringify(latest)]);
     return result[0]?.added ?? 0;
+  }
+
+  async acknowledge(device: string, firstSeq: number): Promise<number> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN');
+      // Takes the device's row lock: collectors sharing the database walk one at a time.
+      const { rows: lock } = await client.query<{ upTo: string }>(
+        `INSERT INTO fleet_devices (device, ack_up_to) VALUES ($1, $2)
+         ON CONFLICT (device) DO UPDATE SET ack_up_to = COALESCE(fleet_devices.ack_up_to, excluded.ack_up_to)
+         RETURNING ack_up_to AS "upTo"`,
+        [device, firstSeq - 1],
+      );
+      const from = Number(lock[0]?.upTo ?? firstSeq - 1);
+      const { rows: above } = await client.query<AckPoint>(
+        `SELECT seq::float8 AS seq,
+           CASE WHEN kind = 'dropped' THEN (data->>'oldestSeq')::float8 END AS "oldestSeq",
+           CASE WHEN kind = 'dropped' THEN (data->>'newestSeq')::float8 END AS "newestSeq"
+         FROM fleet_points WHERE device = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
+        [device, from, ACK_WALK_LIMIT],
+      );
+      const upTo = advanceAck(from, above);
+      const { rows: done } = await client.query<{ upTo: string }>(
+        'UPDATE fleet_devices SET ack_up_to = GREATEST(ack_up_to, $2) WHERE device = $1 RETURNING ack_up_to AS "upTo"',
+        [device, upTo],
+      );
+      await client.query('COMMIT');
+      return Number(done[0]?.upTo ?? upTo);
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+
+  async quarantine(entry: QuarantineEntry): Promise<void> {
+    await this.pool.query(
+      'INSERT INTO fleet_quarantine (device, topic, received_at, reason, size, excerpt) VALUES ($1, $2, $3, $4, $5, $6)',
+      [entry.device, entry.topic, new Date(entry.receivedAt), entry.reason, entry.size, entry.excerpt],
+    );
+  }
+
+  async quarantined(limit: number): Promise<QuarantineEntry[]> {
+    const { rows } = await this.pool.query<Timed<QuarantineEntry> & { receivedAt: Date }>(
+      `SELECT device, topic, received_at AS "receivedAt", reason, size, excerpt FROM fleet_quarantine ORDER BY id DESC LIMIT $1`,
+      [limit],
+    );
+    return rows.map((r) => ({ ...r, receivedAt: r.receivedAt.getTime() }));
+  }
+
+  async addCounts(counts: ReadonlyMap<string, { quarantined: number; overQuota: number; clockSkewed: number }>): Promise<void> {
+    if (counts.size === 0) return;
+    const rows = [...counts].map(([device, c]) => ({ device, ...c }));
+    await this.pool.query(
+      `INSERT INTO fleet_devices (device, quarantined, over_quota, clock_skewed)
+       SELECT r.device, r.quarantined, r."overQuota", r."clockSkewed"
+       FROM jsonb_to_recordset($1::jsonb) AS r(device text, quarantined bigint, "overQuota" bigint, "clockSkewed" bigint)
+       ON CONFLICT (device) DO UPDATE SET quarantined = fleet_devices.quarantined + excluded.quarantined,
+         over_quota = fleet_devices.over_quota + excluded.over_quota, clock_skewed = fleet_devices.clock_skewed + excluded.clock_skewed`,
+      [JSON.stringify(rows)],
+    );
+  }
+
+  async deviceModels(device: string): Promise<string[]> {
+    const { rows } = await this.pool.query<{ slot: string }>("SELECT slot FROM fleet_latest WHERE device = $1 AND slot LIKE 'inference/%'", [device]);
+    return rows.map((r) => r.slot.slice('inference/'.length));
   }
 
   async upsertStatus(device: string, status: Status, receivedAt: number): Promise<void> {
@@ -121,18 +228,22 @@ export class PostgresStore implements FleetStore {
     );
   }
 
-  async insertEvent(device: string, event: DeviceEvent): Promise<boolean> {
+  async insertEvent(device: string, event: DeviceEvent, receivedAt?: number): Promise<boolean> {
+    const ts = millis(event.ts);
     const { rowCount } = await this.pool.query(
-      `INSERT INTO fleet_events (device, ts, hash, type, model, version, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)
+      `INSERT INTO fleet_events (device, ts, hash, type, model, version, detail, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
        ON CONFLICT (device, ts, hash) DO NOTHING`,
-      [device, new Date(millis(event.ts)), eventHash(event), event.type, event.model ?? null, event.version ?? null, event.detail ?? null],
+      [device, new Date(ts), eventHash(event), event.type, event.model ?? null, event.version ?? null, event.detail ?? null, new Date(receivedAt ?? ts)],
     );
     return (rowCount ?? 0) > 0;
   }
 
   async prune(before: number): Promise<{ points: number; events: number }> {
     const { rows } = await this.pool.query<{ points: number; events: number }>(
-      `WITH p AS (DELETE FROM fleet_points WHERE ts < $1 RETURNING 1), e AS (DELETE FROM fleet_events WHERE ts < $1 RETURNING 1)
+      // Rows from before arrival times were kept go by their own time.
+      `WITH p AS (DELETE FROM fleet_points WHERE received_at < $1 OR (received_at IS NULL AND ts < $1) RETURNING 1),
+            e AS (DELETE FROM fleet_events WHERE received_at < $1 OR (received_at IS NULL AND ts < $1) RETURNING 1),
+            q AS (DELETE FROM fleet_quarantine WHERE received_at < $1)
        SELECT (SELECT count(*) FROM p)::int AS points, (SELECT count(*) FROM e)::int AS events`,
       [new Date(before)],
     );
@@ -140,30 +251,38 @@ export class PostgresStore implements FleetStore {
   }
 
   async fleetStatus(filters: FleetFilters = {}): Promise<FleetRow[]> {
-    const { rows: stateRows } = await this.pool.query<{ device: string; doc: ReportedState }>(
-      `SELECT device, doc FROM fleet_state
+    const { rows: stateRows } = await this.pool.query<{ device: string; doc: ReportedState; receivedAt: Date }>(
+      `SELECT device, doc, received_at AS "receivedAt" FROM fleet_state
        WHERE ($1::text IS NULL OR doc->'groups' ? $1)
          AND ($2::text IS NULL OR doc->'models' @> jsonb_build_array(jsonb_build_object('name', $2::text)))`,
       [filters.group ?? null, filters.model ?? null],
     );
-    const states = stateRows.map((r) => ({ device: r.device, state: r.doc }));
+    const states = stateRows.map((r) => ({ device: r.device, state: r.doc, receivedAt: r.receivedAt.getTime() }));
     const filtered = filters.group !== undefined || filters.model !== undefined;
     // Unfiltered reads take every row; filtered ones only the devices whose state matched.
     const only = filtered ? states.map((s) => s.device) : null;
-    const [statuses, latest] = await Promise.all([
-      this.pool.query<Timed<StatusRecord>>(
-        'SELECT device, online, COALESCE(ts, received_at) AS ts FROM fleet_status WHERE $1::text[] IS NULL OR device = ANY($1)',
+    type CountsRow = Omit<DeviceCountsRecord, 'droppedLastAt'> & { droppedLastAt: Date | null };
+    const [statuses, latest, counts] = await Promise.all([
+      this.pool.query<{ device: string; online: boolean; receivedAt: Date }>(
+        'SELECT device, online, received_at AS "receivedAt" FROM fleet_status WHERE $1::text[] IS NULL OR device = ANY($1)',
         [only],
       ),
-      this.pool.query<Timed<LatestRow> & { data: unknown }>(
-        'SELECT device, slot, ts, data FROM fleet_latest WHERE $1::text[] IS NULL OR device = ANY($1)',
+      this.pool.query<{ device: string; slot: string; ts: Date; receivedAt: Date; data: unknown }>(
+        'SELECT device, slot, ts, COALESCE(received_at, ts) AS "receivedAt", data FROM fleet_latest WHERE $1::text[] IS NULL OR device = ANY($1)',
+        [only],
+      ),
+      this.pool.query<CountsRow>(
+        `SELECT device, quarantined::float8 AS quarantined, over_quota::float8 AS "overQuota", clock_skewed::float8 AS "clockSkewed",
+           dropped::float8 AS dropped, dropped_last_at AS "droppedLastAt"
+         FROM fleet_devices WHERE $1::text[] IS NULL OR device = ANY($1)`,
         [only],
       ),
     ]);
     return assembleFleet(
-      statuses.rows.map((r) => ({ ...r, ts: r.ts.getTime() })),
+      statuses.rows.map((r): StatusRecord => ({ device: r.device, online: r.online, receivedAt: r.receivedAt.getTime() })),
       states,
-      latest.rows.map((r) => ({ ...r, ts: r.ts.getTime(), data: JSON.stringify(r.data) })),
+      latest.rows.map((r): LatestRow => ({ ...r, ts: r.ts.getTime(), receivedAt: r.receivedAt.getTime(), data: JSON.stringify(r.data) })),
+      counts.rows.map((r) => ({ ...r, droppedLastAt: r.droppedLastAt?.getTime() ?? null })),
       only === null ? undefined : new Set(only),
     );
   }

@@ -8,8 +8,21 @@ import type Database from 'better-sqlite3';
 import { openSqlite } from '../../lib/sqlite.js';
 import type { DeviceEvent, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
 import { FailureError } from '../errors.js';
-import type { DeviceSeries, FleetFilters, FleetRow, FleetStore, LatestRow, PointRow, StatusRecord, StoredEvent, TimeRange } from './store.js';
-import { DEFAULT_SERIES_LIMIT, assembleFleet, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
+import type {
+  AckPoint,
+  DeviceCountsRecord,
+  DeviceSeries,
+  FleetFilters,
+  FleetRow,
+  FleetStore,
+  LatestRow,
+  PointRow,
+  QuarantineEntry,
+  StatusRecord,
+  StoredEvent,
+  TimeRange,
+} from './store.js';
+import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, assembleFleet, droppedOf, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the file from user_version N to N+1. */
 export const SQLITE_MIGRATIONS: readonly string[] = [
@@ -37,6 +50,22 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
      PRIMARY KEY (device, ts, hash)
    ) WITHOUT ROWID;
    CREATE INDEX fleet_events_ts ON fleet_events (ts);`,
+  // Issue 13: arrival times (retention and "last seen" go by them), per-device counters and the acknowledged prefix, quarantine.
+  `ALTER TABLE fleet_points ADD COLUMN received_at INTEGER;
+   CREATE INDEX fleet_points_received ON fleet_points (received_at);
+   ALTER TABLE fleet_events ADD COLUMN received_at INTEGER;
+   CREATE INDEX fleet_events_received ON fleet_events (received_at);
+   ALTER TABLE fleet_latest ADD COLUMN received_at INTEGER;
+   CREATE TABLE fleet_devices (
+     device TEXT PRIMARY KEY, ack_up_to INTEGER,
+     quarantined INTEGER NOT NULL DEFAULT 0, over_quota INTEGER NOT NULL DEFAULT 0, clock_skewed INTEGER NOT NULL DEFAULT 0,
+     dropped INTEGER NOT NULL DEFAULT 0, dropped_last_at INTEGER
+   );
+   CREATE TABLE fleet_quarantine (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, topic TEXT NOT NULL, received_at INTEGER NOT NULL,
+     reason TEXT NOT NULL, size INTEGER NOT NULL, excerpt BLOB NOT NULL
+   );
+   CREATE INDEX fleet_quarantine_received ON fleet_quarantine (received_at);`,
 ];
 
 const POINT_COLUMNS = `device, seq, ts, kind, model, version, count, errors, p50, p99,
@@ -49,14 +78,49 @@ type EventRow = { ts: number; type: string; model: string | null; version: numbe
 /** Every statement the store runs, prepared once when it opens. */
 function prepareStatements(db: Database.Database) {
   return {
-    insertPoint: db.prepare<PointRow>(
-      `INSERT INTO fleet_points (device, seq, ts, kind, model, version, count, errors, p50, p99, cpu_pct, temp_c, mem_used, mem_total, data)
-       VALUES (@device, @seq, @ts, @kind, @model, @version, @count, @errors, @p50, @p99, @cpuPct, @tempC, @memUsed, @memTotal, @data)
+    insertPoint: db.prepare<PointRow & { receivedAt: number }>(
+      `INSERT INTO fleet_points (device, seq, ts, kind, model, version, count, errors, p50, p99, cpu_pct, temp_c, mem_used, mem_total, data, received_at)
+       VALUES (@device, @seq, @ts, @kind, @model, @version, @count, @errors, @p50, @p99, @cpuPct, @tempC, @memUsed, @memTotal, @data, @receivedAt)
        ON CONFLICT (device, seq) DO NOTHING`,
     ),
     upsertLatest: db.prepare<LatestRow>(
-      `INSERT INTO fleet_latest (device, slot, ts, data) VALUES (@device, @slot, @ts, @data)
-       ON CONFLICT (device, slot) DO UPDATE SET ts = excluded.ts, data = excluded.data WHERE excluded.ts > fleet_latest.ts`,
+      `INSERT INTO fleet_latest (device, slot, ts, data, received_at) VALUES (@device, @slot, @ts, @data, @receivedAt)
+       ON CONFLICT (device, slot) DO UPDATE SET ts = excluded.ts, data = excluded.data, received_at = excluded.received_at
+       WHERE excluded.ts > fleet_latest.ts`,
+    ),
+    addDropped: db.prepare<[string, number, number]>(
+      `INSERT INTO fleet_devices (device, dropped, dropped_last_at) VALUES (?, ?, ?)
+       ON CONFLICT (device) DO UPDATE SET dropped = dropped + excluded.dropped,
+         dropped_last_at = max(COALESCE(dropped_last_at, 0), excluded.dropped_last_at)`,
+    ),
+    addCounts: db.prepare<[string, number, number, number]>(
+      `INSERT INTO fleet_devices (device, quarantined, over_quota, clock_skewed) VALUES (?, ?, ?, ?)
+       ON CONFLICT (device) DO UPDATE SET quarantined = quarantined + excluded.quarantined,
+         over_quota = over_quota + excluded.over_quota, clock_skewed = clock_skewed + excluded.clock_skewed`,
+    ),
+    ackRow: db.prepare<[string], { upTo: number | null }>('SELECT ack_up_to AS upTo FROM fleet_devices WHERE device = ?'),
+    ackAbove: db.prepare<[string, number, number], AckPoint>(
+      `SELECT seq,
+         CASE WHEN kind = 'dropped' THEN json_extract(data, '$.oldestSeq') END AS oldestSeq,
+         CASE WHEN kind = 'dropped' THEN json_extract(data, '$.newestSeq') END AS newestSeq
+       FROM fleet_points WHERE device = ? AND seq > ? ORDER BY seq LIMIT ?`,
+    ),
+    setAck: db.prepare<[string, number]>(
+      `INSERT INTO fleet_devices (device, ack_up_to) VALUES (?, ?)
+       ON CONFLICT (device) DO UPDATE SET ack_up_to = max(COALESCE(ack_up_to, excluded.ack_up_to), excluded.ack_up_to)`,
+    ),
+    counts: db.prepare<[], DeviceCountsRecord>(
+      `SELECT device, quarantined, over_quota AS overQuota, clock_skewed AS clockSkewed, dropped, dropped_last_at AS droppedLastAt
+       FROM fleet_devices`,
+    ),
+    quarantine: db.prepare<[string, string, number, string, number, Buffer]>(
+      'INSERT INTO fleet_quarantine (device, topic, received_at, reason, size, excerpt) VALUES (?, ?, ?, ?, ?, ?)',
+    ),
+    quarantined: db.prepare<[number], QuarantineEntry>(
+      'SELECT device, topic, received_at AS receivedAt, reason, size, excerpt FROM fleet_quarantine ORDER BY id DESC LIMIT ?',
+    ),
+    deviceModels: db.prepare<[string], { slot: string }>(
+      "SELECT slot FROM fleet_latest WHERE device = ? AND slot LIKE 'inference/%'",
     ),
     upsertStatus: db.prepare<[string, number, number | null, number]>(
       `INSERT INTO fleet_status (device, online, ts, received_at) VALUES (?, ?, ?, ?)
@@ -67,21 +131,23 @@ function prepareStatements(db: Database.Database) {
        ON CONFLICT (device) DO UPDATE SET ts = excluded.ts, doc = excluded.doc, received_at = excluded.received_at
        WHERE excluded.ts >= fleet_state.ts`,
     ),
-    insertEvent: db.prepare<[string, number, string, string, string | null, number | null, string | null]>(
-      `INSERT INTO fleet_events (device, ts, hash, type, model, version, detail) VALUES (?, ?, ?, ?, ?, ?, ?)
+    insertEvent: db.prepare<[string, number, string, string, string | null, number | null, string | null, number]>(
+      `INSERT INTO fleet_events (device, ts, hash, type, model, version, detail, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (device, ts, hash) DO NOTHING`,
     ),
-    prunePoints: db.prepare<[number]>('DELETE FROM fleet_points WHERE ts < ?'),
-    pruneEvents: db.prepare<[number]>('DELETE FROM fleet_events WHERE ts < ?'),
-    states: db.prepare<StateFilter, { device: string; doc: string }>(
-      `SELECT device, doc FROM fleet_state
+    // Rows from before arrival times were kept go by their own time.
+    prunePoints: db.prepare<[number, number]>('DELETE FROM fleet_points WHERE received_at < ? OR (received_at IS NULL AND ts < ?)'),
+    pruneEvents: db.prepare<[number, number]>('DELETE FROM fleet_events WHERE received_at < ? OR (received_at IS NULL AND ts < ?)'),
+    pruneQuarantine: db.prepare<[number]>('DELETE FROM fleet_quarantine WHERE received_at < ?'),
+    states: db.prepare<StateFilter, { device: string; doc: string; receivedAt: number }>(
+      `SELECT device, doc, received_at AS receivedAt FROM fleet_state
        WHERE (@group IS NULL OR EXISTS (SELECT 1 FROM json_each(doc, '$.groups') WHERE value = @group))
          AND (@model IS NULL OR EXISTS (SELECT 1 FROM json_each(doc, '$.models') WHERE json_extract(value, '$.name') = @model))`,
     ),
-    statuses: db.prepare<[], { device: string; online: number; ts: number }>(
-      'SELECT device, online, COALESCE(ts, received_at) AS ts FROM fleet_status',
+    statuses: db.prepare<[], { device: string; online: number; receivedAt: number }>(
+      'SELECT device, online, received_at AS receivedAt FROM fleet_status',
     ),
-    latest: db.prepare<[], LatestRow>('SELECT device, slot, ts, data FROM fleet_latest'),
+    latest: db.prepare<[], LatestRow>('SELECT device, slot, ts, COALESCE(received_at, ts) AS receivedAt, data FROM fleet_latest'),
     series: db.prepare<Range, PointRow>(
       `SELECT ${POINT_COLUMNS} FROM fleet_points WHERE device = ? AND ts BETWEEN ? AND ? ORDER BY ts DESC, seq DESC LIMIT ?`,
     ),
@@ -121,14 +187,48 @@ export class SqliteStore implements FleetStore {
     return this.database.transaction(fn)();
   }
 
-  async insertPoints(device: string, points: readonly TelemetryPoint[]): Promise<number> {
-    const { insertPoint, upsertLatest } = this.sql;
+  async insertPoints(device: string, points: readonly TelemetryPoint[], receivedAt?: number): Promise<number> {
+    const { insertPoint, upsertLatest, addDropped } = this.sql;
     return this.transaction(() => {
-      let added = 0;
-      for (const p of points) added += insertPoint.run(pointRow(device, p)).changes;
-      for (const row of latestRows(device, points)) upsertLatest.run(row);
-      return added;
+      const fresh: TelemetryPoint[] = [];
+      for (const p of points) {
+        const row = pointRow(device, p);
+        if (insertPoint.run({ ...row, receivedAt: receivedAt ?? row.ts }).changes > 0) fresh.push(p);
+      }
+      for (const row of latestRows(device, points, receivedAt)) upsertLatest.run(row);
+      const dropped = droppedOf(fresh, receivedAt);
+      if (dropped !== undefined) addDropped.run(device, dropped.count, dropped.lastAt);
+      return fresh.length;
     });
+  }
+
+  async acknowledge(device: string, firstSeq: number): Promise<number> {
+    const { ackRow, ackAbove, setAck } = this.sql;
+    return this.transaction(() => {
+      const from = ackRow.get(device)?.upTo ?? firstSeq - 1;
+      const upTo = advanceAck(from, ackAbove.all(device, from, ACK_WALK_LIMIT));
+      setAck.run(device, upTo);
+      return ackRow.get(device)?.upTo ?? upTo;
+    });
+  }
+
+  async quarantine(entry: QuarantineEntry): Promise<void> {
+    this.sql.quarantine.run(entry.device, entry.topic, entry.receivedAt, entry.reason, entry.size, entry.excerpt);
+  }
+
+  async quarantined(limit: number): Promise<QuarantineEntry[]> {
+    return this.sql.quarantined.all(limit);
+  }
+
+  async addCounts(counts: ReadonlyMap<string, { quarantined: number; overQuota: number; clockSkewed: number }>): Promise<void> {
+    const { addCounts } = this.sql;
+    this.transaction(() => {
+      for (const [device, c] of counts) addCounts.run(device, c.quarantined, c.overQuota, c.clockSkewed);
+    });
+  }
+
+  async deviceModels(device: string): Promise<string[]> {
+    return this.sql.deviceModels.all(device).map((r) => r.slot.slice('inference/'.length));
   }
 
   async upsertStatus(device: string, status: Status, receivedAt: number): Promise<void> {
@@ -139,23 +239,27 @@ export class SqliteStore implements FleetStore {
     this.sql.upsertState.run(state.device, millis(state.ts), JSON.stringify(state), receivedAt);
   }
 
-  async insertEvent(device: string, event: DeviceEvent): Promise<boolean> {
+  async insertEvent(device: string, event: DeviceEvent, receivedAt?: number): Promise<boolean> {
     const { model = null, version = null, detail = null } = event;
-    return this.sql.insertEvent.run(device, millis(event.ts), eventHash(event), event.type, model, version, detail).changes > 0;
+    const ts = millis(event.ts);
+    return this.sql.insertEvent.run(device, ts, eventHash(event), event.type, model, version, detail, receivedAt ?? ts).changes > 0;
   }
 
   async prune(before: number): Promise<{ points: number; events: number }> {
-    const { prunePoints, pruneEvents } = this.sql;
-    return this.transaction(() => ({ points: prunePoints.run(before).changes, events: pruneEvents.run(before).changes }));
+    const { prunePoints, pruneEvents, pruneQuarantine } = this.sql;
+    return this.transaction(() => {
+      pruneQuarantine.run(before);
+      return { points: prunePoints.run(before, before).changes, events: pruneEvents.run(before, before).changes };
+    });
   }
 
   async fleetStatus(filters: FleetFilters = {}): Promise<FleetRow[]> {
     const states = this.sql.states
       .all({ group: filters.group ?? null, model: filters.model ?? null })
-      .map((r) => ({ device: r.device, state: JSON.parse(r.doc) as ReportedState }));
-    const statuses = this.sql.statuses.all().map((r): StatusRecord => ({ device: r.device, online: r.online === 1, ts: r.ts }));
+      .map((r) => ({ device: r.device, state: JSON.parse(r.doc) as ReportedState, receivedAt: r.receivedAt }));
+    const statuses = this.sql.statuses.all().map((r): StatusRecord => ({ device: r.device, online: r.online === 1, receivedAt: r.receivedAt }));
     const filtered = filters.group !== undefined || filters.model !== undefined;
-    return assembleFleet(statuses, states, this.sql.latest.all(), filtered ? new Set(states.map((s) => s.device)) : undefined);
+    return assembleFleet(statuses, states, this.sql.latest.all(), this.sql.counts.all(), filtered ? new Set(states.map((s) => s.device)) : undefined);
   }
 
   async series(device: string, range: TimeRange): Promise<DeviceSeries> {

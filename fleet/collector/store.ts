@@ -42,8 +42,42 @@ export interface HealthSummary {
 export interface FleetRow extends DeviceSummary {
   inference: InferenceSummary[];
   health: HealthSummary | null;
-  /** The newest time heard from the device: status, state or telemetry. */
+  /** When the device was last heard from (status, state or telemetry), by the collector's clock. */
   lastSeen: string | null;
+  /** Points the device reported it had to drop (section 13 'dropped' points, summed). */
+  dropped: { count: number; lastAt: string | null };
+  /** Points waiting in the device's buffer, from its latest health point; null when it does not say. */
+  outbox: { rows: number; bytes: number } | null;
+  /** Messages from the device acknowledged without storing: not valid, or refused by the database. */
+  quarantined: number;
+  /** Messages and points dropped for the device's quotas. */
+  overQuota: number;
+  /** Points, events and states whose time was too far from arrival, stored with the arrival time. */
+  clockSkewed: number;
+}
+
+/** A message acknowledged without storing it, kept with why. */
+export interface QuarantineEntry {
+  device: string;
+  topic: string;
+  /** Epoch ms. */
+  receivedAt: number;
+  reason: string;
+  /** The payload's size, and its first bytes (at most QUARANTINE_EXCERPT_BYTES). */
+  size: number;
+  excerpt: Buffer;
+}
+
+export const QUARANTINE_EXCERPT_BYTES = 4096;
+
+/** Per-device counters the collector adds to (see ingest-guard.ts). */
+export interface DeviceCountsRecord {
+  device: string;
+  quarantined: number;
+  overQuota: number;
+  clockSkewed: number;
+  dropped: number;
+  droppedLastAt: number | null;
 }
 
 export interface TimeRange {
@@ -87,14 +121,33 @@ export interface FleetStore {
   readonly kind: string;
   /** Creates or migrates the schema; safe to call from several collectors at once. */
   init(): Promise<void>;
-  /** Stores the points not stored yet (key: device and seq); returns how many were new. */
-  insertPoints(device: string, points: readonly TelemetryPoint[]): Promise<number>;
+  /**
+   * Stores the points not stored yet (key: device and seq); returns how many
+   * were new. `receivedAt` (epoch ms) is when they arrived: retention and
+   * "last seen" go by it; without it, each point's own time is taken.
+   */
+  insertPoints(device: string, points: readonly TelemetryPoint[], receivedAt?: number): Promise<number>;
+  /**
+   * Advances the device's acknowledged prefix (section 12): the highest seq
+   * such that every seq up to it is stored or covered by a stored 'dropped'
+   * point, starting below `firstSeq` for a device never acknowledged. Never
+   * goes down, also with several collectors on one database. Returns it.
+   */
+  acknowledge(device: string, firstSeq: number): Promise<number>;
   upsertStatus(device: string, status: Status, receivedAt: number): Promise<void>;
   /** Keeps the newer of the stored and the given state (by its `ts`). */
   upsertState(state: ReportedState, receivedAt: number): Promise<void>;
-  /** Stores the event unless the same one is stored; returns whether it was new. */
-  insertEvent(device: string, event: DeviceEvent): Promise<boolean>;
-  /** Deletes points and events older than `before` (epoch ms). */
+  /** Stores the event unless the same one is stored; returns whether it was new. `receivedAt` as for points. */
+  insertEvent(device: string, event: DeviceEvent, receivedAt?: number): Promise<boolean>;
+  /** Keeps a message that will not be stored, with why. */
+  quarantine(entry: QuarantineEntry): Promise<void>;
+  /** The newest quarantined messages, newest first. */
+  quarantined(limit: number): Promise<QuarantineEntry[]>;
+  /** Adds to per-device counters. */
+  addCounts(counts: ReadonlyMap<string, { quarantined: number; overQuota: number; clockSkewed: number }>): Promise<void>;
+  /** The model names a device has inference points stored under (for the model-name quota). */
+  deviceModels(device: string): Promise<string[]>;
+  /** Deletes points, events and quarantined messages that arrived before `before` (epoch ms). */
   prune(before: number): Promise<{ points: number; events: number }>;
   fleetStatus(filters?: FleetFilters): Promise<FleetRow[]>;
   series(device: string, range: TimeRange): Promise<DeviceSeries>;
@@ -135,7 +188,8 @@ export function pointRow(device: string, p: TelemetryPoint): PointRow {
     return { ...base, ...none, model: p.model, version: p.version, count: p.count, errors: p.errors, p50: lat?.p50 ?? null, p99: lat?.p99 ?? null };
   }
   if (p.kind === 'health') return { ...base, ...none, cpuPct: p.cpuPct, tempC: p.tempC, memUsed: p.memUsedBytes, memTotal: p.memTotalBytes };
-  return { ...base, ...none, count: p.count };
+  // 'dropped' points, and the tombstones of points refused for a quota (kind 'over-quota').
+  return { ...base, ...none, count: p.kind === 'dropped' ? p.count : null };
 }
 
 /** A row of the latest table: the newest point per device and slot (health, or inference of one model). */
@@ -143,21 +197,69 @@ export interface LatestRow {
   device: string;
   slot: string;
   ts: number;
+  /** When it arrived (epoch ms); for "last seen". */
+  receivedAt: number;
   data: string;
 }
 
 /** The newest point of each slot in a batch; the store keeps it only when newer than what it has. */
-export function latestRows(device: string, points: readonly TelemetryPoint[]): LatestRow[] {
+export function latestRows(device: string, points: readonly TelemetryPoint[], receivedAt?: number): LatestRow[] {
   const newest = new Map<string, LatestRow>();
   for (const p of points) {
     if (p.kind !== 'inference' && p.kind !== 'health') continue;
     const slot = p.kind === 'inference' ? `inference/${p.model}` : 'health';
     const ts = millis(p.ts);
     const seen = newest.get(slot);
-    if (seen === undefined || ts > seen.ts) newest.set(slot, { device, slot, ts, data: JSON.stringify(p) });
+    if (seen === undefined || ts > seen.ts) newest.set(slot, { device, slot, ts, receivedAt: receivedAt ?? ts, data: JSON.stringify(p) });
   }
   return [...newest.values()];
 }
+
+/** Sum and newest time of the 'dropped' points among `points` (those newly stored). */
+export function droppedOf(points: readonly TelemetryPoint[], receivedAt?: number): { count: number; lastAt: number } | undefined {
+  let count = 0;
+  let lastAt = 0;
+  for (const p of points) {
+    if (p.kind !== 'dropped') continue;
+    count += p.count;
+    lastAt = Math.max(lastAt, receivedAt ?? millis(p.ts));
+  }
+  return lastAt === 0 ? undefined : { count, lastAt };
+}
+
+/** A point of the acknowledgement walk: its seq, and for a 'dropped' point the seqs it accounts for. */
+export interface AckPoint {
+  seq: number;
+  oldestSeq: number | null;
+  newestSeq: number | null;
+}
+
+/**
+ * How far the acknowledged prefix goes from `upTo`, given the stored points
+ * above it in seq order: over every seq stored or covered by a 'dropped'
+ * point (which accounts for lower seqs than its own).
+ */
+export function advanceAck(upTo: number, above: readonly AckPoint[]): number {
+  const present = new Set<number>();
+  const ranges: [number, number][] = [];
+  for (const p of above) {
+    present.add(p.seq);
+    if (p.oldestSeq !== null && p.newestSeq !== null) ranges.push([p.oldestSeq, p.newestSeq]);
+  }
+  for (;;) {
+    const next = upTo + 1;
+    if (present.has(next)) {
+      upTo = next;
+      continue;
+    }
+    const range = ranges.find(([from, to]) => from <= next && next <= to);
+    if (range === undefined) return upTo;
+    upTo = range[1];
+  }
+}
+
+/** Most points above the acknowledged prefix read per walk: a device far behind catches up over several batches. */
+export const ACK_WALK_LIMIT = 5000;
 
 /**
  * Events carry no id, so the key is device, time and a hash of the rest:
@@ -174,13 +276,15 @@ export function eventHash(event: DeviceEvent): string {
 export interface StatusRecord {
   device: string;
   online: boolean;
-  /** The status's own time, or when it arrived (the last will carries none). */
-  ts: number;
+  /** When it arrived (epoch ms). */
+  receivedAt: number;
 }
 
 export interface StateRecord {
   device: string;
   state: ReportedState;
+  /** When it arrived (epoch ms). */
+  receivedAt: number;
 }
 
 /** Joins what each table holds into one row per device, sorted by device id. */
@@ -188,6 +292,7 @@ export function assembleFleet(
   statuses: readonly StatusRecord[],
   states: readonly StateRecord[],
   latest: readonly LatestRow[],
+  counts: readonly DeviceCountsRecord[],
   onlyDevices?: ReadonlySet<string>,
 ): FleetRow[] {
   const rows = new Map<string, FleetRow & { seen: number }>();
@@ -195,7 +300,18 @@ export function assembleFleet(
     if (onlyDevices !== undefined && !onlyDevices.has(device)) return undefined;
     let row = rows.get(device);
     if (row === undefined) {
-      row = { ...emptySummary(device), inference: [], health: null, lastSeen: null, seen: 0 };
+      row = {
+        ...emptySummary(device),
+        inference: [],
+        health: null,
+        lastSeen: null,
+        dropped: { count: 0, lastAt: null },
+        outbox: null,
+        quarantined: 0,
+        overQuota: 0,
+        clockSkewed: 0,
+        seen: 0,
+      };
       rows.set(device, row);
     }
     return row;
@@ -204,19 +320,28 @@ export function assembleFleet(
     const row = rowOf(s.device);
     if (row === undefined) continue;
     row.online = s.online;
-    row.seen = Math.max(row.seen, s.ts);
+    row.seen = Math.max(row.seen, s.receivedAt);
   }
-  for (const { device, state } of states) {
+  for (const { device, state, receivedAt } of states) {
     const row = rowOf(device);
     if (row === undefined) continue;
     applyReportedState(row, state);
-    row.seen = Math.max(row.seen, millis(state.ts));
+    row.seen = Math.max(row.seen, receivedAt);
   }
   for (const l of latest) {
     const row = rowOf(l.device);
     if (row === undefined) continue;
     applyLatest(row, JSON.parse(l.data) as TelemetryPoint);
-    row.seen = Math.max(row.seen, l.ts);
+    row.seen = Math.max(row.seen, l.receivedAt);
+  }
+  // Counters alone (a device whose every message was refused) still make a row: the operator must see it.
+  for (const c of counts) {
+    const row = rowOf(c.device);
+    if (row === undefined) continue;
+    row.quarantined = c.quarantined;
+    row.overQuota = c.overQuota;
+    row.clockSkewed = c.clockSkewed;
+    row.dropped = { count: c.dropped, lastAt: c.droppedLastAt === null ? null : formatTime(c.droppedLastAt) };
   }
   return [...rows.values()]
     .sort(byDevice)
@@ -226,6 +351,7 @@ export function assembleFleet(
 function applyLatest(row: FleetRow, p: TelemetryPoint): void {
   if (p.kind === 'health') {
     row.health = healthSummary(p);
+    row.outbox = p.outboxRows === undefined ? null : { rows: p.outboxRows, bytes: p.outboxBytes ?? 0 };
     return;
   }
   if (p.kind !== 'inference') return;
