@@ -300,6 +300,26 @@ describe.skipIf(skip)('edgefleet CLI', () => {
     expect(table.stdout).not.toContain('pi-002');
   });
 
+  it('devices prints what a device reports with control characters escaped: no forged rows, no escape sequences', async () => {
+    const ts = new Date().toISOString();
+    const hostile = 'x\npi-666  yes  lab  9 applied\r\u001b[2J\u001b]0;owned\u0007\u009b31m\u202edesrever';
+    const state = {
+      schema: 1, device: 'pi-evil', groups: ['evil'], ts,
+      desired: { source: 'device', serial: 1, status: 'failed', error: hostile },
+      models: [{ name: 'mlp', version: 1, state: 'failed', labels: [], executionProvider: hostile, sha256: null, progress: 1, error: hostile }],
+      agent: { version: '0.1.0', arch: 'arm64', startedAt: ts, executionProviders: { available: ['cpu'], unavailable: {} } },
+    };
+    await publishRetained(broker.url, 'edgefleet/devices/pi-evil/state', JSON.stringify(state));
+    const table = await cli('devices', '--group', 'evil', '--wait-ms', '500', ...b());
+    expect(table.code, table.stderr).toBe(0);
+    // eslint-disable-next-line no-control-regex
+    expect(table.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e]/);
+    const lines = table.stdout.trim().split('\n');
+    expect(lines).toHaveLength(4); // header, the one device, its two problems
+    expect(lines[1]).toMatch(/^pi-evil\s+\?\s+evil\s+1 failed\s+-\s+mlp:1 failed x\\npi-666 {2}yes {2}lab {2}9 applied\\r\\e\[2J\\e\]0;owned\\x07\\x9b31m\\u202edesrever\s+\S+$/);
+    expect(lines.slice(2).every((l) => l.startsWith('pi-evil: '))).toBe(true);
+  });
+
   it('model retire clears every block', async () => {
     const { artifact } = manifestOf(await readJson<Envelope>(manifestPath));
     const run = await cli('model', 'retire', '--manifest', manifestPath, ...b());

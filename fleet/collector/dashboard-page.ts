@@ -24,6 +24,12 @@ th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--lin
 th { color: var(--muted); font-weight: 600; background: var(--panel); }
 tbody tr:last-child td { border-bottom: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.warn { color: var(--warn); font-weight: 600; }
+th[data-sort] { cursor: pointer; user-select: none; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
+.pager { display: flex; gap: 10px; align-items: center; margin: 8px 20px; }
+button { background: var(--panel); color: var(--fg); border: 1px solid var(--line); border-radius: 4px; padding: 3px 10px; font: inherit; cursor: pointer; }
+button:disabled { opacity: .4; cursor: default; }
 .dot { display: inline-block; width: 8px; height: 8px; border-radius: 50%; margin-right: 6px; background: var(--muted); }
 .dot.on { background: var(--ok); } .dot.off { background: var(--bad); }
 .tag { display: inline-block; padding: 0 6px; margin: 1px 4px 1px 0; border-radius: 3px; background: #232b35; }
@@ -57,8 +63,12 @@ export const DASHBOARD_HTML = `<!doctype html>
 <header>
   <h1>edgefleet fleet</h1>
   <span id="summary" class="muted"></span>
+  <label>device <input id="search" size="12" placeholder="id contains" maxlength="64"></label>
   <label>group <input id="group" size="10" placeholder="any"></label>
   <label>model <input id="model" size="10" placeholder="any"></label>
+  <label>online <select id="online"><option value="">any</option><option value="true">online</option><option value="false">not online</option></select></label>
+  <label>errors <select id="errors"><option value="">any</option><option value="true">with errors</option><option value="false">none</option></select></label>
+  <label>p99 ≥ <input id="minP99" size="5" placeholder="ms" inputmode="decimal"></label>
   <label>window <select id="window">
     <option value="900000">15 min</option><option value="3600000" selected>1 h</option>
     <option value="21600000">6 h</option><option value="86400000">24 h</option>
@@ -71,11 +81,21 @@ export const DASHBOARD_HTML = `<!doctype html>
   <div class="table-wrap">
     <table id="fleet">
       <thead><tr>
-        <th>Device</th><th>Online</th><th>Groups</th><th>Desired</th><th>Models</th>
-        <th>p50 ms</th><th>p99 ms</th><th>Errors</th><th>CPU %</th><th>Temp °C</th><th>Mem %</th><th>Last seen</th>
+        <th data-sort="device">Device</th><th data-sort="online">Online</th><th>Groups</th><th>Desired</th><th>Models</th>
+        <th>p50 ms</th><th data-sort="p99">p99 ms</th><th data-sort="errors">Errors</th><th>CPU %</th><th>Temp °C</th><th>Mem %</th>
+        <th data-sort="dropped" title="points the device dropped (outbox full)">Dropped</th>
+        <th title="points waiting on the device / their bytes">Outbox</th>
+        <th title="messages the collector kept aside unstored: not valid, or refused by the database">Quarantined</th>
+        <th title="messages or points dropped for the device's quotas">Over quota</th>
+        <th title="times too far from arrival, stored with the arrival time">Clock skewed</th>
+        <th data-sort="lastSeen">Last seen</th>
       </tr></thead>
       <tbody></tbody>
     </table>
+  </div>
+  <div class="pager">
+    <button id="prev" type="button">&larr; prev</button><span id="range" class="muted"></span><button id="next" type="button">next &rarr;</button>
+    <label>rows per page <select id="pagesize"><option>50</option><option selected>100</option><option>250</option><option>500</option></select></label>
   </div>
   <p id="empty" class="muted" style="margin: 8px 20px" hidden>No device has reported yet.</p>
   <h2>Latency, health and rollout</h2>

@@ -1,8 +1,10 @@
 /**
  * The dashboard's browser script (plain ES2020, no template literals, no
- * dependencies): polls /api every few seconds, renders the fleet table and,
- * per device, SVG line charts of latency (p50/p99 per model), CPU and memory
- * use, and temperature, with the rollout state and recent events.
+ * dependencies): polls /api every few seconds, renders one page of the fleet
+ * table (the server filters, sorts and slices, so 10,000 devices cost what
+ * one page does) and, per device on the page, SVG line charts of latency
+ * (p50/p99 per model), CPU and memory use, and temperature, with the rollout
+ * state and recent events.
  */
 export const DASHBOARD_SCRIPT = String.raw`
 (function () {
@@ -76,27 +78,54 @@ export const DASHBOARD_SCRIPT = String.raw`
     });
   }
 
+  function bytes(n) {
+    var units = ['B', 'KiB', 'MiB', 'GiB'];
+    var u = 0;
+    while (n >= 1024 && u < units.length - 1) { n /= 1024; u++; }
+    return (u === 0 ? String(n) : n.toFixed(n < 10 ? 1 : 0)) + ' ' + units[u];
+  }
+
+  // A count that is not zero is something the operator should look at.
+  function countCell(n, title) {
+    var td = el('td', { class: 'num' + (n > 0 ? ' warn' : '') }, [String(n)]);
+    if (title) td.setAttribute('title', title);
+    return td;
+  }
+
   function fleetRow(r) {
     var online = r.online === null ? '?' : r.online ? 'yes' : 'no';
     var dot = el('span', { class: 'dot ' + (r.online === null ? '' : r.online ? 'on' : 'off') });
     var errors = r.inference.reduce(function (n, i) { return n + i.errors; }, 0);
     var h = r.health;
     var num = function (text) { return el('td', { class: 'num' }, [text]); };
+    var dropped = r.dropped || { count: 0, lastAt: null };
+    var outbox = r.outbox ? r.outbox.rows + ' / ' + bytes(r.outbox.bytes) : '-';
     return el('tr', { 'data-device': r.device }, [
       el('td', {}, [r.device]), el('td', {}, [dot, online]), el('td', {}, [r.groups.join(', ') || '-']),
       el('td', {}, [desiredCell(r.desired)]), el('td', {}, modelTags(r.models).concat(r.models.length ? [] : ['-'])),
       num(perModel(r, 'p50', 2)), num(perModel(r, 'p99', 2)), num(r.inference.length ? String(errors) : '-'),
       num(fixed(h && h.cpuPct, 1)), num(fixed(h && h.tempC, 1)), num(fixed(memPct(h), 0)),
+      countCell(dropped.count, dropped.lastAt ? 'last dropped ' + dropped.lastAt : ''), num(outbox),
+      countCell(r.quarantined || 0), countCell(r.overQuota || 0), countCell(r.clockSkewed || 0),
       el('td', { title: r.lastSeen || '' }, [ago(r.lastSeen)]),
     ]);
   }
 
-  function renderTable(rows) {
+  var view = { offset: 0, limit: 100, sort: 'device', desc: false };
+
+  function renderTable(page) {
     var body = byId('fleet').querySelector('tbody');
-    body.replaceChildren.apply(body, rows.map(fleetRow));
-    byId('empty').hidden = rows.length > 0;
-    var online = rows.filter(function (r) { return r.online; }).length;
-    byId('summary').textContent = rows.length + ' devices, ' + online + ' online';
+    body.replaceChildren.apply(body, page.rows.map(fleetRow));
+    byId('empty').hidden = page.total > 0;
+    byId('summary').textContent = page.total + ' devices, ' + page.online + ' online';
+    var first = page.rows.length ? page.offset + 1 : 0;
+    byId('range').textContent = first + '-' + (page.offset + page.rows.length) + ' of ' + page.total;
+    byId('prev').disabled = page.offset === 0;
+    byId('next').disabled = page.offset + page.rows.length >= page.total;
+    Array.prototype.forEach.call(byId('fleet').querySelectorAll('th[data-sort]'), function (th) {
+      var on = th.getAttribute('data-sort') === page.sort;
+      th.setAttribute('aria-sort', on ? (page.desc ? 'descending' : 'ascending') : 'none');
+    });
   }
 
   function niceMax(v) {
@@ -190,20 +219,30 @@ export const DASHBOARD_SCRIPT = String.raw`
     ]);
   }
 
+  var FILTERS = ['group', 'model', 'search', 'online', 'errors', 'minP99'];
+
   function query() {
-    var params = [];
-    ['group', 'model'].forEach(function (k) {
+    var params = ['offset=' + view.offset, 'limit=' + view.limit, 'sort=' + view.sort, 'desc=' + view.desc];
+    FILTERS.forEach(function (k) {
       var v = byId(k).value.trim();
       if (v) params.push(k + '=' + encodeURIComponent(v));
     });
-    return params.length ? '?' + params.join('&') : '';
+    return '?' + params.join('&');
   }
 
   function refresh() {
     var to = Date.now();
     var from = to - Number(byId('window').value);
-    return getJson('/api/devices' + query()).then(function (rows) {
-      renderTable(rows);
+    return getJson('/api/devices' + query()).then(function (page) {
+      // The fleet shrank under this page (a filter, devices gone): show the last page there is.
+      if (page.offset > 0 && page.rows.length === 0 && page.total > 0) {
+        view.offset = Math.floor((page.total - 1) / view.limit) * view.limit;
+        return getJson('/api/devices' + query());
+      }
+      return page;
+    }).then(function (page) {
+      renderTable(page);
+      var rows = page.rows;
       return Promise.all(rows.slice(0, MAX_CARDS).map(function (r) {
         var base = '/api/devices/' + encodeURIComponent(r.device);
         var range = '?from=' + from + '&to=' + to;
@@ -226,7 +265,22 @@ export const DASHBOARD_SCRIPT = String.raw`
     clearTimeout(timer);
     refresh().then(function () { timer = setTimeout(loop, REFRESH_MS); });
   }
-  ['group', 'model', 'window'].forEach(function (id) { byId(id).addEventListener('change', loop); });
+  function fromStart() { view.offset = 0; loop(); }
+  FILTERS.forEach(function (id) { byId(id).addEventListener('change', fromStart); });
+  byId('window').addEventListener('change', loop);
+  byId('pagesize').addEventListener('change', function () { view.limit = Number(byId('pagesize').value); fromStart(); });
+  byId('prev').addEventListener('click', function () { view.offset = Math.max(0, view.offset - view.limit); loop(); });
+  byId('next').addEventListener('click', function () { view.offset += view.limit; loop(); });
+  Array.prototype.forEach.call(byId('fleet').querySelectorAll('th[data-sort]'), function (th) {
+    th.addEventListener('click', function () {
+      var key = th.getAttribute('data-sort');
+      // The same column again turns the order round; a new column starts with what matters most first.
+      view.desc = key === view.sort ? !view.desc : key !== 'device' && key !== 'online';
+      view.sort = key;
+      fromStart();
+    });
+  });
+  view.limit = Number(byId('pagesize').value);
   loop();
 })();
 `;

@@ -1,22 +1,34 @@
 /**
  * The collector's dashboard: one self-contained page (no CDN, no chart
  * library) and the JSON it reads. Read-only and unauthenticated, so it binds
- * to loopback unless told otherwise.
+ * to loopback unless told otherwise, and warns at start when it is not.
+ *
+ * DNS rebinding: a web page from evil.example whose name is later pointed at
+ * the collector's address could read the API from the operator's browser.
+ * Such requests carry `Host: evil.example`, so only Host headers naming an
+ * IP address, localhost, the name the dashboard was bound to, or a name given
+ * in `publicNames` (`edgefleet collect --public-name`) are answered; others
+ * get 421 with why.
  *
  *   GET /                                   the dashboard
- *   GET /api/devices?group=&model=          the fleet table (FleetRow[])
+ *   GET /api/devices?offset=&limit=&sort=&desc=&group=&model=&online=&errors=&minP99=&search=
+ *                                           one page of the fleet table (fleet-query.ts):
+ *                                           {total, online, offset, limit, sort, desc, rows: FleetRow[]}
  *   GET /api/devices/{id}/series?from=&to=  latency and health samples
  *   GET /api/devices/{id}/events?from=&to=  events, oldest first
  *
  * from and to are RFC 3339 UTC times or epoch milliseconds; the default is the last hour.
  */
 import { createServer } from 'node:http';
+import { isIP } from 'node:net';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { DEVICE_ID_RE, GROUP_RE, MODEL_NAME_RE, parseTime } from '../../protocol/index.js';
+import { DEVICE_ID_RE, parseTime } from '../../protocol/index.js';
 import { UsageError, errorMessage } from '../errors.js';
 import { DASHBOARD_HTML } from './dashboard-page.js';
+import { FleetQueryError, pageFleet, parseFleetQuery } from './fleet-query.js';
+import type { FleetPage, FleetQuery } from './fleet-query.js';
 import type { FleetStore, TimeRange } from './store.js';
 
 const DEFAULT_WINDOW_MS = 3_600_000;
@@ -42,12 +54,50 @@ export function parseListen(value: string, flag = 'http'): ListenAddress {
   return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
 }
 
+/** Whether `host` (a bind address) is loopback only. */
+export function isLoopback(host: string): boolean {
+  const h = host.toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\./.test(h);
+}
+
+/** The host name of a Host header (no port, no brackets, lower case, no trailing dot); undefined when malformed. */
+export function hostName(header: string): string | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]/@\s]+))(?::\d{1,5})?$/.exec(header.trim());
+  if (!m) return undefined;
+  return (m[1] ?? m[2] ?? '').toLowerCase().replace(/\.$/, '');
+}
+
+/**
+ * Whether a request's Host header may be answered: IP literals (a page can
+ * only send one when it was itself loaded from that address), localhost, and
+ * the names in `names`. A missing header (HTTP/1.0 tools) is answered: every
+ * browser sends one.
+ */
+export function hostAllowed(header: string | undefined, names: ReadonlySet<string>): boolean {
+  if (header === undefined) return true;
+  const name = hostName(header);
+  if (name === undefined) return false;
+  return isIP(name) !== 0 || name === 'localhost' || names.has(name);
+}
+
 class BadRequest extends Error {}
+
+export interface DashboardOptions {
+  store: FleetStore;
+  listen: ListenAddress;
+  log: Logger;
+  /** Host names the dashboard is reached by besides IP addresses and localhost (a proxy's or DNS name). */
+  publicNames?: readonly string[];
+}
 
 export class DashboardServer {
   private server: Server | undefined;
+  private readonly names: ReadonlySet<string>;
 
-  constructor(private readonly options: { store: FleetStore; listen: ListenAddress; log: Logger }) {}
+  constructor(private readonly options: DashboardOptions) {
+    const bound = isIP(options.listen.host) === 0 ? [options.listen.host] : [];
+    this.names = new Set([...bound, ...(options.publicNames ?? [])].map((n) => n.toLowerCase().replace(/\.$/, '')));
+  }
 
   /** The address it listens on, e.g. http://127.0.0.1:8600. */
   get url(): string {
@@ -67,7 +117,16 @@ export class DashboardServer {
       });
     });
     this.server = server;
-    this.options.log.info({ url: this.url }, 'dashboard listening');
+    const { log, listen } = this.options;
+    log.info({ url: this.url, names: [...this.names] }, 'dashboard listening');
+    if (!isLoopback(listen.host)) {
+      log.warn(
+        { url: this.url, host: listen.host },
+        'THE DASHBOARD IS REACHABLE FROM THE NETWORK WITH NO AUTHENTICATION: anyone who can reach this address reads every device\'s ' +
+          'state, errors and telemetry. Bind it to 127.0.0.1 (--http 127.0.0.1:PORT) and put an authenticating reverse proxy in front, ' +
+          'giving the name it is reached by with --public-name',
+      );
+    }
   }
 
   async stop(): Promise<void> {
@@ -81,6 +140,13 @@ export class DashboardServer {
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://dashboard');
     try {
+      if (!hostAllowed(req.headers.host, this.names)) {
+        const known = ['IP addresses', 'localhost', ...[...this.names].map((n) => `"${n}"`)].join(', ');
+        return send(res, 421, {
+          error: `this dashboard does not answer to the host name in "Host: ${req.headers.host ?? ''}" (protection against DNS rebinding); ` +
+            `it answers to ${known}. If that is the name operators use, start the collector with --public-name NAME`,
+        });
+      }
       if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, { error: 'only GET' }, { allow: 'GET, HEAD' });
       if (url.pathname === '/' || url.pathname === '/index.html') {
         res.writeHead(200, PAGE_HEADERS);
@@ -91,7 +157,7 @@ export class DashboardServer {
       if (body === undefined) return send(res, 404, { error: `no such resource: ${url.pathname}` });
       send(res, 200, body);
     } catch (err) {
-      if (err instanceof BadRequest) return send(res, 400, { error: err.message });
+      if (err instanceof BadRequest || err instanceof FleetQueryError) return send(res, 400, { error: err.message });
       this.options.log.error({ err: errorMessage(err), path: url.pathname }, 'dashboard request failed');
       send(res, 500, { error: 'the store could not answer; see the collector log' });
     }
@@ -101,11 +167,7 @@ export class DashboardServer {
   private async api(url: URL): Promise<unknown> {
     const { store } = this.options;
     const q = url.searchParams;
-    if (url.pathname === '/api/devices') {
-      const group = nameParam(q, 'group', GROUP_RE);
-      const model = nameParam(q, 'model', MODEL_NAME_RE);
-      return store.fleetStatus({ ...(group !== undefined && { group }), ...(model !== undefined && { model }) });
-    }
+    if (url.pathname === '/api/devices') return this.fleetPage(parseFleetQuery(q));
     const m = /^\/api\/devices\/([^/]+)\/(series|events)$/.exec(url.pathname);
     // Device ids need no percent-encoding (docs/protocol.md section 1), so the path segment is the id.
     const device = m?.[1];
@@ -113,18 +175,18 @@ export class DashboardServer {
     const range = rangeParams(q);
     return m?.[2] === 'series' ? store.series(device, range) : store.events(device, range);
   }
+
+  /** One page of the fleet table; the store's filters narrow what is assembled, the rest is done here. */
+  private async fleetPage(q: FleetQuery): Promise<FleetPage> {
+    const { store } = this.options;
+    const rows = await store.fleetStatus({ ...(q.group !== undefined && { group: q.group }), ...(q.model !== undefined && { model: q.model }) });
+    return pageFleet(rows, q);
+  }
 }
 
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers });
   res.end(JSON.stringify(body));
-}
-
-function nameParam(q: URLSearchParams, name: string, re: RegExp): string | undefined {
-  const value = q.get(name);
-  if (value === null || value === '') return undefined;
-  if (!re.test(value)) throw new BadRequest(`${name} "${value}" is not a valid name`);
-  return value;
 }
 
 function timeParam(q: URLSearchParams, name: string): number | undefined {

@@ -19,6 +19,7 @@ const OPTIONS = {
   db: { type: 'string' },
   retention: { type: 'string' },
   http: { type: 'string' },
+  'public-name': { type: 'string', multiple: true },
   'share-group': { type: 'string' },
   'client-id': { type: 'string' },
   'session-expiry': { type: 'string' },
@@ -26,6 +27,7 @@ const OPTIONS = {
   ...BROKER_OPTIONS,
 } as const;
 
+const PUBLIC_NAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 const SHARE_GROUP_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 /** The broker encodes the session expiry in 32 bits of seconds. */
@@ -53,7 +55,11 @@ clean session, any other value is left to the broker).
 Options:
 ${DB_HELP}
   --retention D       delete points and events older than D (30d; s, m, h, d, w; "off" keeps all)
-  --http HOST:PORT    serve the dashboard and its JSON API there (off unless given)
+  --http HOST:PORT    serve the dashboard and its JSON API there (off unless given;
+                      unauthenticated: keep it on loopback behind a proxy that checks users)
+  --public-name NAME  a host name browsers reach the dashboard by (a proxy's or DNS name);
+                      repeatable. Requests naming any other host are refused (421)
+                      against DNS rebinding; IP addresses and localhost always answer
   --share-group NAME  shared subscription group (default edgefleet-collectors; MQTT 5 only)
   --client-id ID      MQTT client id; stable and unique per collector instance, so
                       the broker keeps its session (default edgefleet-collector-HOSTNAME)
@@ -74,7 +80,7 @@ ${BROKER_HELP}`,
     const db = resolveDb(values.db);
     const store = openStore(db, { cwd: io.cwd, onError: (err) => log.warn({ err: errorMessage(err) }, 'database connection problem') });
     const collector = new Collector({ broker, store, log, ...settings.collector });
-    const dashboard = settings.listen && new DashboardServer({ store, listen: settings.listen, log });
+    const dashboard = settings.listen && new DashboardServer({ store, listen: settings.listen, log, publicNames: settings.publicNames });
     const started: { stop(): Promise<void> }[] = [];
     try {
       await store.init();
@@ -94,7 +100,7 @@ ${BROKER_HELP}`,
   },
 };
 
-type Values = { [K in keyof typeof OPTIONS]?: string | undefined };
+type Values = { [K in Exclude<keyof typeof OPTIONS, 'public-name'>]?: string | undefined } & { 'public-name'?: string[] | undefined };
 
 /** The options that need no I/O, checked before anything starts. */
 function checkOptions(values: Values) {
@@ -106,9 +112,14 @@ function checkOptions(values: Values) {
   const expiry = values['session-expiry'] ?? '1d';
   // 0: the session ends with the connection (how an instance is retired: see docs/operator-guide.md).
   const sessionExpiryMs = expiry === '0' ? 0 : durationMs(expiry, 'session-expiry');
+  const publicNames = values['public-name'] ?? [];
+  for (const name of publicNames) {
+    if (!PUBLIC_NAME_RE.test(name)) throw new UsageError(`--public-name "${name}" must be a DNS name such as fleet.example.com (no port, no scheme)`);
+  }
   return {
     level,
     listen: values.http === undefined ? undefined : parseListen(values.http),
+    publicNames,
     collector: {
       clientId: values['client-id'] ?? `edgefleet-collector-${hostname()}`,
       shareGroup,

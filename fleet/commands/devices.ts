@@ -7,6 +7,7 @@ import { intOption, parseOrUsage } from '../args.js';
 import type { Command } from '../command.js';
 import { UsageError, errorMessage } from '../errors.js';
 import { BROKER_HELP, BROKER_OPTIONS, brokerSettings, withBroker } from '../mqtt.js';
+import { formatTextTable, terminalSafe } from '../terminal-text.js';
 
 const OPTIONS = {
   json: { type: 'boolean' },
@@ -88,7 +89,7 @@ export function toRows(root: string, retained: ReadonlyMap<string, Buffer>, warn
         applyState(rowOf(parsed.deviceId), state);
       }
     } catch (err) {
-      warn(`warning: ignoring the ${parsed.kind} of ${parsed.deviceId}: ${errorMessage(err)}`);
+      warn(terminalSafe(`warning: ignoring the ${parsed.kind} of ${parsed.deviceId}: ${errorMessage(err)}`));
     }
   }
   return [...rows.values()].sort(byDevice);
@@ -131,18 +132,16 @@ export function formatTable(rows: readonly DeviceRow[], now = Date.now()): strin
     r.models.map(modelCell).join(', ') || '-',
     lastSeen(r),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));
-  const line = (c: string[]): string => c.map((v, i) => v.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-  return [line(header), ...cells.map(line)].join('\n');
+  return formatTextTable(header, cells);
 }
 
-/** Errors devices report, in words an operator can act on. */
-function problems(rows: readonly DeviceRow[]): string[] {
+/** Errors devices report, in words an operator can act on; each line terminal-safe. */
+export function problems(rows: readonly DeviceRow[]): string[] {
   const out: string[] = [];
   for (const r of rows) {
     if (r.trust?.error) out.push(`${r.device}: trust v${r.trust.version}: ${r.trust.error}`);
     if (r.desired?.error) out.push(`${r.device}: desired serial ${r.desired.serial} ${r.desired.status}: ${r.desired.error}`);
     for (const m of r.models) if (m.error) out.push(`${r.device}: ${m.name}:${m.version} ${m.state}: ${m.error}`);
   }
-  return out;
+  return out.map(terminalSafe);
 }

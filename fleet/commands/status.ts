@@ -6,6 +6,7 @@ import { DB_HELP, openStore, resolveDb } from '../collector/open-store.js';
 import type { FleetFilters, FleetRow } from '../collector/store.js';
 import type { Command } from '../command.js';
 import { UsageError } from '../errors.js';
+import { formatTextTable, terminalSafe } from '../terminal-text.js';
 
 const OPTIONS = {
   db: { type: 'string' },
@@ -22,7 +23,13 @@ export const status: Command = {
 Reads what 'edgefleet collect' stored and prints one row per device: online,
 groups, desired serial and status, each model's version and state, p50 and
 p99 latency (ms) and errors of the last inference interval per model, CPU %,
-temperature and when the device was last heard from.
+temperature, points the device reported dropping (protocol section 13), its
+outbox (points waiting to be sent / their bytes) and when it was last heard
+from. After the table: a fleet line, and one line per device whose points
+were dropped, or whose messages the collector quarantined, refused over quota
+or stored with the arrival time for a clock too far off, and the errors
+devices report for their desired state and models. Text from devices is
+printed with control characters escaped (\\n, \\e, \\u202e).
 
 Options:
 ${DB_HELP}
@@ -59,6 +66,8 @@ ${DB_HELP}
       return;
     }
     io.out(formatStatusTable(rows));
+    io.out('');
+    for (const line of formatStatusNotes(rows)) io.out(line);
   },
 };
 
@@ -69,7 +78,7 @@ const perModel = (row: FleetRow, pick: (i: FleetRow['inference'][number]) => str
   row.inference.map(pick).join(',') || '-';
 
 export function formatStatusTable(rows: readonly FleetRow[]): string {
-  const header = ['DEVICE', 'ONLINE', 'GROUPS', 'DESIRED', 'MODELS', 'P50 MS', 'P99 MS', 'ERRORS', 'CPU %', 'TEMP C', 'LAST SEEN'];
+  const header = ['DEVICE', 'ONLINE', 'GROUPS', 'DESIRED', 'MODELS', 'P50 MS', 'P99 MS', 'ERRORS', 'CPU %', 'TEMP C', 'DROPPED', 'OUTBOX', 'LAST SEEN'];
   const cells = rows.map((r) => [
     r.device,
     r.online === null ? '?' : r.online ? 'yes' : 'no',
@@ -81,9 +90,61 @@ export function formatStatusTable(rows: readonly FleetRow[]): string {
     perModel(r, (i) => String(i.errors)),
     num(r.health?.cpuPct, 1),
     num(r.health?.tempC, 1),
+    String(r.dropped.count),
+    r.outbox === null ? '-' : `${r.outbox.rows}/${bytes(r.outbox.bytes)}`,
     r.lastSeen ?? '-',
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));
-  const line = (c: string[]): string => c.map((v, i) => v.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-  return [line(header), ...cells.map(line)].join('\n');
+  return formatTextTable(header, cells);
+}
+
+/** 1536 -> "1.5K": outbox sizes at a glance. */
+function bytes(n: number): string {
+  const units = ['', 'K', 'M', 'G', 'T'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n}B` : `${v.toFixed(v < 10 ? 1 : 0)}${units[u]}`;
+}
+
+/**
+ * What the collector could not store as sent, after the table: a fleet line,
+ * then one line per device with something to say (points it dropped, its
+ * messages quarantined, over its quota, or with its clock off; the errors it
+ * reports for its desired state and models). Terminal-safe.
+ */
+export function formatStatusNotes(rows: readonly FleetRow[]): string[] {
+  const online = rows.filter((r) => r.online === true).length;
+  const sum = (pick: (r: FleetRow) => number): { total: number; devices: number } => ({
+    total: rows.reduce((n, r) => n + pick(r), 0),
+    devices: rows.filter((r) => pick(r) > 0).length,
+  });
+  const dropped = sum((r) => r.dropped.count);
+  const quarantined = sum((r) => r.quarantined);
+  const overQuota = sum((r) => r.overQuota);
+  const skewed = sum((r) => r.clockSkewed);
+  const waiting = sum((r) => r.outbox?.rows ?? 0);
+  const part = (s: { total: number; devices: number }, what: string): string[] => (s.total > 0 ? [`${s.total} ${what} on ${s.devices} device(s)`] : []);
+  const parts = [
+    ...part(dropped, 'points dropped by the device'),
+    ...part(waiting, 'points waiting in device outboxes'),
+    ...part(quarantined, 'messages quarantined'),
+    ...part(overQuota, 'messages or points over quota'),
+    ...part(skewed, 'times clock-skewed'),
+  ];
+  const lines = [`${rows.length} device(s), ${online} online${parts.length > 0 ? `; ${parts.join(', ')}` : ''}`];
+  for (const r of rows) {
+    const says = [
+      ...(r.dropped.count > 0 ? [`${r.dropped.count} points dropped on the device (last ${r.dropped.lastAt ?? 'unknown'})`] : []),
+      ...(r.quarantined > 0 ? [`${r.quarantined} messages quarantined`] : []),
+      ...(r.overQuota > 0 ? [`${r.overQuota} over quota`] : []),
+      ...(r.clockSkewed > 0 ? [`${r.clockSkewed} clock-skewed`] : []),
+    ];
+    if (says.length > 0) lines.push(`${r.device}: ${says.join(', ')}`);
+    if (r.desired?.error) lines.push(`${r.device}: desired serial ${r.desired.serial} ${r.desired.status}: ${r.desired.error}`);
+    for (const m of r.models) if (m.error) lines.push(`${r.device}: ${m.name}:${m.version} ${m.state}: ${m.error}`);
+  }
+  return lines.map(terminalSafe);
 }
