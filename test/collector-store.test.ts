@@ -4,13 +4,10 @@
  * this file (initdb into a temp dir, torn down afterwards). Also covers
  * `edgefleet status`, which reads either.
  */
-import { execFile } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
-import { chown, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir, userInfo } from 'node:os';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, it } from 'vitest';
 import { status } from '../fleet/commands/status.js';
 import { PostgresStore } from '../fleet/collector/postgres-store.js';
@@ -19,9 +16,8 @@ import type { FleetStore } from '../fleet/collector/store.js';
 import type { CommandIo } from '../fleet/command.js';
 import type { HealthPoint, InferencePoint, ReportedState } from '../protocol/index.js';
 import { healthPointSchema, inferencePointSchema, reportedStateSchema } from '../protocol/index.js';
-import { freePort } from './helpers/child.js';
+import { postgresBin, postgresSkipReason, startPostgres, type PostgresServer } from './helpers/postgres.js';
 
-const run = promisify(execFile);
 const NOW = Date.parse('2026-03-01T12:00:00.000Z');
 const at = (ms: number): string => new Date(ms).toISOString();
 
@@ -188,10 +184,11 @@ function storeSuite(name: string, backend: () => Backend, skip: string | false):
       await store.insertPoints('pi-1', [inference(1, NOW + 1000), health(2, NOW + 2000, { cpuPct: 33.3, tempC: 48 })]);
       const table = await statusCli(db, []);
       const lines = table.out.split('\n');
-      expect(lines[0]).toMatch(/^DEVICE\s+ONLINE\s+GROUPS\s+DESIRED\s+MODELS\s+P50 MS\s+P99 MS\s+ERRORS\s+CPU %\s+TEMP C\s+LAST SEEN$/);
-      expect(lines[1]).toMatch(/^pi-1\s+yes\s+lab\s+7 applied\s+mnist:3 serving\s+0\.40\s+1\.10\s+0\s+33\.3\s+48\.0\s+2026-03-01T12:00:02\.000Z$/);
+      expect(lines[0]).toMatch(/^DEVICE\s+ONLINE\s+GROUPS\s+DESIRED\s+MODELS\s+P50 MS\s+P99 MS\s+ERRORS\s+CPU %\s+TEMP C\s+DROPPED\s+OUTBOX\s+LAST SEEN$/);
+      expect(lines[1]).toMatch(/^pi-1\s+yes\s+lab\s+7 applied\s+mnist:3 serving\s+0\.40\s+1\.10\s+0\s+33\.3\s+48\.0\s+0\s+-\s+2026-03-01T12:00:02\.000Z$/);
       expect(lines[2]).toMatch(/^pi-2\s+\?\s+field\s+7 applied\s+ocr:1 serving\s+-\s+-\s+-\s+-\s+-/);
-      expect((await statusCli(db, ['--group', 'field'])).out.split('\n').slice(1).map((l) => l.split(/\s+/)[0])).toEqual(['pi-2']);
+      const fieldTable = (await statusCli(db, ['--group', 'field'])).out.split('\n\n')[0] ?? '';
+      expect(fieldTable.split('\n').slice(1).map((l) => l.split(/\s+/)[0])).toEqual(['pi-2']);
       const json = JSON.parse((await statusCli(db, ['--model', 'mnist', '--json'])).out) as any[];
       expect(json.map((r) => r.device)).toEqual(['pi-1']);
       expect(json[0].inference[0]).toMatchObject({ model: 'mnist', p50: 0.4, p99: 1.1, errors: 0 });
@@ -253,57 +250,6 @@ describe('SQLite collector store specifics', () => {
 });
 
 // ---- PostgreSQL: a real server --------------------------------------------
-
-function postgresBin(): string | undefined {
-  if (process.env.PG_BIN) return process.env.PG_BIN;
-  const base = '/usr/lib/postgresql';
-  if (!existsSync(base)) return undefined;
-  const versions = readdirSync(base).filter((v) => existsSync(join(base, v, 'bin', 'initdb'))).sort((a, b) => Number(b) - Number(a));
-  return versions[0] === undefined ? undefined : join(base, versions[0], 'bin');
-}
-
-/** Like mosquittoSkipReason: skipped with a message outside CI, a failure in CI. */
-function postgresSkipReason(): string | false {
-  if (postgresBin() !== undefined) return false;
-  const why = 'PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb); install postgresql (apt-get install -y postgresql)';
-  if (process.env.CI) throw new Error(`${why}; CI is set, so the PostgreSQL store tests must run`);
-  return why;
-}
-
-interface PostgresServer {
-  admin: pg.Client;
-  port: number;
-  stop(): Promise<void>;
-}
-
-/** initdb into a temp dir and start the server on a free loopback port, as a non-root user. */
-async function startPostgres(bin: string): Promise<PostgresServer> {
-  const dir = await mkdtemp(join(tmpdir(), 'edgefleet-pg-'));
-  const asRoot = userInfo().uid === 0;
-  // PostgreSQL refuses to run as root; the Debian package's "postgres" user owns the temp dir instead.
-  const as = (cmd: string, args: string[]): [string, string[]] => (asRoot ? ['runuser', ['-u', 'postgres', '--', cmd, ...args]] : [cmd, args]);
-  if (asRoot) {
-    const { stdout } = await run('id', ['-u', 'postgres']);
-    const { stdout: gid } = await run('id', ['-g', 'postgres']);
-    await chown(dir, Number(stdout.trim()), Number(gid.trim()));
-  }
-  const data = join(dir, 'data');
-  const port = await freePort();
-  await run(...as(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync']));
-  const serverOptions = `-k ${dir} -p ${port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100`;
-  await run(...as(join(bin, 'pg_ctl'), ['-D', data, '-l', join(dir, 'server.log'), '-o', serverOptions, '-w', '-t', '60', 'start']));
-  const admin = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' });
-  await admin.connect();
-  return {
-    admin,
-    port,
-    async stop() {
-      await admin.end();
-      await run(...as(join(bin, 'pg_ctl'), ['-D', data, '-m', 'fast', '-w', 'stop']));
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 const pgSkip = postgresSkipReason();
 let server: PostgresServer | undefined;
