@@ -17,6 +17,7 @@ import { ModelRegistry } from './serving/registry.js';
 import { ModelRepository } from './serving/repository.js';
 import { AgentDatabase, agentDatabasePath, kv } from './store/database.js';
 import { StateDirLock } from './store/state-lock.js';
+import { TelemetryAckListener } from './telemetry/ack-listener.js';
 import { HealthSampler } from './telemetry/health.js';
 import { Metrics } from './telemetry/metrics.js';
 import { TelemetryOutbox } from './telemetry/outbox.js';
@@ -92,11 +93,20 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
       ),
     );
     if (outbox && recorder) {
-      const health = new HealthSampler({ sink: outbox, ...config.telemetry.health, stateDir: config.stateDir, logger: telemetryLog });
-      const uploader = new TelemetryUploader({ outbox, transport: connection, topicRoot: config.mqtt.topicRoot, deviceId: config.deviceId, logger: telemetryLog, ...config.telemetry.upload });
+      const health = new HealthSampler({ sink: outbox, outbox, ...config.telemetry.health, stateDir: config.stateDir, logger: telemetryLog });
+      const { delivery, ackTimeoutS } = config.telemetry;
+      const uploader = new TelemetryUploader({
+        outbox, transport: connection, topicRoot: config.mqtt.topicRoot, deviceId: config.deviceId, logger: telemetryLog,
+        delivery, resendAfterMs: ackTimeoutS * 1000, ...config.telemetry.upload,
+      });
       // Stopped in reverse, after HTTP has drained: health, then the recorder cuts its final point,
-      // then the uploader flushes it (bounded), then the outbox, and only then MQTT and the database.
-      components.push(outbox, uploader, recorder, health);
+      // then the uploader flushes it (bounded; never waiting for a collector's ack), then the ack
+      // listener and the outbox, and only then MQTT and the database.
+      components.push(outbox);
+      if (delivery === 'collector') {
+        components.push(new TelemetryAckListener({ outbox, transport: connection, topicRoot: config.mqtt.topicRoot, deviceId: config.deviceId, logger: telemetryLog }));
+      }
+      components.push(uploader, recorder, health);
     }
   }
   if (config.models.dir) {

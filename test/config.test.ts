@@ -39,6 +39,20 @@ describe('agent config', () => {
     expect(problems({ deviceId: 'pi', http: { maxConnections: 0 } })).toEqual(['http.maxConnections: Too small: expected number to be >=1']);
   });
 
+  it('telemetry.delivery and telemetry.ackTimeoutS (section 12): broker and 300 s by default, bad values named', () => {
+    const base = { deviceId: 'pi', trust: '/t.json', mqtt: { url: 'mqtt://h' } };
+    expect(parseConfig(base).telemetry).toMatchObject({ delivery: 'broker', ackTimeoutS: 300 });
+    expect(parseConfig({ ...base, telemetry: { delivery: 'collector', ackTimeoutS: 60 } }).telemetry).toMatchObject({ delivery: 'collector', ackTimeoutS: 60 });
+    // A misspelt mode, a fraction, a value out of bounds, a string: one line each.
+    expect(problems({ ...base, telemetry: { delivery: 'collectors', ackTimeoutS: 2.5 } })).toEqual([
+      'telemetry.delivery: must be "broker" (deleted on the broker\'s PUBACK) or "collector" (kept until a collector acknowledges them)',
+      'telemetry.ackTimeoutS: must be a whole number of seconds',
+    ]);
+    expect(problems({ ...base, telemetry: { ackTimeoutS: 5 } })).toEqual(['telemetry.ackTimeoutS: Too small: expected number to be >=10']);
+    expect(problems({ ...base, telemetry: { ackTimeoutS: 100_000 } })).toEqual(['telemetry.ackTimeoutS: Too big: expected number to be <=86400']);
+    expect(problems({ ...base, telemetry: { ackTimeoutS: '300' } })).toEqual(['telemetry.ackTimeoutS: Invalid input: expected number, received string']);
+  });
+
   it('accepts the full example of PROTOCOL.md section 9', () => {
     const c = parseConfig({
       deviceId: 'pi-001',

@@ -252,7 +252,8 @@ describe.skipIf(skip)('on a full filesystem', () => {
     // Seq 1 was acknowledged (deleted now); 2 stays; every stored point has the next seq, no gap.
     expect(rows.map((r) => r.seq)).toEqual([2, ...Array.from({ length: rows.length - 1 }, (_, i) => 3 + i)]);
     const report = JSON.parse(rows.at(-1)?.body ?? '{}') as DroppedPoint;
-    expect(report).toMatchObject({ kind: 'dropped', count: refused, totalDropped: refused });
+    // Refused points never had a seq: reported apart, with no range (section 13).
+    expect(report).toMatchObject({ kind: 'dropped', count: refused, oldestSeq: 0, newestSeq: 0, reason: 'no space', totalDropped: refused });
     expect(outbox.stats()).toMatchObject({ droppedTotal: refused, pendingDrops: 0 });
     await outbox.stop();
   });

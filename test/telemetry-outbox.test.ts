@@ -106,7 +106,8 @@ describe('TelemetryOutbox', () => {
     // The report takes the next seq; it may overshoot maxRows by itself until the next append.
     expect(seqsIn(second.db)).toHaveLength(21);
     const report = JSON.parse((second.db.db.prepare("SELECT body FROM telemetry_outbox WHERE kind = 'dropped'").get() as { body: string }).body) as DroppedPoint;
-    expect(report).toMatchObject({ seq: 51, kind: 'dropped', count: 30, fromSeq: 1, toSeq: 30, totalDropped: 30 });
+    expect(report).toMatchObject({ seq: 51, kind: 'dropped', count: 30, oldestSeq: 1, newestSeq: 30, reason: 'buffer full', totalDropped: 30 });
+    expect(report).not.toHaveProperty('fromSeq');
     expect(second.outbox.stats()).toMatchObject({ rows: 21, droppedTotal: 30, pendingDrops: 0 });
     second.outbox.append([point(52)]);
     expect(second.outbox.stats()).toMatchObject({ rows: 20, droppedTotal: 32, pendingDrops: 2 });
@@ -125,7 +126,7 @@ describe('TelemetryOutbox', () => {
     expect(outbox.stats()).toMatchObject({ droppedTotal: 5, pendingDrops: 5 });
     outbox.reportDrops();
     const report = JSON.parse((db.db.prepare("SELECT body FROM telemetry_outbox WHERE kind = 'dropped'").get() as { body: string }).body) as DroppedPoint;
-    expect(report).toMatchObject({ seq: 14, count: 5, fromSeq: 3, toSeq: 8, totalDropped: 5 });
+    expect(report).toMatchObject({ seq: 14, count: 5, oldestSeq: 3, newestSeq: 8, reason: 'buffer full', totalDropped: 5 });
 
     const bytes = await openOutbox({ maxBytes: 1500 });
     for (let i = 0; i < 40; i++) bytes.outbox.append([point(i)]);

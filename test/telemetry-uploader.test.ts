@@ -199,7 +199,7 @@ describe.skipIf(skip)('TelemetryUploader with Mosquitto', () => {
     expect(collector.seqs()).toEqual(Array.from({ length: 31 }, (_, i) => 71 + i));
     const dropped = collector.points.filter((p) => p.kind === 'dropped').map((p) => p.body as unknown as DroppedPoint);
     expect(dropped).toHaveLength(1);
-    expect(dropped[0]).toMatchObject({ seq: 101, count: 70, fromSeq: 1, toSeq: 70, totalDropped: 70 });
+    expect(dropped[0]).toMatchObject({ seq: 101, count: 70, oldestSeq: 1, newestSeq: 70, reason: 'buffer full', totalDropped: 70 });
     expect(outbox.stats()).toMatchObject({ droppedTotal: 70, pendingDrops: 0 });
   });
 

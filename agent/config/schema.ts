@@ -153,6 +153,14 @@ export const configSchema = z.strictObject({
           timeoutMs: z.number().int().min(100).max(60_000).default(5_000),
         })
         .prefault({}),
+      /**
+       * Who acknowledges a point so that it leaves the outbox (PROTOCOL.md section 12): `broker`
+       * (its PUBACK, section 7) or `collector` (its retained telemetry ack; points are sent again
+       * until then). `broker` by default: a collector from before revision 2 never acknowledges.
+       */
+      delivery: z.enum(['broker', 'collector'], 'must be "broker" (deleted on the broker\'s PUBACK) or "collector" (kept until a collector acknowledges them)').default('broker'),
+      /** With delivery `collector`: points sent this long ago and still unacknowledged are sent again. */
+      ackTimeoutS: z.number().int('must be a whole number of seconds').min(10).max(86_400).default(300),
       /** The SQLite outbox while the broker is away: beyond either bound the oldest points are dropped (and counted). */
       buffer: z
         .strictObject({

@@ -44,6 +44,16 @@ export const MIGRATIONS: readonly string[] = [
      pending_to    INTEGER
    );
    INSERT INTO telemetry_state (id, next_seq, dropped_total, pending_count) VALUES (1, 1, 0, 0);`,
+  // 3: telemetry acknowledged by the collector (PROTOCOL.md section 12). sent_at:
+  // when a row was last published (epoch ms, NULL = never), so an unacknowledged
+  // point goes again telemetry.ackTimeoutS later, across restarts too; indexed
+  // with seq for the oldest unsent and due rows. acked_up_to: the highest upTo a
+  // collector acknowledged. pending_refused: points refused on a full disk
+  // (they never had a seq), reported apart from buffer-full drops (section 13).
+  `ALTER TABLE telemetry_outbox ADD COLUMN sent_at INTEGER;
+   CREATE INDEX telemetry_outbox_sent ON telemetry_outbox (sent_at, seq);
+   ALTER TABLE telemetry_state ADD COLUMN acked_up_to INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE telemetry_state ADD COLUMN pending_refused INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export interface OpenOptions {

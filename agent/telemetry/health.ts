@@ -36,6 +36,8 @@ export interface HealthSamplerOptions {
   nvidiaSmi?: string | null;
   /** Where /sys and /proc are looked for (tests point it at a fake tree). */
   sysRoot?: string;
+  /** Points waiting to be sent, reported as outboxRows/outboxBytes (section 13). */
+  outbox?: { stats(): { rows: number; bytes: number } };
 }
 
 export type NewHealthPoint = Omit<AgentHealthPoint, 'seq'>;
@@ -124,8 +126,18 @@ export class HealthSampler {
       uptimeS: Math.round(process.uptime()),
       systemUptimeS: Math.round(uptime()),
       gpus,
+      ...this.outboxFigures(),
       ...(timedOut.length > 0 && { timedOut }),
     };
+  }
+
+  private outboxFigures(): { outboxRows?: number; outboxBytes?: number } {
+    try {
+      const stats = this.options.outbox?.stats();
+      return stats ? { outboxRows: stats.rows, outboxBytes: stats.bytes } : {};
+    } catch {
+      return {}; // the outbox is not started (or already stopped)
+    }
   }
 
   private async readGpus(timedOut: string[]): Promise<GpuReading[]> {

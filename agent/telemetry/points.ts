@@ -6,28 +6,31 @@ import type { HealthPoint, InferencePoint } from '../../protocol/index.js';
  * without one.
  */
 
+/** Why points were dropped: the outbox bound, or no room on the state filesystem. */
+export type DropReason = 'buffer full' | 'no space';
+
 /**
- * Points the outbox had to discard to stay within its bounds while the broker
- * was away. Not in protocol/reported.ts: readers skip unknown kinds, and a
- * collector that knows this one can tell a gap in `seq` from a lost batch.
+ * Points the device had to drop (PROTOCOL.md section 13). `oldestSeq`..`newestSeq`
+ * are the seqs lost for 'buffer full'; points refused on a full disk ('no space')
+ * were never numbered, so lost no seq: both are 0 there.
  */
 export interface DroppedPoint {
   seq: number;
   ts: string;
   kind: 'dropped';
-  /** Points discarded since the previous "dropped" point. */
+  /** Points dropped for this reason since the previous report of it. */
   count: number;
-  /** Lowest and highest seq discarded in that period (every discarded seq lies in between). */
-  fromSeq: number;
-  toSeq: number;
-  /** Points this device has ever discarded, this report included. */
+  oldestSeq: number;
+  newestSeq: number;
+  reason: DropReason;
+  /** Points this device has ever dropped, for any reason, this report included (an extra field). */
   totalDropped: number;
 }
 
 /** Extra inference field: 4xx answers, kept out of `errors` (see recorder.ts). */
 export type AgentInferencePoint = InferencePoint & { clientErrors: number };
 
-/** Extra health fields: the host's uptime (uptimeS is the agent's), and what timed out. */
+/** Extra health fields: the host's uptime (uptimeS is the agent's), and what timed out. outboxRows/outboxBytes are section 13's. */
 export type AgentHealthPoint = HealthPoint & { systemUptimeS: number; timedOut?: string[] };
 
 export type AgentPoint = AgentInferencePoint | AgentHealthPoint | DroppedPoint;
