@@ -158,6 +158,79 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
     expect(await ask(t.url, 'mlp', mlpInput)).toBe('v2');
   }, 60_000);
 
+  it('a superseding document that lists the same artifact keeps the abandoned pull\'s progress: only the missing block is asked for', async () => {
+    const device = 'pi-same-artifact';
+    const t: TestAgent = await startTestAgent({ deviceId: device, trust: join(trustDir, 'trust.json'), mqtt: { url: broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0 } });
+    cleanups.push(() => t.close());
+    const v1 = release('mlp', 1, mlpModel({ ...MLP, seed: 1 }));
+    await publishBlocks(fleet, ROOT, v1.manifest, v1.bytes);
+    await deploy(device, 1, [{ r: v1 }]);
+    await waitFor(desired(device, 1, 'applied'), 20_000, 'serial 1 applied');
+
+    // Version 2 stalls on one missing block.
+    const bytes = mlpModel({ ...MLP, seed: 4 });
+    const v2 = release('mlp', 2, bytes);
+    const sha = v2.manifest.artifact.sha256;
+    const total = v2.manifest.artifact.blockSha256.length;
+    const missing = Math.floor(total / 2);
+    await publishBlocks(fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === missing ? Buffer.alloc(0) : block));
+    await deploy(device, 2, [{ r: v2 }]);
+    await waitFor(() => states.get(device)?.models.find((m) => m.version === 2 && m.state === 'downloading' && m.progress === (total - 1) / total), 20_000, 'version 2 stalled');
+
+    // Serial 3 lists the same artifact as version 3: the pull of version 2 is abandoned, its staging file is not.
+    const v3 = release('mlp', 3, bytes);
+    expect(v3.manifest.artifact.sha256).toBe(sha);
+    const mark = readFileSync(broker.logFile as string).length;
+    await deploy(device, 3, [{ r: v3 }]);
+    await waitFor(() => events.some((e) => e.device === device && e.type === 'superseded' && e.version === 2), 5_000, 'the pull of version 2 superseded');
+    await waitFor(() => states.get(device)?.models.find((m) => m.version === 3 && m.state === 'downloading'), 5_000, 'version 3 downloading');
+    await new Promise((r) => setTimeout(r, 300)); // a clean-up that would wrongly delete it has run by now
+    const part = join(t.dir, 'state', 'staging', `${sha}.part`);
+    expect(existsSync(part)).toBe(true);
+    expect(recordedBlocks(t.dir, sha)).toEqual([...Array(total).keys()].filter((i) => i !== missing));
+
+    // The missing block comes: version 3 completes from the kept blocks.
+    await publishBlocks(fleet, ROOT, v3.manifest, v3.bytes);
+    await waitFor(desired(device, 3, 'applied'), 20_000, 'serial 3 applied');
+    expect([...new Set(blocksAskedFor(device, sha, mark))]).toEqual([missing]);
+    expect(await ask(t.url, 'mlp', mlpInput)).toBe('v3');
+    expect(existsSync(part)).toBe(false);
+  }, 60_000);
+
+  it('a superseding document drops the staging file of an earlier failed pull at once, while a pull it still lists goes on', async () => {
+    const device = 'pi-drop-failed';
+    // One try per version, and a stall of 1 s fails a pull: version "a" 1 fails with its staging file kept (retryable).
+    const t: TestAgent = await startTestAgent({ deviceId: device, trust: join(trustDir, 'trust.json'), mqtt: { url: broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0, maxAttempts: 1, blockTimeoutMs: 200, giveUpAfterS: 1 } });
+    cleanups.push(() => t.close());
+    const a = release('a', 1, mlpModel({ ...MLP, seed: 5 }));
+    const b = release('b', 1, mlpModel({ ...MLP, hidden: 1024, seed: 6 }));
+    const shaA = a.manifest.artifact.sha256;
+    await publishBlocks(fleet, ROOT, a.manifest, a.bytes, (i, block) => (i === 1 ? Buffer.alloc(0) : block));
+    // The blocks of "b" come one every 200 ms, so its pull is still going on when serial 2 arrives.
+    const totalB = b.manifest.artifact.blockSha256.length;
+    let hurry = false;
+    const trickle = (async () => {
+      for (let i = 0; i < totalB; i++) {
+        const off = i * b.manifest.artifact.blockSize;
+        await fleet.publishAsync(`${ROOT}/artifacts/${b.manifest.artifact.sha256}/blocks/${i}`, Buffer.from(b.bytes.subarray(off, off + b.manifest.artifact.blockSize)), { qos: 1, retain: true });
+        if (!hurry) await new Promise((r) => setTimeout(r, 200));
+      }
+    })();
+    await deploy(device, 1, [{ r: a }, { r: b }]);
+    await waitFor(() => states.get(device)?.models.find((m) => m.name === 'b' && m.state === 'downloading' && (m.progress ?? 0) > 0), 20_000, 'the pull of "b" under way after "a" failed');
+    const partA = join(t.dir, 'state', 'staging', `${shaA}.part`);
+    expect(existsSync(partA)).toBe(true);
+    expect(recordedBlocks(t.dir, shaA).length).toBeGreaterThan(0);
+
+    await deploy(device, 2, [{ r: b }]);
+    await waitFor(() => !existsSync(partA) && recordedBlocks(t.dir, shaA).length === 0, 2_000, 'the staging file and block rows of "a" deleted');
+    expect(states.get(device)?.models.find((m) => m.name === 'b')?.progress ?? 1).toBeLessThan(1);
+    expect(events.some((e) => e.device === device && e.type === 'superseded')).toBe(false);
+    hurry = true;
+    await trickle;
+    await waitFor(desired(device, 2, 'applied'), 20_000, 'serial 2 applied');
+  }, 60_000);
+
   it('a health window in progress ends when a newer document rolls back: the old version serves again at once', async () => {
     const device = 'pi-window';
     const t: TestAgent = await startTestAgent({ deviceId: device, trust: join(trustDir, 'trust.json'), mqtt: { url: broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 20 } });

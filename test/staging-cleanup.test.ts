@@ -17,8 +17,8 @@ import { mountTmpfs, type Tmpfs } from './helpers/tmpfs.js';
  * Staging files (`staging/{sha256}.part`) as the rollout leaves them: an
  * in-process agent against Mosquitto. A pull that fails for good leaves
  * nothing; at start-up only the document in force keeps its pulls; a pull
- * superseded by a newer document is kept for a return while there is room,
- * and gives way as soon as the state filesystem is full.
+ * superseded by a newer document that no longer lists it goes at once, and a
+ * full disk then fails the next document until there is room.
  */
 
 const ROOT = 'edgefleet';

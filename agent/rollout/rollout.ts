@@ -249,8 +249,10 @@ export class Rollout {
     const available = registry.names().flatMap((name) => registry.availableVersions(name).map((version) => ({ name, version })));
     this.o.events.emit({ type: 'desired.accepted', origin, serial: desired.serial, from: candidate.key, models, available });
     this.supersede(desired.serial);
-    // Staging files the new document does not list go now; an abandoned pull's goes once it has stopped (below).
-    if (this.inProgress === undefined) void this.freeStaging();
+    // Staging files the new document does not list go now, but for a pull still running: an
+    // abandoned one's goes once it has stopped (run, below), a wanted one's is listed anyway.
+    const running = this.inProgress?.step;
+    void this.freeStaging(running?.kind === 'fetch' ? [running.sha256] : []);
     this.wake?.();
   }
 
