@@ -457,7 +457,7 @@ function prepare(db: Database.Database) {
     ),
     oldestSentAt: db.prepare<[number], { at: number | null }>('SELECT MIN(sent_at) AS at FROM telemetry_outbox WHERE sent_at IS NOT NULL AND seq > ?'),
     markSent: db.prepare<[number, string]>('UPDATE telemetry_outbox SET sent_at = ? WHERE seq IN (SELECT value FROM json_each(?))'),
-    setAckedUpTo: db.prepare<[number]>('UPDATE telemetry_state SET acked_up_to = ?1 WHERE id = 1 AND acked_up_to < ?1'),
+    setAckedUpTo: db.prepare<[number]>('UPDATE telemetry_state SET acked_up_to = MAX(acked_up_to, ?) WHERE id = 1'),
     sizeOf: db.prepare<[number, number], { rows: number; bytes: number }>(
       'SELECT COUNT(*) AS rows, COALESCE(SUM(bytes), 0) AS bytes FROM telemetry_outbox WHERE seq BETWEEN ? AND ?',
     ),
