@@ -11,6 +11,9 @@ import type {
   DeviceCountsRecord,
   DeviceSeries,
   FleetFilters,
+  FleetPageQuery,
+  FleetPageResult,
+  FleetPageSort,
   FleetRow,
   FleetStore,
   LatestRow,
@@ -20,7 +23,7 @@ import type {
   StoredEvent,
   TimeRange,
 } from './store.js';
-import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, assembleFleet, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
+import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, assembleFleet, checkFleetPageQuery, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the schema from version N to N+1. */
 export const POSTGRES_MIGRATIONS: readonly string[] = [
@@ -64,7 +67,55 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
      reason text NOT NULL, size integer NOT NULL, excerpt bytea NOT NULL
    );
    CREATE INDEX fleet_quarantine_received ON fleet_quarantine (received_at);`,
+  // Issue 13 item 5: the fleet table's sort keys per device, kept at write time, so a page is an indexed ORDER BY/LIMIT.
+  // Device ids order by code point ("C"), as the CLI and fleet-query.ts order them, whatever the database's locale.
+  `ALTER TABLE fleet_devices ADD COLUMN online boolean, ADD COLUMN last_seen timestamptz, ADD COLUMN errors bigint, ADD COLUMN p99 float8;
+   INSERT INTO fleet_devices (device)
+     SELECT device FROM fleet_status UNION SELECT device FROM fleet_state UNION SELECT device FROM fleet_latest
+   ON CONFLICT (device) DO NOTHING;
+   UPDATE fleet_devices d SET
+     online = (SELECT online FROM fleet_status s WHERE s.device = d.device),
+     last_seen = GREATEST(
+       (SELECT received_at FROM fleet_status s WHERE s.device = d.device),
+       (SELECT received_at FROM fleet_state s WHERE s.device = d.device),
+       (SELECT max(COALESCE(received_at, ts)) FROM fleet_latest l WHERE l.device = d.device)),
+     errors = (SELECT sum((data->>'errors')::bigint) FROM fleet_latest l WHERE l.device = d.device AND slot LIKE 'inference/%'),
+     p99 = (SELECT max((data->'latencyMs'->>'p99')::float8) FROM fleet_latest l WHERE l.device = d.device AND slot LIKE 'inference/%');
+   CREATE INDEX fleet_devices_by_id ON fleet_devices ((device COLLATE "C"));
+   CREATE INDEX fleet_devices_last_seen ON fleet_devices (last_seen, (device COLLATE "C"));
+   CREATE INDEX fleet_devices_online ON fleet_devices (online, (device COLLATE "C"));
+   CREATE INDEX fleet_devices_errors ON fleet_devices (errors, (device COLLATE "C"));
+   CREATE INDEX fleet_devices_p99 ON fleet_devices (p99, (device COLLATE "C"));
+   CREATE INDEX fleet_devices_dropped ON fleet_devices (dropped, (device COLLATE "C"));`,
 ];
+
+/** The fleet_devices column each sort orders by. */
+const SORT_COLUMN: Record<FleetPageSort, string> = {
+  device: 'd.device COLLATE "C"',
+  lastSeen: 'd.last_seen',
+  online: 'd.online',
+  errors: 'd.errors',
+  p99: 'd.p99',
+  dropped: 'd.dropped',
+};
+
+/** WHERE clause and parameters of a fleet page (PostgreSQL dialect). */
+function pageFilter(q: FleetPageQuery): { where: string; params: unknown[] } {
+  const terms: string[] = [];
+  const params: unknown[] = [];
+  const param = (value: unknown): string => `$${params.push(value)}`;
+  if (q.group !== undefined) terms.push(`EXISTS (SELECT 1 FROM fleet_state s WHERE s.device = d.device AND s.doc->'groups' ? ${param(q.group)}::text)`);
+  if (q.model !== undefined) {
+    terms.push(`(EXISTS (SELECT 1 FROM fleet_latest l WHERE l.device = d.device AND l.slot = ${param(`inference/${q.model}`)})
+      OR EXISTS (SELECT 1 FROM fleet_state s WHERE s.device = d.device
+                 AND s.doc->'models' @> jsonb_build_array(jsonb_build_object('name', ${param(q.model)}::text))))`);
+  }
+  if (q.online !== undefined) terms.push(q.online ? 'd.online' : 'd.online IS NOT TRUE');
+  if (q.errors !== undefined) terms.push(q.errors ? 'd.errors > 0' : 'COALESCE(d.errors, 0) = 0');
+  if (q.minP99 !== undefined) terms.push(`d.p99 >= ${param(q.minP99)}::float8`);
+  if (q.search !== undefined) terms.push(`strpos(lower(d.device), ${param(q.search)}::text) > 0`);
+  return { where: terms.length === 0 ? '' : `WHERE ${terms.join(' AND ')}`, params };
+}
 
 /** Any constant: collectors starting together take turns migrating. */
 const MIGRATION_LOCK = 0x65646766;
@@ -86,11 +137,25 @@ const INSERT_POINTS = `
     FROM jsonb_to_recordset($3::jsonb) AS l(slot text, ts bigint, data jsonb, "receivedAt" bigint)
     ON CONFLICT (device, slot) DO UPDATE SET ts = excluded.ts, data = excluded.data, received_at = excluded.received_at
     WHERE excluded.ts > fleet_latest.ts
-  ), dropped AS (
-    INSERT INTO fleet_devices (device, dropped, dropped_last_at)
-    SELECT $1, sum(count), max(received_at) FROM added WHERE kind = 'dropped' HAVING count(*) > 0
+    RETURNING slot, data, received_at
+  ), models AS (
+    -- Each model's last interval after this batch: the statement's snapshot does not show its own updates, so the
+    -- slots it changed come from RETURNING and the others from the table.
+    SELECT (data->>'errors')::bigint AS errors, (data->'latencyMs'->>'p99')::float8 AS p99
+    FROM fleet_latest WHERE device = $1 AND slot LIKE 'inference/%' AND slot NOT IN (SELECT slot FROM latest)
+    UNION ALL
+    SELECT (data->>'errors')::bigint, (data->'latencyMs'->>'p99')::float8 FROM latest WHERE slot LIKE 'inference/%'
+  ), summary AS (
+    -- One statement touches the device's row once: dropped figures, last seen, errors and worst p99.
+    INSERT INTO fleet_devices (device, dropped, dropped_last_at, last_seen, errors, p99)
+    SELECT $1, COALESCE((SELECT sum(count) FROM added WHERE kind = 'dropped'), 0),
+      (SELECT max(received_at) FROM added WHERE kind = 'dropped'), (SELECT max(received_at) FROM latest),
+      (SELECT sum(errors) FROM models), (SELECT max(p99) FROM models)
     ON CONFLICT (device) DO UPDATE SET dropped = fleet_devices.dropped + excluded.dropped,
-      dropped_last_at = GREATEST(fleet_devices.dropped_last_at, excluded.dropped_last_at)
+      dropped_last_at = GREATEST(fleet_devices.dropped_last_at, excluded.dropped_last_at),
+      last_seen = GREATEST(fleet_devices.last_seen, excluded.last_seen),
+      errors = CASE WHEN EXISTS (SELECT 1 FROM latest WHERE slot LIKE 'inference/%') THEN excluded.errors ELSE fleet_devices.errors END,
+      p99 = CASE WHEN EXISTS (SELECT 1 FROM latest WHERE slot LIKE 'inference/%') THEN excluded.p99 ELSE fleet_devices.p99 END
   )
   SELECT count(*)::int AS added FROM added`;
 
@@ -139,7 +204,8 @@ export class PostgresStore implements FleetStore {
       const row = pointRow(device, p);
       return { ...row, data: p, receivedAt: receivedAt ?? row.ts };
     });
-    const latest = latestRows(device, points, receivedAt).map((l) => ({ slot: l.slot, ts: l.ts, receivedAt: l.receivedAt, data: JSON.parse(l.data) as unknown }));
+    // In slot order, so two collectors writing one device's batches lock its latest rows in the same order.
+    const latest = latestRows(device, points, receivedAt).sort((a, b) => (a.slot < b.slot ? -1 : a.slot > b.slot ? 1 : 0)).map((l) => ({ slot: l.slot, ts: l.ts, receivedAt: l.receivedAt, data: JSON.parse(l.data) as unknown }));
     const { rows: result } = await this.pool.query<{ added: number }>(INSERT_POINTS, [device, JSON.stringify(rows), JSON.stringify(latest)]);
     return result[0]?.added ?? 0;
   }
@@ -213,17 +279,26 @@ export class PostgresStore implements FleetStore {
 
   async upsertStatus(device: string, status: Status, receivedAt: number): Promise<void> {
     await this.pool.query(
-      `INSERT INTO fleet_status (device, online, ts, received_at) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (device) DO UPDATE SET online = excluded.online, ts = excluded.ts, received_at = excluded.received_at`,
+      `WITH s AS (
+         INSERT INTO fleet_status (device, online, ts, received_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (device) DO UPDATE SET online = excluded.online, ts = excluded.ts, received_at = excluded.received_at
+       )
+       INSERT INTO fleet_devices (device, online, last_seen) VALUES ($1, $2, $4)
+       ON CONFLICT (device) DO UPDATE SET online = excluded.online, last_seen = GREATEST(fleet_devices.last_seen, excluded.last_seen)`,
       [device, status.online, status.ts === undefined ? null : new Date(millis(status.ts)), new Date(receivedAt)],
     );
   }
 
   async upsertState(state: ReportedState, receivedAt: number): Promise<void> {
     await this.pool.query(
-      `INSERT INTO fleet_state (device, ts, doc, received_at) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (device) DO UPDATE SET ts = excluded.ts, doc = excluded.doc, received_at = excluded.received_at
-       WHERE excluded.ts >= fleet_state.ts`,
+      `WITH s AS (
+         INSERT INTO fleet_state (device, ts, doc, received_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (device) DO UPDATE SET ts = excluded.ts, doc = excluded.doc, received_at = excluded.received_at
+         WHERE excluded.ts >= fleet_state.ts
+         RETURNING device, received_at
+       )
+       INSERT INTO fleet_devices (device, last_seen) SELECT device, received_at FROM s
+       ON CONFLICT (device) DO UPDATE SET last_seen = GREATEST(fleet_devices.last_seen, excluded.last_seen)`,
       [state.device, new Date(millis(state.ts)), JSON.stringify(state), new Date(receivedAt)],
     );
   }
@@ -284,6 +359,65 @@ export class PostgresStore implements FleetStore {
       latest.rows.map((r): LatestRow => ({ ...r, ts: r.ts.getTime(), receivedAt: r.receivedAt.getTime(), data: JSON.stringify(r.data) })),
       counts.rows.map((r) => ({ ...r, droppedLastAt: r.droppedLastAt?.getTime() ?? null })),
       only === null ? undefined : new Set(only),
+    );
+  }
+
+  async fleetPage(query: FleetPageQuery): Promise<FleetPageResult> {
+    const q = checkFleetPageQuery(query);
+    const { where, params } = pageFilter(q);
+    const dir = q.desc ? 'DESC' : 'ASC';
+    const order = q.sort === 'device' ? `${SORT_COLUMN.device} ${dir}` : `${SORT_COLUMN[q.sort]} ${dir} NULLS LAST, ${SORT_COLUMN.device}`;
+    const client = await this.pool.connect();
+    try {
+      // One snapshot: the count, the page and its rows agree.
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const { rows: totals } = await client.query<{ total: number; online: number }>(
+        `SELECT count(*)::int AS total, (count(*) FILTER (WHERE d.online))::int AS online FROM fleet_devices d ${where}`,
+        params,
+      );
+      const n = params.length;
+      const { rows: page } = await client.query<{ device: string }>(
+        `SELECT d.device FROM fleet_devices d ${where} ORDER BY ${order} LIMIT $${n + 1} OFFSET $${n + 2}`,
+        [...params, q.limit, q.offset],
+      );
+      const devices = page.map((r) => r.device);
+      const rows = devices.length === 0 ? [] : await this.assemble(client, devices);
+      await client.query('COMMIT');
+      return { total: totals[0]?.total ?? 0, online: totals[0]?.online ?? 0, rows: inPageOrder(devices, rows) };
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+
+  /** The fleet rows of `devices` (any order). */
+  private async assemble(db: pg.PoolClient, devices: readonly string[]): Promise<FleetRow[]> {
+    type CountsRow = Omit<DeviceCountsRecord, 'droppedLastAt'> & { droppedLastAt: Date | null };
+    const statuses = await db.query<{ device: string; online: boolean; receivedAt: Date }>(
+      'SELECT device, online, received_at AS "receivedAt" FROM fleet_status WHERE device = ANY($1)',
+      [devices],
+    );
+    const states = await db.query<{ device: string; doc: ReportedState; receivedAt: Date }>(
+      'SELECT device, doc, received_at AS "receivedAt" FROM fleet_state WHERE device = ANY($1)',
+      [devices],
+    );
+    const latest = await db.query<{ device: string; slot: string; ts: Date; receivedAt: Date; data: unknown }>(
+      'SELECT device, slot, ts, COALESCE(received_at, ts) AS "receivedAt", data FROM fleet_latest WHERE device = ANY($1)',
+      [devices],
+    );
+    const counts = await db.query<CountsRow>(
+      `SELECT device, quarantined::float8 AS quarantined, over_quota::float8 AS "overQuota", clock_skewed::float8 AS "clockSkewed",
+         dropped::float8 AS dropped, dropped_last_at AS "droppedLastAt"
+       FROM fleet_devices WHERE device = ANY($1)`,
+      [devices],
+    );
+    return assembleFleet(
+      statuses.rows.map((r): StatusRecord => ({ device: r.device, online: r.online, receivedAt: r.receivedAt.getTime() })),
+      states.rows.map((r) => ({ device: r.device, state: r.doc, receivedAt: r.receivedAt.getTime() })),
+      latest.rows.map((r): LatestRow => ({ ...r, ts: r.ts.getTime(), receivedAt: r.receivedAt.getTime(), data: JSON.stringify(r.data) })),
+      counts.rows.map((r) => ({ ...r, droppedLastAt: r.droppedLastAt?.getTime() ?? null })),
     );
   }
 

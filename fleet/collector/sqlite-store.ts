@@ -13,6 +13,9 @@ import type {
   DeviceCountsRecord,
   DeviceSeries,
   FleetFilters,
+  FleetPageQuery,
+  FleetPageResult,
+  FleetPageSort,
   FleetRow,
   FleetStore,
   LatestRow,
@@ -22,7 +25,7 @@ import type {
   StoredEvent,
   TimeRange,
 } from './store.js';
-import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, assembleFleet, droppedOf, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
+import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, assembleFleet, checkFleetPageQuery, droppedOf, inPageOrder, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the file from user_version N to N+1. */
 export const SQLITE_MIGRATIONS: readonly string[] = [
@@ -66,7 +69,63 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
      reason TEXT NOT NULL, size INTEGER NOT NULL, excerpt BLOB NOT NULL
    );
    CREATE INDEX fleet_quarantine_received ON fleet_quarantine (received_at);`,
+  // Issue 13 item 5: the fleet table's sort keys per device, kept at write time, so a page is an indexed ORDER BY/LIMIT.
+  `ALTER TABLE fleet_devices ADD COLUMN online INTEGER;
+   ALTER TABLE fleet_devices ADD COLUMN last_seen INTEGER;
+   ALTER TABLE fleet_devices ADD COLUMN errors INTEGER;
+   ALTER TABLE fleet_devices ADD COLUMN p99 REAL;
+   INSERT OR IGNORE INTO fleet_devices (device)
+     SELECT device FROM fleet_status UNION SELECT device FROM fleet_state UNION SELECT device FROM fleet_latest;
+   UPDATE fleet_devices SET
+     online = (SELECT online FROM fleet_status s WHERE s.device = fleet_devices.device),
+     last_seen = NULLIF(max(
+       COALESCE((SELECT received_at FROM fleet_status s WHERE s.device = fleet_devices.device), 0),
+       COALESCE((SELECT received_at FROM fleet_state s WHERE s.device = fleet_devices.device), 0),
+       COALESCE((SELECT max(COALESCE(received_at, ts)) FROM fleet_latest l WHERE l.device = fleet_devices.device), 0)), 0),
+     errors = (SELECT sum(json_extract(data, '$.errors')) FROM fleet_latest l WHERE l.device = fleet_devices.device AND slot LIKE 'inference/%'),
+     p99 = (SELECT max(json_extract(data, '$.latencyMs.p99')) FROM fleet_latest l WHERE l.device = fleet_devices.device AND slot LIKE 'inference/%');
+   CREATE INDEX fleet_devices_last_seen ON fleet_devices (last_seen, device);
+   CREATE INDEX fleet_devices_online ON fleet_devices (online, device);
+   CREATE INDEX fleet_devices_errors ON fleet_devices (errors, device);
+   CREATE INDEX fleet_devices_p99 ON fleet_devices (p99, device);
+   CREATE INDEX fleet_devices_dropped ON fleet_devices (dropped, device);`,
 ];
+
+/** The fleet_devices column each sort orders by. */
+const SORT_COLUMN: Record<FleetPageSort, string> = {
+  device: 'd.device',
+  lastSeen: 'd.last_seen',
+  online: 'd.online',
+  errors: 'd.errors',
+  p99: 'd.p99',
+  dropped: 'd.dropped',
+};
+
+/** WHERE clause and parameters of a fleet page (SQLite dialect). */
+function pageFilter(q: FleetPageQuery): { where: string; params: unknown[] } {
+  const terms: string[] = [];
+  const params: unknown[] = [];
+  if (q.group !== undefined) {
+    terms.push(`EXISTS (SELECT 1 FROM fleet_state s, json_each(s.doc, '$.groups') g WHERE s.device = d.device AND g.value = ?)`);
+    params.push(q.group);
+  }
+  if (q.model !== undefined) {
+    terms.push(`(EXISTS (SELECT 1 FROM fleet_latest l WHERE l.device = d.device AND l.slot = ?)
+      OR EXISTS (SELECT 1 FROM fleet_state s, json_each(s.doc, '$.models') m WHERE s.device = d.device AND json_extract(m.value, '$.name') = ?))`);
+    params.push(`inference/${q.model}`, q.model);
+  }
+  if (q.online !== undefined) terms.push(q.online ? 'd.online = 1' : '(d.online IS NULL OR d.online = 0)');
+  if (q.errors !== undefined) terms.push(q.errors ? 'd.errors > 0' : 'COALESCE(d.errors, 0) = 0');
+  if (q.minP99 !== undefined) {
+    terms.push('d.p99 >= ?');
+    params.push(q.minP99);
+  }
+  if (q.search !== undefined) {
+    terms.push('instr(lower(d.device), ?) > 0');
+    params.push(q.search);
+  }
+  return { where: terms.length === 0 ? '' : `WHERE ${terms.join(' AND ')}`, params };
+}
 
 const POINT_COLUMNS = `device, seq, ts, kind, model, version, count, errors, p50, p99,
   cpu_pct AS cpuPct, temp_c AS tempC, mem_used AS memUsed, mem_total AS memTotal, '' AS data`;
@@ -108,6 +167,33 @@ function prepareStatements(db: Database.Database) {
     setAck: db.prepare<[string, number]>(
       `INSERT INTO fleet_devices (device, ack_up_to) VALUES (?, ?)
        ON CONFLICT (device) DO UPDATE SET ack_up_to = max(COALESCE(ack_up_to, excluded.ack_up_to), excluded.ack_up_to)`,
+    ),
+    seen: db.prepare<[string, number]>(
+      `INSERT INTO fleet_devices (device, last_seen) VALUES (?, ?)
+       ON CONFLICT (device) DO UPDATE SET last_seen = max(COALESCE(last_seen, 0), excluded.last_seen)`,
+    ),
+    seenStatus: db.prepare<[string, number, number]>(
+      `INSERT INTO fleet_devices (device, online, last_seen) VALUES (?, ?, ?)
+       ON CONFLICT (device) DO UPDATE SET online = excluded.online, last_seen = max(COALESCE(last_seen, 0), excluded.last_seen)`,
+    ),
+    inferenceSummary: db.prepare<{ device: string }>(
+      `UPDATE fleet_devices SET
+         errors = (SELECT sum(json_extract(data, '$.errors')) FROM fleet_latest WHERE device = @device AND slot LIKE 'inference/%'),
+         p99 = (SELECT max(json_extract(data, '$.latencyMs.p99')) FROM fleet_latest WHERE device = @device AND slot LIKE 'inference/%')
+       WHERE device = @device`,
+    ),
+    statusesIn: db.prepare<[string], { device: string; online: number; receivedAt: number }>(
+      'SELECT device, online, received_at AS receivedAt FROM fleet_status WHERE device IN (SELECT value FROM json_each(?))',
+    ),
+    statesIn: db.prepare<[string], { device: string; doc: string; receivedAt: number }>(
+      'SELECT device, doc, received_at AS receivedAt FROM fleet_state WHERE device IN (SELECT value FROM json_each(?))',
+    ),
+    latestIn: db.prepare<[string], LatestRow>(
+      'SELECT device, slot, ts, COALESCE(received_at, ts) AS receivedAt, data FROM fleet_latest WHERE device IN (SELECT value FROM json_each(?))',
+    ),
+    countsIn: db.prepare<[string], DeviceCountsRecord>(
+      `SELECT device, quarantined, over_quota AS overQuota, clock_skewed AS clockSkewed, dropped, dropped_last_at AS droppedLastAt
+       FROM fleet_devices WHERE device IN (SELECT value FROM json_each(?))`,
     ),
     counts: db.prepare<[], DeviceCountsRecord>(
       `SELECT device, quarantined, over_quota AS overQuota, clock_skewed AS clockSkewed, dropped, dropped_last_at AS droppedLastAt
@@ -188,14 +274,23 @@ export class SqliteStore implements FleetStore {
   }
 
   async insertPoints(device: string, points: readonly TelemetryPoint[], receivedAt?: number): Promise<number> {
-    const { insertPoint, upsertLatest, addDropped } = this.sql;
+    const { insertPoint, upsertLatest, addDropped, seen, inferenceSummary } = this.sql;
     return this.transaction(() => {
       const fresh: TelemetryPoint[] = [];
       for (const p of points) {
         const row = pointRow(device, p);
         if (insertPoint.run({ ...row, receivedAt: receivedAt ?? row.ts }).changes > 0) fresh.push(p);
       }
-      for (const row of latestRows(device, points, receivedAt)) upsertLatest.run(row);
+      // The summary follows what the latest table keeps: last seen, and errors and worst p99 over the models' last intervals.
+      let lastSeen = 0;
+      let inference = false;
+      for (const row of latestRows(device, points, receivedAt)) {
+        if (upsertLatest.run(row).changes === 0) continue;
+        lastSeen = Math.max(lastSeen, row.receivedAt);
+        inference ||= row.slot.startsWith('inference/');
+      }
+      if (lastSeen > 0) seen.run(device, lastSeen);
+      if (inference) inferenceSummary.run({ device });
       const dropped = droppedOf(fresh, receivedAt);
       if (dropped !== undefined) addDropped.run(device, dropped.count, dropped.lastAt);
       return fresh.length;
@@ -232,11 +327,18 @@ export class SqliteStore implements FleetStore {
   }
 
   async upsertStatus(device: string, status: Status, receivedAt: number): Promise<void> {
-    this.sql.upsertStatus.run(device, status.online ? 1 : 0, status.ts === undefined ? null : millis(status.ts), receivedAt);
+    const { upsertStatus, seenStatus } = this.sql;
+    this.transaction(() => {
+      upsertStatus.run(device, status.online ? 1 : 0, status.ts === undefined ? null : millis(status.ts), receivedAt);
+      seenStatus.run(device, status.online ? 1 : 0, receivedAt);
+    });
   }
 
   async upsertState(state: ReportedState, receivedAt: number): Promise<void> {
-    this.sql.upsertState.run(state.device, millis(state.ts), JSON.stringify(state), receivedAt);
+    const { upsertState, seen } = this.sql;
+    this.transaction(() => {
+      if (upsertState.run(state.device, millis(state.ts), JSON.stringify(state), receivedAt).changes > 0) seen.run(state.device, receivedAt);
+    });
   }
 
   async insertEvent(device: string, event: DeviceEvent, receivedAt?: number): Promise<boolean> {
@@ -260,6 +362,36 @@ export class SqliteStore implements FleetStore {
     const statuses = this.sql.statuses.all().map((r): StatusRecord => ({ device: r.device, online: r.online === 1, receivedAt: r.receivedAt }));
     const filtered = filters.group !== undefined || filters.model !== undefined;
     return assembleFleet(statuses, states, this.sql.latest.all(), this.sql.counts.all(), filtered ? new Set(states.map((s) => s.device)) : undefined);
+  }
+
+  async fleetPage(query: FleetPageQuery): Promise<FleetPageResult> {
+    const q = checkFleetPageQuery(query);
+    const db = this.database;
+    if (db === undefined) throw new Error('SqliteStore used before init()');
+    const { where, params } = pageFilter(q);
+    const order = q.sort === 'device' ? `d.device ${q.desc ? 'DESC' : 'ASC'}` : `${SORT_COLUMN[q.sort]} ${q.desc ? 'DESC' : 'ASC'} NULLS LAST, d.device`;
+    // One read transaction: the count and the page see the same data.
+    const { totals, devices } = db.transaction(() => ({
+      totals: db.prepare(`SELECT count(*) AS total, COALESCE(sum(d.online = 1), 0) AS online FROM fleet_devices d ${where}`).get(...params) as {
+        total: number;
+        online: number;
+      },
+      devices: (db.prepare(`SELECT d.device FROM fleet_devices d ${where} ORDER BY ${order} LIMIT ? OFFSET ?`).all(...params, q.limit, q.offset) as { device: string }[]).map(
+        (r) => r.device,
+      ),
+    }))();
+    if (devices.length === 0) return { total: totals.total, online: totals.online, rows: [] };
+    const ids = JSON.stringify(devices);
+    const { statusesIn, statesIn, latestIn, countsIn } = this.sql;
+    const rows = this.transaction(() =>
+      assembleFleet(
+        statusesIn.all(ids).map((r): StatusRecord => ({ device: r.device, online: r.online === 1, receivedAt: r.receivedAt })),
+        statesIn.all(ids).map((r) => ({ device: r.device, state: JSON.parse(r.doc) as ReportedState, receivedAt: r.receivedAt })),
+        latestIn.all(ids),
+        countsIn.all(ids),
+      ),
+    );
+    return { total: totals.total, online: totals.online, rows: inPageOrder(devices, rows) };
   }
 
   async series(device: string, range: TimeRange): Promise<DeviceSeries> {

@@ -116,6 +116,64 @@ export interface StoredEvent extends DeviceEvent {
   device: string;
 }
 
+/** Orders of `fleetPage`: a device without the figure goes last in either direction; ties by device id. */
+export const FLEET_PAGE_SORTS = ['device', 'lastSeen', 'online', 'errors', 'p99', 'dropped'] as const;
+export type FleetPageSort = (typeof FLEET_PAGE_SORTS)[number];
+
+/** One page of the fleet table; filters combine (and). */
+export interface FleetPageQuery {
+  /** Rows to skip (default 0). */
+  offset?: number;
+  /** Rows to return, 0 to MAX_FLEET_PAGE (default 100). */
+  limit?: number;
+  /** Default 'device'. */
+  sort?: FleetPageSort;
+  desc?: boolean;
+  /** Devices whose reported state lists this group. */
+  group?: string;
+  /** Devices whose reported state lists this model, or that sent inference points under it. */
+  model?: string;
+  /** true: online; false: offline or never said. */
+  online?: boolean;
+  /** true: the last interval of some model had errors; false: none had. */
+  errors?: boolean;
+  /** Devices whose worst last p99 is at least this (ms). */
+  minP99?: number;
+  /** Part of the device id, case-insensitive. */
+  search?: string;
+}
+
+export interface FleetPageResult {
+  /** Devices that pass the filters (all pages). */
+  total: number;
+  /** Of those, how many are online. */
+  online: number;
+  rows: FleetRow[];
+}
+
+export const DEFAULT_FLEET_PAGE = 100;
+export const MAX_FLEET_PAGE = 10_000;
+
+/** The query with its defaults, or an error naming each bad field (stores are called by code, so this is a bug check). */
+export function checkFleetPageQuery(q: FleetPageQuery): Required<Pick<FleetPageQuery, 'offset' | 'limit' | 'sort' | 'desc'>> & FleetPageQuery {
+  const problems: string[] = [];
+  const offset = q.offset ?? 0;
+  const limit = q.limit ?? DEFAULT_FLEET_PAGE;
+  const sort = q.sort ?? 'device';
+  if (!Number.isSafeInteger(offset) || offset < 0) problems.push(`offset must be an integer 0 or more, got ${String(offset)}`);
+  if (!Number.isSafeInteger(limit) || limit < 0 || limit > MAX_FLEET_PAGE) problems.push(`limit must be an integer from 0 to ${MAX_FLEET_PAGE}, got ${String(limit)}`);
+  if (!(FLEET_PAGE_SORTS as readonly string[]).includes(sort)) problems.push(`sort must be one of ${FLEET_PAGE_SORTS.join(', ')}, got ${String(sort)}`);
+  if (q.minP99 !== undefined && !(Number.isFinite(q.minP99) && q.minP99 >= 0)) problems.push(`minP99 must be a number 0 or more, got ${String(q.minP99)}`);
+  if (problems.length > 0) throw new RangeError(`fleetPage: ${problems.join('; ')}`);
+  return { ...q, offset, limit, sort, desc: q.desc ?? false, ...(q.search !== undefined && { search: q.search.toLowerCase() }) };
+}
+
+/** Puts assembled rows back in the order the page query returned their devices. */
+export function inPageOrder(devices: readonly string[], rows: readonly FleetRow[]): FleetRow[] {
+  const byId = new Map(rows.map((r) => [r.device, r]));
+  return devices.map((d) => byId.get(d)).filter((r): r is FleetRow => r !== undefined);
+}
+
 export interface FleetStore {
   /** `sqlite` or `postgres`, for logs. */
   readonly kind: string;
@@ -149,7 +207,16 @@ export interface FleetStore {
   deviceModels(device: string): Promise<string[]>;
   /** Deletes points, events and quarantined messages that arrived before `before` (epoch ms). */
   prune(before: number): Promise<{ points: number; events: number }>;
+  /** Every device's row, by device id (`edgefleet status`). Reads the whole fleet: for pages, fleetPage. */
   fleetStatus(filters?: FleetFilters): Promise<FleetRow[]>;
+  /**
+   * One page of the fleet table from the per-device summary kept at write
+   * time (fleet_devices: online, last seen, errors, worst p99, dropped), so
+   * sorting and slicing are one indexed query, and only the page's rows are
+   * assembled. Same rows, order and filters as fleet-query.ts's pageFleet
+   * over fleetStatus.
+   */
+  fleetPage(q: FleetPageQuery): Promise<FleetPageResult>;
   series(device: string, range: TimeRange): Promise<DeviceSeries>;
   events(device: string, range: TimeRange): Promise<StoredEvent[]>;
   close(): Promise<void>;
