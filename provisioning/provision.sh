@@ -23,6 +23,8 @@ Broker (omit --broker for a device that serves local models only):
   --trust FILE            the fleet's trust document -> /etc/edgefleet/trust.json
   --ca FILE               the broker CA certificate  -> /etc/edgefleet/ca.pem
   --cert FILE             this device's signed certificate (edgefleet ca sign) -> /etc/edgefleet/device.pem
+  --telemetry-delivery M  collector (default: points kept until a collector acknowledges them,
+                          PROTOCOL.md section 12) or broker (for a collector older than revision 2)
 Local API and models:
   --http-host HOST        default 127.0.0.1
   --http-port PORT        default 8501
@@ -51,7 +53,7 @@ JETSON_SRC=${EDGEFLEET_JETSON_DROPIN:-$SCRIPT_DIR/../systemd/jetson-gpu.conf}
 ID_RE='^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
 
 DEVICE_ID='' BROKER='' TOPIC_ROOT=edgefleet TRUST='' CA='' CERT='' HTTP_HOST=127.0.0.1 HTTP_PORT=8501
-MODELS_DIR='' PROVIDERS='' SOURCE='' JETSON=0 NODE_BIN='' NO_START=0 ROOT=''
+MODELS_DIR='' PROVIDERS='' SOURCE='' DELIVERY=collector JETSON=0 NODE_BIN='' NO_START=0 ROOT=''
 GROUPS_LIST=()
 
 need_value() { if [ $# -lt 2 ] || [ -z "$2" ]; then usage_error "$1 needs a value"; fi; }
@@ -64,6 +66,7 @@ while [ $# -gt 0 ]; do
     --trust) need_value "$@"; TRUST=$2; shift 2 ;;
     --ca) need_value "$@"; CA=$2; shift 2 ;;
     --cert) need_value "$@"; CERT=$2; shift 2 ;;
+    --telemetry-delivery) need_value "$@"; DELIVERY=$2; shift 2 ;;
     --http-host) need_value "$@"; HTTP_HOST=$2; shift 2 ;;
     --http-port) need_value "$@"; HTTP_PORT=$2; shift 2 ;;
     --models-dir) need_value "$@"; MODELS_DIR=$2; shift 2 ;;
@@ -87,6 +90,7 @@ done
 if [ -n "$BROKER" ]; then
   [[ $BROKER =~ ^(mqtts?|wss?)://[^[:space:]]+$ ]] || usage_error "--broker must be an mqtts://, mqtt://, wss:// or ws:// URL"
 fi
+[[ $DELIVERY =~ ^(collector|broker)$ ]] || usage_error "--telemetry-delivery must be collector or broker, not \"$DELIVERY\""
 [[ $TOPIC_ROOT =~ ^[^#+/[:space:]]+(/[^#+/[:space:]]+)*$ ]] || usage_error "--topic-root \"$TOPIC_ROOT\" must be topic levels without wildcards"
 if ! [[ $HTTP_PORT =~ ^[0-9]{1,5}$ ]] || [ "$HTTP_PORT" -gt 65535 ]; then usage_error "--http-port must be 0 to 65535"; fi
 [[ $HTTP_HOST =~ ^[A-Za-z0-9.:_-]+$ ]] || usage_error "--http-host \"$HTTP_HOST\" is not a host name or address"
@@ -278,14 +282,16 @@ fi
 # ---- 4. agent.json ---------------------------------------------------------------------
 GROUPS_CSV=$(IFS=,; echo "${GROUPS_LIST[*]+"${GROUPS_LIST[*]}"}")
 # node writes the JSON so every value is escaped correctly; keys per docs/protocol.md section 9.
-node - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" \
+node - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" "$DELIVERY" \
   >"$WORK/agent.json" <<'EOF'
-const [deviceId, groups, broker, topicRoot, tls, host, port, modelsDir, providers, etc, state] = process.argv.slice(2);
+const [deviceId, groups, broker, topicRoot, tls, host, port, modelsDir, providers, etc, state, delivery] = process.argv.slice(2);
 const config = { deviceId, groups: groups ? groups.split(',') : [], stateDir: state };
 if (broker) {
   config.trust = `${etc}/trust.json`;
   config.mqtt = { url: broker, topicRoot };
   if (tls === '1') Object.assign(config.mqtt, { ca: `${etc}/ca.pem`, cert: `${etc}/device.pem`, key: `${etc}/device.key` });
+  // The broker's ACL (provisioning/mosquitto/acl) lets the device read its telemetry acks.
+  config.telemetry = { delivery };
 }
 config.http = { host, port: Number(port) };
 if (modelsDir) config.models = { dir: modelsDir };

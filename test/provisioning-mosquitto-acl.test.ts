@@ -135,6 +135,9 @@ let adminSeen: ReturnType<typeof watch>;
 let device: MqttClient;
 let deviceKeys: { cert: string; key: string };
 let marker = 0;
+let collectorKeys: Promise<{ cert: string; key: string }> | undefined;
+/** The collector's identity (CN=fleet-collector), made once for the tests that need it. */
+const collectorIdentity = (): Promise<{ cert: string; key: string }> => (collectorKeys ??= identity('fleet-collector'));
 
 /**
  * Publishes `payload` from `from` on `topic`, then a marker on the device's own
@@ -232,6 +235,61 @@ describe.skipIf(skip)('Mosquitto with provisioning/mosquitto (mutual TLS, per-de
     const payloads = got.seen.map((s) => s.payload);
     expect(payloads).not.toContain('desired for pi-002');
     expect(payloads).not.toContain('own state');
+  });
+
+  it("lets a device read its own telemetry ack (retained, from the collector) and never write one, its own or another's", async () => {
+    const collector = await client('fleet-collector-acks', await collectorIdentity());
+    expect(await publish(collector, 'edgefleet/devices/pi-001/telemetry/ack', '{"schema":1,"device":"pi-001","upTo":41}', true)).toBeUndefined();
+    await adminSeen.until('{"schema":1,"device":"pi-001","upTo":41}');
+    const reader = await client('pi-001-acks', deviceKeys);
+    const got = watch(reader);
+    expect((await reader.subscribeAsync('edgefleet/devices/pi-001/telemetry/ack', { qos: 1 })).map((g) => g.qos)).toEqual([1]);
+    await got.until('{"schema":1,"device":"pi-001","upTo":41}');
+
+    for (const topic of ['edgefleet/devices/pi-001/telemetry/ack', 'edgefleet/devices/pi-002/telemetry/ack']) {
+      expect(await reachesAdmin(device, topic, `{"schema":1,"device":"pi-001","upTo":999999}`), topic).toBe(false);
+      expect((await publish(device, topic, 'forged ack'))?.message, topic).toMatch(/not authorized/i);
+    }
+    // Another device's ack is not readable either.
+    expect(await publish(collector, 'edgefleet/devices/pi-002/telemetry/ack', 'ack for pi-002', true)).toBeUndefined();
+    await reader.subscribeAsync('edgefleet/devices/pi-002/telemetry/ack', { qos: 1 });
+    expect(await publish(collector, 'edgefleet/devices/pi-001/telemetry/ack', '{"schema":1,"device":"pi-001","upTo":42}', true)).toBeUndefined();
+    await got.until('{"schema":1,"device":"pi-001","upTo":42}');
+    expect(got.seen.map((s) => s.payload)).not.toContain('ack for pi-002');
+  });
+
+  it('gives the collector user (fleet-collector) reading of device channels through $share and writing of acks, nothing else', async () => {
+    const collector = await client('fleet-collector-1', await collectorIdentity(), { clean: false, properties: { sessionExpiryInterval: 60 } });
+    const got = watch(collector);
+    const filters = ['telemetry', 'events', 'status', 'state'].map((c) => `$share/edgefleet-collectors/edgefleet/devices/+/${c}`);
+    expect((await collector.subscribeAsync(filters, { qos: 1 })).map((g) => g.qos)).toEqual([1, 1, 1, 1]);
+    for (const channel of ['telemetry', 'events', 'status', 'state']) {
+      expect(await publish(device, `edgefleet/devices/pi-001/${channel}`, `for the collector: ${channel}`)).toBeUndefined();
+      await got.until(`for the collector: ${channel}`);
+    }
+    // Writes: only telemetry acks.
+    expect(await reachesAdmin(collector, 'edgefleet/devices/pi-001/telemetry/ack', 'a real ack')).toBe(true);
+    const refused = [
+      'edgefleet/devices/pi-001/desired', 'edgefleet/groups/lab/desired', 'edgefleet/trust', 'edgefleet/trust/9', `edgefleet/artifacts/${SHA}/blocks/0`,
+      'edgefleet/devices/pi-001/telemetry', 'edgefleet/devices/pi-001/state', 'edgefleet/devices/pi-001/status', 'edgefleet/devices/pi-001/events', 'edgefleet/other',
+    ];
+    for (const topic of refused) {
+      expect(await reachesAdmin(collector, topic, `collector forged ${topic}`), topic).toBe(false);
+    }
+    expect((await publish(collector, 'edgefleet/devices/pi-001/desired', 'x'))?.message).toMatch(/not authorized/i);
+    // Reads: not a device's desired document (the retained one never comes). Group documents,
+    // trust and blocks are readable by every user through the device patterns, as by any device.
+    await collector.subscribeAsync(['edgefleet/devices/pi-001/desired', 'edgefleet/devices/+/desired'], { qos: 1 });
+    expect(await publish(device, 'edgefleet/devices/pi-001/events', 'after the reads')).toBeUndefined();
+    await got.until('after the reads');
+    expect(got.seen.map((s) => s.payload)).not.toContain('desired for pi-001');
+  });
+
+  it('sets queue limits for persistent sessions, with the reason', async () => {
+    const text = await readFile(join(REPO, 'provisioning', 'mosquitto', 'edgefleet.conf'), 'utf8');
+    expect(text).toMatch(/^max_queued_messages 100000$/m);
+    expect(text).toMatch(/^max_queued_bytes 536870912$/m);
+    expect(text).toMatch(/# .*1,000 devices sending one batch every 10 s/);
   });
 
   it('refuses a client without a certificate, or with one from another CA', async () => {

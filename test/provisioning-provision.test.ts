@@ -128,6 +128,8 @@ describe.skipIf(skip)('provision.sh --root', () => {
     expect(config.trust).toBe('/etc/edgefleet/trust.json');
     expect(config.mqtt).toMatchObject({ url: 'mqtts://broker.example:8883', topicRoot: 'edgefleet', ca: '/etc/edgefleet/ca.pem', cert: '/etc/edgefleet/device.pem', key: '/etc/edgefleet/device.key' });
     expect(config.http).toMatchObject({ host: '127.0.0.1', port: 8501 });
+    // Section 12: points kept until a collector acknowledges them.
+    expect(config.telemetry).toMatchObject({ delivery: 'collector', ackTimeoutS: 300 });
     first = await snapshot(root);
   });
 
@@ -170,10 +172,17 @@ describe.skipIf(skip)('provision.sh --root', () => {
     expect(r.stdout).toMatch(/^changed: installed \/etc\/systemd\/system\/edgefleet-agent\.service\.d\/jetson-gpu\.conf$/m);
     const config = parseConfig(JSON.parse(await readFile(join(root, 'etc/edgefleet/agent.json'), 'utf8')));
     expect(config.http.port).toBe(9000);
+    expect(config.telemetry.delivery).toBe('collector');
     expect(config.runtime.executionProviders).toEqual(['tensorrt', 'cuda', 'cpu']);
     expect(await readFile(join(root, 'etc/systemd/system/edgefleet-agent.service.d/jetson-gpu.conf'))).toEqual(await readFile(join(REPO, 'systemd/jetson-gpu.conf')));
 
+    // An older collector never acknowledges: --telemetry-delivery broker is section 7's rule.
+    const older = await provision([...BASE_ARGS, '--cert', 'pi-001.pem', '--http-port', '9000', '--jetson', '--execution-providers', 'tensorrt,cuda,cpu', '--telemetry-delivery', 'broker']);
+    expect(older.stdout.match(/^changed: .*$/gm)).toEqual(['changed: installed /etc/edgefleet/agent.json']);
+    expect(parseConfig(JSON.parse(await readFile(join(root, 'etc/edgefleet/agent.json'), 'utf8'))).telemetry.delivery).toBe('broker');
+
     const back = await provision([...BASE_ARGS, '--cert', 'pi-001.pem']);
+    expect(parseConfig(JSON.parse(await readFile(join(root, 'etc/edgefleet/agent.json'), 'utf8'))).telemetry.delivery).toBe('collector');
     expect(back.stdout).toMatch(/^changed: removed \/etc\/systemd\/system\/edgefleet-agent\.service\.d\/jetson-gpu\.conf$/m);
     expect(await readFile(join(root, 'etc/edgefleet/device.key'))).toEqual(key);
   });
@@ -211,6 +220,9 @@ describe.skipIf(skip)('provision.sh --root', () => {
       expect(r.code, args.join(' ')).toBe(2);
     }
     expect((await provision([], empty)).stderr).toMatch(/--device-id is required/);
+    const delivery = await provision(['--device-id', 'pi-1', '--telemetry-delivery', 'brokers'], empty);
+    expect(delivery.code).toBe(2);
+    expect(delivery.stderr).toMatch(/--telemetry-delivery must be collector or broker, not "brokers"/);
     await expect(readdir(empty)).rejects.toThrow();
   });
 });
