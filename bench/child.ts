@@ -57,6 +57,12 @@ function buildChildren(): void {
   built = true;
 }
 
+/** The compiled JavaScript of `script` (a .ts file relative to bench/), building the children first when needed. */
+export function compiledScript(script: string): string {
+  buildChildren();
+  return fileURLToPath(new URL(script.replace(/\.ts$/, '.js'), BUILD));
+}
+
 /** Starts `node <script compiled> ...args` (`script`, a .ts file relative to bench/); `cpu` pins it (taskset -c) when given. */
 export async function startChild(script: string, args: string[], cpu: number | undefined, timeoutMs = 60_000): Promise<ServerChild> {
   buildChildren();

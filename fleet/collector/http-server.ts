@@ -27,7 +27,7 @@ import type { Logger } from 'pino';
 import { DEVICE_ID_RE, parseTime } from '../../protocol/index.js';
 import { UsageError, errorMessage } from '../errors.js';
 import { DASHBOARD_HTML } from './dashboard-page.js';
-import { FleetQueryError, pageFleet, parseFleetQuery } from './fleet-query.js';
+import { FleetQueryError, parseFleetQuery } from './fleet-query.js';
 import type { FleetPage, FleetQuery } from './fleet-query.js';
 import type { FleetStore, TimeRange } from './store.js';
 
@@ -176,11 +176,11 @@ export class DashboardServer {
     return m?.[2] === 'series' ? store.series(device, range) : store.events(device, range);
   }
 
-  /** One page of the fleet table; the store's filters narrow what is assembled, the rest is done here. */
+  /** One page of the fleet table: one indexed query in the store, only the page's rows assembled. */
   private async fleetPage(q: FleetQuery): Promise<FleetPage> {
-    const { store } = this.options;
-    const rows = await store.fleetStatus({ ...(q.group !== undefined && { group: q.group }), ...(q.model !== undefined && { model: q.model }) });
-    return pageFleet(rows, q);
+    const { offset, limit, sort, desc, ...filters } = q;
+    const page = await this.options.store.fleetPage({ offset, limit, sort, desc, ...filters });
+    return { total: page.total, online: page.online, offset, limit, sort, desc, rows: page.rows };
   }
 }
 
