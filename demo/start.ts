@@ -177,8 +177,10 @@ async function startAgent(home: string, brokerUrl: string, trust: string): Promi
       trust,
       mqtt: { url: brokerUrl, protocolVersion: 4 },
       http: { host: '127.0.0.1', port },
-      // Short intervals so the collector has telemetry within seconds.
-      telemetry: { intervalS: 2, health: { schedule: '*/2 * * * * *' } },
+      // Short intervals so the collector has telemetry within seconds. Points stay on the
+      // device until the collector says it stored them (PROTOCOL.md section 12); one that
+      // published no acks would only mean points resent every 30 s and kept within the bounds.
+      telemetry: { intervalS: 2, health: { schedule: '*/2 * * * * *' }, delivery: 'collector', ackTimeoutS: 30 },
       log: { level: 'info' },
     },
     { env },

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { shellWord } from '../demo/util.js';
 import { devices } from '../fleet/commands/devices.js';
@@ -102,6 +103,11 @@ describe('npm start (demo/start.ts)', () => {
     await devices.run(['--broker', broker as string, '--mqtt-version', '4', '--wait-ms', '300'], { out: (l) => lines.push(l), note: () => undefined, stderr: process.stderr, cwd: REPO });
     expect(lines.join('\n')).toMatch(/demo-pi/);
 
+    // Collector delivery: the collector's retained ack reached the device, which deleted what it covers.
+    const acked = await ackedUpTo(join(dir, 'demo', 'device', 'agent.db'), 20_000);
+    expect(acked.upTo, 'the device never received a telemetry ack').toBeGreaterThan(0);
+    expect(acked.oldestWaiting ?? Infinity).toBeGreaterThan(acked.upTo);
+
     demo.proc.kill('SIGINT');
     expect(await demo.exited).toEqual({ code: 0, signal: null });
     expect(demo.output()).toContain('Stopped.');
@@ -125,6 +131,24 @@ describe('shellWord', () => {
     expect(shellWord("@/home/me/my demo/it's.json")).toBe(`'@/home/me/my demo/it'\\''s.json'`);
   });
 });
+
+/** The highest telemetry ack the running agent kept, and its oldest point still waiting, once an ack has come (or the time is up). */
+async function ackedUpTo(file: string, timeoutMs: number): Promise<{ upTo: number; oldestWaiting: number | null }> {
+  const until = Date.now() + timeoutMs;
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    for (;;) {
+      const upTo = (db.prepare('SELECT acked_up_to AS upTo FROM telemetry_state WHERE id = 1').get() as { upTo: number }).upTo;
+      if (upTo > 0 || Date.now() > until) {
+        const oldestWaiting = (db.prepare('SELECT MIN(seq) AS seq FROM telemetry_outbox').get() as { seq: number | null }).seq;
+        return { upTo, oldestWaiting };
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    db.close();
+  }
+}
 
 /** Without a curl binary: the same request with fetch. */
 async function fetchLike(curl: string): Promise<string> {
