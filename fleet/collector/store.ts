@@ -354,7 +354,11 @@ export interface StateRecord {
   receivedAt: number;
 }
 
-/** Joins what each table holds into one row per device, sorted by device id. */
+/**
+ * Joins what each table holds into one row per device, sorted by device id.
+ * Runs over the whole fleet for `edgefleet status` (10,000 devices), so it
+ * mutates the rows it builds instead of copying them.
+ */
 export function assembleFleet(
   statuses: readonly StatusRecord[],
   states: readonly StateRecord[],
@@ -362,8 +366,9 @@ export function assembleFleet(
   counts: readonly DeviceCountsRecord[],
   onlyDevices?: ReadonlySet<string>,
 ): FleetRow[] {
-  const rows = new Map<string, FleetRow & { seen: number }>();
-  const rowOf = (device: string): (FleetRow & { seen: number }) | undefined => {
+  const rows = new Map<string, FleetRow>();
+  const seen = new Map<string, number>();
+  const rowOf = (device: string, at: number): FleetRow | undefined => {
     if (onlyDevices !== undefined && !onlyDevices.has(device)) return undefined;
     let row = rows.get(device);
     if (row === undefined) {
@@ -377,42 +382,40 @@ export function assembleFleet(
         quarantined: 0,
         overQuota: 0,
         clockSkewed: 0,
-        seen: 0,
       };
       rows.set(device, row);
     }
+    if (at > (seen.get(device) ?? 0)) seen.set(device, at);
     return row;
   };
   for (const s of statuses) {
-    const row = rowOf(s.device);
-    if (row === undefined) continue;
-    row.online = s.online;
-    row.seen = Math.max(row.seen, s.receivedAt);
+    const row = rowOf(s.device, s.receivedAt);
+    if (row !== undefined) row.online = s.online;
   }
   for (const { device, state, receivedAt } of states) {
-    const row = rowOf(device);
-    if (row === undefined) continue;
-    applyReportedState(row, state);
-    row.seen = Math.max(row.seen, receivedAt);
+    const row = rowOf(device, receivedAt);
+    if (row !== undefined) applyReportedState(row, state);
   }
   for (const l of latest) {
-    const row = rowOf(l.device);
-    if (row === undefined) continue;
-    applyLatest(row, JSON.parse(l.data) as TelemetryPoint);
-    row.seen = Math.max(row.seen, l.receivedAt);
+    const row = rowOf(l.device, l.receivedAt);
+    if (row !== undefined) applyLatest(row, JSON.parse(l.data) as TelemetryPoint);
   }
   // Counters alone (a device whose every message was refused) still make a row: the operator must see it.
   for (const c of counts) {
-    const row = rowOf(c.device);
+    const row = rowOf(c.device, 0);
     if (row === undefined) continue;
     row.quarantined = c.quarantined;
     row.overQuota = c.overQuota;
     row.clockSkewed = c.clockSkewed;
     row.dropped = { count: c.dropped, lastAt: c.droppedLastAt === null ? null : formatTime(c.droppedLastAt) };
   }
-  return [...rows.values()]
-    .sort(byDevice)
-    .map(({ seen, ...row }) => ({ ...row, lastSeen: seen > 0 ? formatTime(seen) : null }));
+  const out = [...rows.values()].sort(byDevice);
+  for (const row of out) {
+    const at = seen.get(row.device);
+    if (at !== undefined) row.lastSeen = formatTime(at);
+    if (row.inference.length > 1) row.inference.sort((a, b) => (a.model < b.model ? -1 : a.model > b.model ? 1 : 0));
+  }
+  return out;
 }
 
 function applyLatest(row: FleetRow, p: TelemetryPoint): void {
@@ -421,9 +424,7 @@ function applyLatest(row: FleetRow, p: TelemetryPoint): void {
     row.outbox = p.outboxRows === undefined ? null : { rows: p.outboxRows, bytes: p.outboxBytes ?? 0 };
     return;
   }
-  if (p.kind !== 'inference') return;
-  row.inference.push(inferenceSummary(p));
-  row.inference.sort((a, b) => (a.model < b.model ? -1 : a.model > b.model ? 1 : 0));
+  if (p.kind === 'inference') row.inference.push(inferenceSummary(p));
 }
 
 function inferenceSummary(p: InferencePoint): InferenceSummary {
