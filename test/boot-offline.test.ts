@@ -2,14 +2,14 @@ import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scaleModel, writeModelTree } from '../models/onnx/zoo.js';
-import { parseReportedState, type ReportedState } from '../protocol/reported.js';
+import type { ReportedState } from '../protocol/reported.js';
 import { waitFor } from './helpers/agent.js';
 import { spawnAgent, type ChildAgent } from './helpers/child.js';
-import { buildManifest, connectFleet, makeFleetKeys, publishBlocks, publishDesired, signDesired, signManifest, writeTrust, type FleetKeys } from './helpers/fleet.js';
-import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
+import { buildManifest, publishBlocks, signManifest } from './helpers/fleet.js';
+import { startFleetHarness, type FleetHarness } from './helpers/fleet-harness.js';
+import { mosquittoSkipReason } from './helpers/mosquitto.js';
 
 /**
  * A board that boots without its broker serves at once (issue 12): the real
@@ -34,21 +34,17 @@ const OFFLINE_EXTRA_MS = 2_500;
 const SERVE_WITHIN_MS = 10_000;
 
 const skip = mosquittoSkipReason();
-let broker: Mosquitto;
-let fleet: MqttClient;
-let keys: FleetKeys;
+let h: FleetHarness;
 let dir: string;
 let agent: ChildAgent | undefined;
-const states: ReportedState[] = [];
 
 const selfTest = (v: number) => ({ inputs: [{ name: 'x', datatype: 'FP32' as const, shape: [1, 2], data: [1, 2] }], outputs: [{ name: 'y', datatype: 'FP32' as const, shape: [1, 2], data: [v, 2 * v] }], atol: 1e-4, rtol: 1e-3 });
 
 async function deploy(serial: number, version: number): Promise<void> {
   const bytes = scaleModel(version);
   const manifest = buildManifest('scale', version, bytes, { selfTest: selfTest(version) });
-  await publishBlocks(fleet, ROOT, manifest, bytes);
-  const envelope = signManifest(manifest, [keys.models]);
-  await publishDesired(fleet, ROOT, { device: DEVICE }, signDesired({ target: { device: DEVICE }, serial, models: [{ name: 'scale', version, manifest: envelope }] }, [keys.rollout]));
+  await publishBlocks(h.fleet, ROOT, manifest, bytes);
+  await h.deploy(DEVICE, serial, [{ name: 'scale', version, manifest: signManifest(manifest, [h.keys.models]) }]);
 }
 
 /** Asks `model` for x * factor; the version that answered, or the HTTP status when it was not 200. */
@@ -59,27 +55,20 @@ async function ask(url: string, model: string): Promise<string> {
   return res.status === 200 ? `v${json.model_version}` : `HTTP ${res.status}`;
 }
 
-const latest = (): ReportedState | undefined => states.at(-1);
+const latest = (): ReportedState | undefined => h.reports(DEVICE).at(-1);
 
 /** The agent's subscriptions to its desired topic in the broker's log, from byte `since` on. */
 function desiredSubscriptions(since: number): number {
-  const log = readFileSync(broker.logFile as string).subarray(since).toString('utf8');
+  const log = readFileSync(h.broker.logFile as string).subarray(since).toString('utf8');
   return log.split('\n').filter((line) => line === `${DEVICE} 1 ${ROOT}/devices/${DEVICE}/desired`).length;
 }
 
 beforeAll(async () => {
   if (skip) return;
-  broker = await startMosquitto({ logTypes: ['subscribe'] });
-  fleet = await connectFleet(broker.url);
-  keys = makeFleetKeys();
+  h = await startFleetHarness({ root: ROOT, logTypes: ['subscribe'] });
   dir = await mkdtemp(join(tmpdir(), 'edgefleet-boot-offline-'));
-  await writeTrust(join(dir, 'trust.json'), keys);
   await mkdir(join(dir, 'models'));
   await writeModelTree(join(dir, 'models'), 'local', 1, scaleModel(3));
-  await fleet.subscribeAsync(`${ROOT}/devices/${DEVICE}/state`, { qos: 1 });
-  fleet.on('message', (_topic, payload) => {
-    if (payload.length > 0) states.push(parseReportedState(payload));
-  });
 }, 60_000);
 
 afterAll(async () => {
@@ -87,8 +76,7 @@ afterAll(async () => {
     agent.proc.kill('SIGKILL');
     await agent.exited;
   }
-  await fleet?.endAsync(true);
-  await broker?.stop();
+  await h?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -96,8 +84,8 @@ describe.skipIf(skip)('booting without the broker', () => {
   it('serves local and fleet models at once, joins the broker when it comes, and keeps serving when it goes', async () => {
     const config = {
       deviceId: DEVICE,
-      trust: join(dir, 'trust.json'),
-      mqtt: { url: broker.url, topicRoot: ROOT },
+      trust: h.trustFile,
+      mqtt: { url: h.broker.url, topicRoot: ROOT },
       models: { dir: join(dir, 'models') },
       rollout: { healthWindowS: 0 },
     };
@@ -114,7 +102,7 @@ describe.skipIf(skip)('booting without the broker', () => {
     expect((await agent.exited).code).toBe(0);
 
     // The board reboots without its broker.
-    await broker.halt();
+    await h.broker.halt();
     const bootAt = Date.now();
     agent = await spawnAgent(dir, config);
     const readyMs = Date.now() - bootAt;
@@ -126,9 +114,9 @@ describe.skipIf(skip)('booting without the broker', () => {
     expect(agent.output()).toContain('MQTT broker not reachable yet');
 
     // The broker comes up: the agent subscribes, reports what it serves and applies a new document.
-    const mark = readFileSync(broker.logFile as string).length;
+    const mark = readFileSync(h.broker.logFile as string).length;
     const upAt = Date.now();
-    await broker.start();
+    await h.broker.start();
     const reported = await waitFor(
       () => {
         const s = latest();
@@ -145,7 +133,7 @@ describe.skipIf(skip)('booting without the broker', () => {
     expect(await ask(agent.url, 'scale')).toBe('v2');
 
     // The broker goes away again: serving goes on.
-    await broker.halt();
+    await h.broker.halt();
     for (let i = 0; i < 10; i++) {
       expect([await ask(agent.url, 'scale'), await ask(agent.url, 'local')]).toEqual(['v2', 'v1']);
       await new Promise((r) => setTimeout(r, 200));
@@ -153,6 +141,6 @@ describe.skipIf(skip)('booting without the broker', () => {
     expect(agent.proc.exitCode).toBeNull();
     agent.proc.kill('SIGTERM');
     expect((await agent.exited).code).toBe(0);
-    await broker.start();
+    await h.broker.start();
   }, 120_000);
 });

@@ -1,14 +1,14 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { MqttClient } from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_MQTT_PACKET_BYTES } from '../agent/config/schema.js';
 import { scaleModel } from '../models/onnx/zoo.js';
 import { topics } from '../protocol/names.js';
 import { spawnAgent, type ChildAgent } from './helpers/child.js';
-import { buildManifest, connectFleet, makeFleetKeys, publishBlocks, publishDesired, signDesired, signManifest, writeTrust } from './helpers/fleet.js';
-import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
+import { buildManifest, publishBlocks, signManifest } from './helpers/fleet.js';
+import { startFleetHarness, type FleetHarness } from './helpers/fleet-harness.js';
+import { mosquittoSkipReason } from './helpers/mosquitto.js';
 
 /**
  * A 40 MB retained message on a topic the agent subscribes to (its desired
@@ -26,9 +26,8 @@ const BIG = 40 * 1024 * 1024;
 /** Peak RSS growth allowed while the big message goes by. */
 const MAX_GROWTH = 100 * 1024 * 1024;
 
-let broker: Mosquitto | undefined;
+let h: FleetHarness | undefined;
 let child: ChildAgent | undefined;
-let fleet: MqttClient | undefined;
 let dir: string | undefined;
 
 afterEach(async () => {
@@ -36,10 +35,9 @@ afterEach(async () => {
     child.proc.kill('SIGTERM');
     await child.exited;
   }
-  await fleet?.endAsync(true);
-  await broker?.stop();
+  await h?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
-  child = fleet = broker = dir = undefined;
+  child = h = dir = undefined;
 });
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -106,28 +104,19 @@ describe.skipIf(skip).each([
 ])('a 40 MB retained desired document over $name', ({ protocolVersion }) => {
   it('costs the agent under 100 MB, HTTP keeps answering, and the next document applies', async () => {
     // The broker itself takes packets up to 64 MiB, so the big message reaches it.
-    broker = await startMosquitto({ maxPacketBytes: 64 * 1024 * 1024, logTypes: ['notice', 'subscribe'] });
+    const harness = (h = await startFleetHarness({ root: ROOT, maxPacketBytes: 64 * 1024 * 1024, logTypes: ['notice', 'subscribe'] }));
     dir = await mkdtemp(join(tmpdir(), 'edgefleet-big-'));
-    const keys = makeFleetKeys();
-    await writeTrust(join(dir, 'trust.json'), keys);
-    fleet = await connectFleet(broker.url);
-    const statusTopic = topics.device(ROOT, DEVICE, 'status');
-    const online: string[] = [];
-    fleet.on('message', (topic, payload) => {
-      if (topic === statusTopic) online.push(payload.toString());
-    });
-    await fleet.subscribeAsync(statusTopic, { qos: 1 });
 
     child = await spawnAgent(dir, {
       deviceId: DEVICE,
-      trust: join(dir, 'trust.json'),
-      mqtt: { url: broker.url, topicRoot: ROOT, protocolVersion },
+      trust: harness.trustFile,
+      mqtt: { url: harness.broker.url, topicRoot: ROOT, protocolVersion },
       log: { level: 'info' },
     });
     const pid = child.proc.pid as number;
-    await waitFor(() => online.some((s) => s.includes('"online":true')), 'the agent online');
+    await waitFor(() => harness.statuses.get(DEVICE)?.online, 'the agent online');
     const desiredTopic = topics.device(ROOT, DEVICE, 'desired');
-    const logFile = broker.logFile as string;
+    const logFile = harness.broker.logFile as string;
     await waitFor(async () => (await readFile(logFile, 'utf8')).includes(desiredTopic), "the agent's subscription to its desired topic");
     await sleep(500); // let start-up allocations settle before the baseline
 
@@ -135,14 +124,13 @@ describe.skipIf(skip).each([
     await writeFile(`/proc/${pid}/clear_refs`, '5');
     const before = await procStatus(pid, 'VmRSS');
     const probe = probeHttp(child.url);
-    await fleet.publishAsync(desiredTopic, bigEnvelope(BIG), { qos: 1, retain: true });
+    await harness.fleet.publishAsync(desiredTopic, bigEnvelope(BIG), { qos: 1, retain: true });
 
     // A normal document after it: blocks, manifest, desired, as a fleet publishes them.
     const bytes = scaleModel(2);
     const manifest = buildManifest('scale', 1, bytes, { selfTest: { inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 1], data: [1] }], outputs: [{ name: 'y', datatype: 'FP32', shape: [1, 1], data: [2] }], atol: 1e-4, rtol: 1e-3 } });
-    await publishBlocks(fleet, ROOT, manifest, bytes);
-    const doc = signDesired({ target: { device: DEVICE }, serial: 1, models: [{ name: 'scale', version: 1, manifest: signManifest(manifest, [keys.models]) }] }, [keys.rollout]);
-    await publishDesired(fleet, ROOT, { device: DEVICE }, doc);
+    await publishBlocks(harness.fleet, ROOT, manifest, bytes);
+    await harness.deploy(DEVICE, 1, [{ name: 'scale', version: 1, manifest: signManifest(manifest, [harness.keys.models]) }]);
     const url = child.url;
     await waitFor(async () => (await fetch(`${url}/v2/models/scale/versions/1/ready`)).status === 200, 'scale version 1 to serve', 30_000);
     await sleep(300);

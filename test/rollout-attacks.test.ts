@@ -3,7 +3,6 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../agent/config/load.js';
@@ -15,11 +14,12 @@ import { signEnvelope, type Envelope } from '../protocol/dsse.js';
 import { generateKeyPair, type KeyPair } from '../protocol/keys.js';
 import type { Manifest } from '../protocol/manifest.js';
 import { topics } from '../protocol/names.js';
-import { parseEvent, parseReportedState, type DeviceEvent, type ReportedState } from '../protocol/reported.js';
+import type { DeviceEvent, ReportedState } from '../protocol/reported.js';
 import { buildTrustDocument, PAYLOAD_TYPES, type TrustDocument } from '../protocol/trust.js';
 import { startTestAgent, waitFor, type TestAgent } from './helpers/agent.js';
-import { buildManifest, connectFleet, future, makeFleetKeys, past, publishBlocks, publishDesired, signDesired, signManifest, writeTrust, type DesiredEntry, type FleetKeys } from './helpers/fleet.js';
-import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
+import { buildManifest, future, makeFleetKeys, past, publishBlocks, publishDesired, signDesired, signManifest, writeTrust, type DesiredEntry } from './helpers/fleet.js';
+import { startFleetHarness, type FleetHarness } from './helpers/fleet-harness.js';
+import { mosquittoSkipReason } from './helpers/mosquitto.js';
 
 /**
  * Attacks on a rollout (docs/protocol.md sections 2 to 6), each against one agent
@@ -33,13 +33,12 @@ const ROOT = 'edgefleet';
 const DEVICE = 'pi-attack';
 const skip = mosquittoSkipReason();
 
-let broker: Mosquitto;
-let fleet: MqttClient;
-let keys: FleetKeys;
+let h: FleetHarness;
 let t: TestAgent;
-let trustDir: string;
-let state: ReportedState | undefined;
-const events: DeviceEvent[] = [];
+/** What this device reported last. */
+const state = (): ReportedState | undefined => h.states.get(DEVICE);
+/** This device's events, in order of arrival. */
+const events = (): DeviceEvent[] => h.events.filter((e) => e.device === DEVICE);
 /** The serial-1 document that deployed version 1, kept for the replay. */
 let firstDoc: Envelope;
 /** A manifest for version 1 signed by the models key (what a legitimate rollout would list). */
@@ -68,27 +67,27 @@ function paddedScaleModel(factor: number, padBytes = 5000): Uint8Array {
 const selfTest = (v: number): Manifest['selfTest'] => ({ inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 2], data: [1, 2] }], outputs: [{ name: 'y', datatype: 'FP32', shape: [1, 2], data: [v, 2 * v] }], atol: 1e-4, rtol: 1e-3 });
 
 /** Publishes the blocks of "scale" version `v` and returns its manifest, signed by `signers` (the models key by default). */
-async function publishScale(v: number, extra: Partial<Manifest> = {}, signers: readonly KeyPair[] = [keys.models]): Promise<Envelope> {
+async function publishScale(v: number, extra: Partial<Manifest> = {}, signers: readonly KeyPair[] = [h.keys.models]): Promise<Envelope> {
   const bytes = scaleModel(v);
   const manifest = buildManifest('scale', v, bytes, { selfTest: selfTest(v), ...extra });
-  await publishBlocks(fleet, ROOT, manifest, bytes);
+  await publishBlocks(h.fleet, ROOT, manifest, bytes);
   return signManifest(manifest, signers);
 }
 
 const entry = (version: number, manifest: Envelope): DesiredEntry => ({ name: 'scale', version, labels: ['stable'], manifest });
 
 /** A desired document for this device listing one version of "scale". */
-function desired(serial: number, version: number, manifest: Envelope, signers: readonly KeyPair[] = [keys.rollout], extra: { expiresAt?: string; issuedAt?: string } = {}): Envelope {
+function desired(serial: number, version: number, manifest: Envelope, signers: readonly KeyPair[] = [h.keys.rollout], extra: { expiresAt?: string; issuedAt?: string } = {}): Envelope {
   return signDesired({ target: { device: DEVICE }, serial, models: [entry(version, manifest)], ...extra }, signers);
 }
 
 async function send(doc: Envelope | string, device = DEVICE): Promise<void> {
-  await publishDesired(fleet, ROOT, { device }, doc);
+  await publishDesired(h.fleet, ROOT, { device }, doc);
 }
 
 async function sendTrust(doc: TrustDocument, signers: readonly KeyPair[]): Promise<void> {
   const envelope = signEnvelope(PAYLOAD_TYPES.trust, Buffer.from(JSON.stringify(doc)), signers);
-  await fleet.publishAsync(topics.trust(ROOT), JSON.stringify(envelope), { qos: 1, retain: true });
+  await h.fleet.publishAsync(topics.trust(ROOT), JSON.stringify(envelope), { qos: 1, retain: true });
 }
 
 async function infer(x: number): Promise<{ status: number; factor: number; version: string }> {
@@ -103,13 +102,13 @@ const servables = (): string[] => t.agent.registry.servables().map((s) => `${s.n
 async function expectVersion1Serving(): Promise<void> {
   expect(servables()).toEqual(['scale@1']);
   expect(await infer(3)).toEqual({ status: 200, factor: 1, version: '1' });
-  const reported = state?.models.find((m) => m.name === 'scale' && m.version === 1);
+  const reported = state()?.models.find((m) => m.name === 'scale' && m.version === 1);
   expect(reported).toMatchObject({ state: 'serving' });
 }
 
 /** Waits for an event of `type` (published after `mark` events) whose detail matches. */
 function eventAfter(mark: number, type: string, detail: RegExp, timeoutMs = 5_000): Promise<DeviceEvent> {
-  return waitFor(() => events.slice(mark).find((e) => e.type === type && detail.test(e.detail ?? '')), timeoutMs, `event ${type} ~ ${detail}`);
+  return waitFor(() => events().slice(mark).find((e) => e.type === type && detail.test(e.detail ?? '')), timeoutMs, `event ${type} ~ ${detail}`);
 }
 
 /**
@@ -121,15 +120,18 @@ async function expectRejected(
   publish: () => Promise<void>,
   expected: { serial: number; error: RegExp; event?: 'desired.rejected' | 'verify.failed'; timeoutMs?: number },
 ): Promise<ReportedState> {
-  const mark = events.length;
+  const mark = events().length;
   await publish();
   const timeoutMs = expected.timeoutMs ?? 5_000;
   const s = await waitFor(
-    () => state?.desired?.serial === expected.serial && state.desired.status === 'rejected' && expected.error.test(state.desired.error ?? '') && state,
+    () => {
+      const s = h.desired(DEVICE, expected.serial, 'rejected')();
+      return s && expected.error.test(s.desired?.error ?? '') && s;
+    },
     timeoutMs,
     `serial ${expected.serial} rejected with ${expected.error}`,
   ).catch((err: unknown) => {
-    throw new Error(`${(err as Error).message}; last reported desired: ${JSON.stringify(state?.desired)}`);
+    throw new Error(`${(err as Error).message}; last reported desired: ${JSON.stringify(state()?.desired)}`);
   });
   if (process.env.EDGEFLEET_TEST_VERBOSE) console.log(s.desired?.error);
   await eventAfter(mark, expected.event ?? 'desired.rejected', expected.error, timeoutMs);
@@ -139,36 +141,24 @@ async function expectRejected(
 
 beforeAll(async () => {
   if (skip) return;
-  broker = await startMosquitto();
-  fleet = await connectFleet(broker.url);
-  keys = makeFleetKeys();
-  await fleet.subscribeAsync([topics.device(ROOT, DEVICE, 'state'), topics.device(ROOT, DEVICE, 'events')], { qos: 1 });
-  fleet.on('message', (topic, payload) => {
-    if (payload.length === 0) return;
-    if (topic.endsWith('/state')) state = parseReportedState(payload);
-    else if (topic.endsWith('/events')) events.push(parseEvent(payload));
-  });
-  trustDir = await mkdtemp(join(tmpdir(), 'edgefleet-trust-'));
-  await writeTrust(join(trustDir, 'trust.json'), keys);
+  h = await startFleetHarness({ root: ROOT });
   t = await startTestAgent({
     deviceId: DEVICE,
-    trust: join(trustDir, 'trust.json'),
-    mqtt: { url: broker.url, topicRoot: ROOT },
+    trust: h.trustFile,
+    mqtt: { url: h.broker.url, topicRoot: ROOT },
     rollout: { healthWindowS: 1, retryBaseMs: 50, blockTimeoutMs: 300, giveUpAfterS: 10, maxAttempts: 2 },
   });
 
   v1Manifest = await publishScale(1);
   firstDoc = desired(1, 1, v1Manifest);
   await send(firstDoc);
-  await waitFor(() => state?.desired?.serial === 1 && state.desired.status === 'applied', 20_000, 'serial 1 applied');
+  await waitFor(h.desired(DEVICE, 1, 'applied'), 20_000, 'serial 1 applied');
   await expectVersion1Serving();
 }, 60_000);
 
 afterAll(async () => {
   await t?.close();
-  await fleet?.endAsync();
-  await broker?.stop();
-  if (trustDir) await rm(trustDir, { recursive: true, force: true });
+  await h?.stop();
 });
 
 describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps serving', () => {
@@ -198,7 +188,7 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     const doc = desired(serial, 2, await publishScale(2));
     const sig = Buffer.from(doc.signatures[0]?.sig ?? '', 'base64');
     sig[7] = (sig[7] ?? 0) ^ 0x01;
-    await expectRejected(() => send({ ...doc, signatures: [{ keyid: keys.rollout.keyid, sig: encodeBase64(sig) }] }), { serial, error: /does not verify/ });
+    await expectRejected(() => send({ ...doc, signatures: [{ keyid: h.keys.rollout.keyid, sig: encodeBase64(sig) }] }), { serial, error: /does not verify/ });
   });
 
   it('a payload modified after signing', async () => {
@@ -215,7 +205,7 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     let serial = nextSerial();
     await expectRejected(() => send(desired(serial, 2, m2, [stranger])), { serial, error: /0 of 1 required valid signature\(s\) from rollout keys; ignored 1 from keys not trusted for rollout/ });
     serial = nextSerial();
-    await expectRejected(() => send(desired(serial, 2, m2, [{ ...stranger, keyid: keys.rollout.keyid }])), { serial, error: /signature by rollout key .* does not verify/ });
+    await expectRejected(() => send(desired(serial, 2, m2, [{ ...stranger, keyid: h.keys.rollout.keyid }])), { serial, error: /signature by rollout key .* does not verify/ });
   });
 
   it('a manifest signed by an unknown key', async () => {
@@ -226,12 +216,12 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
 
   it('keys of the wrong role: a desired document signed by the models key', async () => {
     const serial = nextSerial();
-    await expectRejected(async () => send(desired(serial, 2, await publishScale(2), [keys.models])), { serial, error: /from rollout keys; ignored 1 from keys not trusted for rollout/ });
+    await expectRejected(async () => send(desired(serial, 2, await publishScale(2), [h.keys.models])), { serial, error: /from rollout keys; ignored 1 from keys not trusted for rollout/ });
   });
 
   it('keys of the wrong role: a manifest signed by the rollout key', async () => {
     const serial = nextSerial();
-    const manifest = await publishScale(2, {}, [keys.rollout]);
+    const manifest = await publishScale(2, {}, [h.keys.rollout]);
     await expectRejected(() => send(desired(serial, 2, manifest)), { serial, error: /from models keys; ignored 1 from keys not trusted for models/ });
   });
 
@@ -243,24 +233,24 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
 
   it('a desired document for another device, on this device\'s topic', async () => {
     const serial = nextSerial();
-    const doc = signDesired({ target: { device: 'other' }, serial, models: [entry(2, await publishScale(2))] }, [keys.rollout]);
+    const doc = signDesired({ target: { device: 'other' }, serial, models: [entry(2, await publishScale(2))] }, [h.keys.rollout]);
     await expectRejected(() => send(doc), { serial, error: /targets device "other" but came on the topic of device "pi-attack"/ });
   });
 
   it('a desired document for this device, on another device\'s topic, does nothing here', async () => {
-    const before = { desired: state?.desired, events: events.length };
+    const before = { desired: state()?.desired, events: events().length };
     const doc = desired(nextSerial(), 2, await publishScale(2));
     await send(doc, 'other');
     await new Promise((r) => setTimeout(r, 1_000));
-    expect(events.slice(before.events)).toEqual([]);
-    expect(state?.desired).toEqual(before.desired);
+    expect(events().slice(before.events)).toEqual([]);
+    expect(state()?.desired).toEqual(before.desired);
     await expectVersion1Serving();
-    await fleet.publishAsync(topics.device(ROOT, 'other', 'desired'), '', { qos: 1, retain: true });
+    await h.fleet.publishAsync(topics.device(ROOT, 'other', 'desired'), '', { qos: 1, retain: true });
   });
 
   it('an expired desired document', async () => {
     const serial = nextSerial();
-    const doc = desired(serial, 2, await publishScale(2), [keys.rollout], { issuedAt: past(3), expiresAt: past(1) });
+    const doc = desired(serial, 2, await publishScale(2), [h.keys.rollout], { issuedAt: past(3), expiresAt: past(1) });
     await expectRejected(() => send(doc), { serial, error: new RegExp(`desired state serial ${serial} .*expired at`) });
   });
 
@@ -284,7 +274,7 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     const bytes = paddedScaleModel(3);
     const manifest = buildManifest('scale', 3, bytes, { selfTest: selfTest(3) }, 1024);
     expect(manifest.artifact.blockSha256.length).toBeGreaterThan(3);
-    await publishBlocks(fleet, ROOT, manifest, bytes, (i, block) => {
+    await publishBlocks(h.fleet, ROOT, manifest, bytes, (i, block) => {
       if (i !== 2) return block;
       const bad = Buffer.from(block);
       bad[100] = (bad[100] ?? 0) ^ 0xff;
@@ -292,10 +282,10 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     });
     const serial = nextSerial();
     const started = Date.now();
-    const s = await expectRejected(() => send(desired(serial, 3, signManifest(manifest, [keys.models]))), { serial, error: /artifact block 2 of \d+ failed its sha256 check/, event: 'verify.failed', timeoutMs: 60_000 });
+    const s = await expectRejected(() => send(desired(serial, 3, signManifest(manifest, [h.keys.models]))), { serial, error: /artifact block 2 of \d+ failed its sha256 check/, event: 'verify.failed', timeoutMs: 60_000 });
     expect(Date.now() - started).toBeLessThan(60_000);
     expect(s.models.find((m) => m.version === 3)).toMatchObject({ name: 'scale', state: 'rejected', error: expect.stringMatching(/sha256/) });
-    const event = events.find((e) => e.type === 'verify.failed' && e.version === 3);
+    const event = events().find((e) => e.type === 'verify.failed' && e.version === 3);
     expect(event).toMatchObject({ model: 'scale', version: 3 });
   });
 
@@ -304,9 +294,9 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     const good = buildManifest('scale', 4, bytes, { selfTest: selfTest(4) }, 1024);
     const wrong = createHash('sha256').update('not the model').digest('hex');
     const manifest: Manifest = { ...good, artifact: { ...good.artifact, sha256: wrong } };
-    await publishBlocks(fleet, ROOT, manifest, bytes); // on the topics of the (wrong) sha256 the manifest names
+    await publishBlocks(h.fleet, ROOT, manifest, bytes); // on the topics of the (wrong) sha256 the manifest names
     const serial = nextSerial();
-    const s = await expectRejected(() => send(desired(serial, 4, signManifest(manifest, [keys.models]))), { serial, error: new RegExp(`artifact ${wrong} is ${bytes.length} bytes with sha256 ${good.artifact.sha256}`), event: 'verify.failed', timeoutMs: 30_000 });
+    const s = await expectRejected(() => send(desired(serial, 4, signManifest(manifest, [h.keys.models]))), { serial, error: new RegExp(`artifact ${wrong} is ${bytes.length} bytes with sha256 ${good.artifact.sha256}`), event: 'verify.failed', timeoutMs: 30_000 });
     expect(s.models.find((m) => m.version === 4)).toMatchObject({ name: 'scale', state: 'rejected' });
   });
 
@@ -314,10 +304,10 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     // The serial-1 document is a replay only once a later one was accepted (the file-hash document
     // above, after the tests before this one); alone, one is accepted first. Sending the document in
     // force again is the retained re-delivery, a no-op.
-    if (state?.desired?.serial === 1) {
+    if (state()?.desired?.serial === 1) {
       const serial = nextSerial();
       await send(desired(serial, 1, v1Manifest));
-      await waitFor(() => state?.desired?.serial === serial && state.desired.status === 'applied', 20_000, `serial ${serial} applied`);
+      await waitFor(h.desired(DEVICE, serial, 'applied'), 20_000, `serial ${serial} applied`);
     }
     const last = lastSerial; // the last document accepted
     await expectRejected(() => send(firstDoc), { serial: 1, error: new RegExp(`serial 1 from device "${DEVICE}" is not above ${last}`) });
@@ -335,7 +325,7 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
         expiresAt: future(365),
         roles: {
           root: { publicKeys: roles.root.map((k) => k.publicKey), threshold: 1 },
-          models: { publicKeys: [keys.models.publicKey], threshold: 1 },
+          models: { publicKeys: [h.keys.models.publicKey], threshold: 1 },
           rollout: { publicKeys: roles.rollout.map((k) => k.publicKey), threshold: roles.rolloutThreshold ?? 1 },
         },
       });
@@ -343,12 +333,12 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     it('without the current root\'s signature is refused; its new rollout key is not trusted', async () => {
       const root2 = generateKeyPair();
       const rollout2 = generateKeyPair();
-      let mark = events.length;
+      let mark = events().length;
       await sendTrust(rotated(2, { root: [root2], rollout: [rollout2] }), [root2]);
       await eventAfter(mark, 'trust.rejected', /current root \(trust v1\)/);
       // Signed by the current root but not by the new one: refused too.
-      mark = events.length;
-      await sendTrust(rotated(2, { root: [root2], rollout: [rollout2] }), [keys.root]);
+      mark = events().length;
+      await sendTrust(rotated(2, { root: [root2], rollout: [rollout2] }), [h.keys.root]);
       await eventAfter(mark, 'trust.rejected', /new root \(trust v2\)/);
       expect(existsSync(persistedTrust())).toBe(false);
       const serial = nextSerial();
@@ -357,8 +347,8 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
 
     it('skipping a version (1 → 3) is refused, even signed by the current root', async () => {
       const rollout3 = generateKeyPair();
-      const mark = events.length;
-      await sendTrust(rotated(3, { root: [keys.root], rollout: [rollout3] }), [keys.root]);
+      const mark = events().length;
+      await sendTrust(rotated(3, { root: [h.keys.root], rollout: [rollout3] }), [h.keys.root]);
       await eventAfter(mark, 'trust.rejected', /trust version 3 skips past the current version 1/);
       expect(existsSync(persistedTrust())).toBe(false);
       const serial = nextSerial();
@@ -366,16 +356,16 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     });
 
     it('below threshold: after a valid rotation to rollout threshold 2, one rollout signature is not enough', async () => {
-      const mark = events.length;
-      await sendTrust(rotated(2, { root: [keys.root], rollout: [keys.rollout, secondRollout], rolloutThreshold: 2 }), [keys.root]);
+      const mark = events().length;
+      await sendTrust(rotated(2, { root: [h.keys.root], rollout: [h.keys.rollout, secondRollout], rolloutThreshold: 2 }), [h.keys.root]);
       await eventAfter(mark, 'trust.updated', /trust version 2/);
       expect(JSON.parse(readFileSync(persistedTrust(), 'utf8'))).toMatchObject({ version: 2, roles: { rollout: { threshold: 2 } } });
       const m2 = await publishScale(2);
       let serial = nextSerial();
-      await expectRejected(() => send(desired(serial, 2, m2, [keys.rollout])), { serial, error: /1 of 2 required valid signature\(s\) from rollout keys/ });
+      await expectRejected(() => send(desired(serial, 2, m2, [h.keys.rollout])), { serial, error: /1 of 2 required valid signature\(s\) from rollout keys/ });
       // The same key twice counts once.
       serial = nextSerial();
-      await expectRejected(() => send(desired(serial, 2, m2, [keys.rollout, keys.rollout])), { serial, error: /1 of 2 required valid signature\(s\) from rollout keys/ });
+      await expectRejected(() => send(desired(serial, 2, m2, [h.keys.rollout, h.keys.rollout])), { serial, error: /1 of 2 required valid signature\(s\) from rollout keys/ });
     });
   });
 
@@ -385,8 +375,8 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
     async function legitimateDeploy(): Promise<ReportedState> {
       if (deployed) return deployed;
       const serial = nextSerial();
-      await send(desired(serial, 2, await publishScale(2), [keys.rollout, secondRollout]));
-      deployed = await waitFor(() => state?.desired?.serial === serial && state.desired.status === 'applied' && state, 20_000, `serial ${serial} applied`);
+      await send(desired(serial, 2, await publishScale(2), [h.keys.rollout, secondRollout]));
+      deployed = await waitFor(h.desired(DEVICE, serial, 'applied'), 20_000, `serial ${serial} applied`);
       return deployed;
     }
 
@@ -404,9 +394,9 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
       // Versions 3 and 4 were rejected under superseded documents; they are not desired, not on the
       // device, and the "stable" label they were reported with now names version 2.
       const applied = await legitimateDeploy();
-      const models = (): string[] => (state?.models ?? []).map((m) => `${m.name}@${m.version}:${m.state}:${m.labels.join(',')}`);
+      const models = (): string[] => (state()?.models ?? []).map((m) => `${m.name}@${m.version}:${m.state}:${m.labels.join(',')}`);
       await waitFor(() => models().length === 1, 3_000, 'stale entries to go').catch(() => undefined);
-      expect(state?.desired).toEqual(applied.desired);
+      expect(state()?.desired).toEqual(applied.desired);
       expect(models()).toEqual(['scale@2:serving:stable']);
     });
   });
@@ -422,7 +412,7 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
       deviceId: device,
       stateDir: join(dir, 'state'),
       trust: join(dir, 'trust.json'),
-      mqtt: { url: broker.url, topicRoot: root },
+      mqtt: { url: h.broker.url, topicRoot: root },
       http: { port: 0 },
       runtime: { executionProviders: ['cpu'], warmupRuns: 1, intraOpNumThreads: 1 },
       rollout: { healthWindowS: 0 },
@@ -433,8 +423,8 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
       await agent.start();
       const bytes = scaleModel(1);
       const manifest = buildManifest('scale', 1, bytes);
-      await publishBlocks(fleet, root, manifest, bytes);
-      await publishDesired(fleet, root, { device }, signDesired({ target: { device }, serial: 1, models: [{ name: 'scale', version: 1, manifest: signManifest(manifest, [own.models]) }] }, [own.rollout]));
+      await publishBlocks(h.fleet, root, manifest, bytes);
+      await publishDesired(h.fleet, root, { device }, signDesired({ target: { device }, serial: 1, models: [{ name: 'scale', version: 1, manifest: signManifest(manifest, [own.models]) }] }, [own.rollout]));
       await waitFor(() => agent.reporter?.snapshot().desired?.status === 'applied', 20_000, 'serial 1 applied');
 
       // The models key is retired (say it leaked): a valid rotation, signed by the unchanged root.
@@ -445,7 +435,7 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
         roles: { root: { publicKeys: [own.root.publicKey], threshold: 1 }, models: { publicKeys: [models2.publicKey], threshold: 1 }, rollout: { publicKeys: [own.rollout.publicKey], threshold: 1 } },
       });
       const envelope = signEnvelope(PAYLOAD_TYPES.trust, Buffer.from(JSON.stringify(next)), [own.root]);
-      await fleet.publishAsync(topics.trust(root), JSON.stringify(envelope), { qos: 1, retain: true });
+      await h.fleet.publishAsync(topics.trust(root), JSON.stringify(envelope), { qos: 1, retain: true });
       await waitFor(() => existsSync(join(dir, 'state', 'trust.json')), 5_000, 'trust version 2 persisted');
       expect(agent.registry.servables().map((x) => x.version)).toEqual([1]); // serving goes on
 
@@ -458,7 +448,7 @@ describe.skipIf(skip)('rollout attacks: refused, reported, and version 1 keeps s
       expect((await fetch(`http://127.0.0.1:${address?.port}/v2/health/ready`)).status).toBe(200);
     } finally {
       await agent.stop().catch(() => undefined);
-      await fleet.publishAsync(topics.trust(root), '', { qos: 1, retain: true });
+      await h.fleet.publishAsync(topics.trust(root), '', { qos: 1, retain: true });
       await rm(dir, { recursive: true, force: true });
     }
   });

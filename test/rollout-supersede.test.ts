@@ -1,16 +1,14 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import type { MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { mlpModel, scaleModel } from '../models/onnx/zoo.js';
 import type { Manifest } from '../protocol/manifest.js';
-import { parseEvent, parseReportedState, type DeviceEvent, type ReportedState } from '../protocol/reported.js';
+import type { ReportedState } from '../protocol/reported.js';
 import { startTestAgent, waitFor, type TestAgent } from './helpers/agent.js';
-import { buildManifest, connectFleet, makeFleetKeys, publishBlocks, publishDesired, signDesired, signManifest, writeTrust, type FleetKeys } from './helpers/fleet.js';
-import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
+import { buildManifest, publishBlocks, signManifest } from './helpers/fleet.js';
+import { startFleetHarness, type FleetHarness } from './helpers/fleet-harness.js';
+import { mosquittoSkipReason } from './helpers/mosquitto.js';
 
 /**
  * A newer desired document supersedes work in progress (issue 12), and a
@@ -21,12 +19,7 @@ import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/m
 
 const ROOT = 'edgefleet';
 const skip = mosquittoSkipReason();
-let broker: Mosquitto;
-let fleet: MqttClient;
-let keys: FleetKeys;
-let trustDir: string;
-const states = new Map<string, ReportedState>();
-const events: (DeviceEvent & { device: string })[] = [];
+let h: FleetHarness;
 
 interface Release {
   manifest: Manifest;
@@ -36,18 +29,14 @@ interface Release {
 
 function release(name: string, version: number, bytes: Uint8Array): Release {
   const manifest = buildManifest(name, version, bytes, {}, 1024);
-  return { manifest, bytes, envelope: signManifest(manifest, [keys.models]) };
+  return { manifest, bytes, envelope: signManifest(manifest, [h.keys.models]) };
 }
 
 async function deploy(device: string, serial: number, models: { r: Release; labels?: string[] }[]): Promise<void> {
-  const entries = models.map(({ r, labels }) => ({ name: r.manifest.name, version: r.manifest.version, labels, manifest: r.envelope }));
-  await publishDesired(fleet, ROOT, { device }, signDesired({ target: { device }, serial, models: entries }, [keys.rollout]));
+  await h.deploy(device, serial, models.map(({ r, labels }) => ({ name: r.manifest.name, version: r.manifest.version, labels, manifest: r.envelope })));
 }
 
-const desired = (device: string, serial: number, status: string) => () => {
-  const s = states.get(device);
-  return s?.desired?.serial === serial && s.desired.status === status && s;
-};
+const desired = (device: string, serial: number, status: string): (() => false | ReportedState) => h.desired(device, serial, status);
 
 /** The version that answered, or the HTTP status when it was not 200. */
 async function ask(url: string, model: string, input: { shape: number[]; data: number[] }): Promise<string> {
@@ -72,7 +61,7 @@ function recordedBlocks(dir: string, sha256: string): number[] {
 function blocksAskedFor(device: string, sha256: string, since: number): number[] {
   const prefix = `${ROOT}/artifacts/${sha256}/blocks/`;
   const out: number[] = [];
-  for (const line of readFileSync(broker.logFile as string).subarray(since).toString('utf8').split('\n')) {
+  for (const line of readFileSync(h.broker.logFile as string).subarray(since).toString('utf8').split('\n')) {
     const m = /^(\S+) \d (\S+)$/.exec(line);
     if (m?.[1] === device && m[2]?.startsWith(prefix)) out.push(Number(m[2].slice(prefix.length)));
   }
@@ -81,24 +70,11 @@ function blocksAskedFor(device: string, sha256: string, since: number): number[]
 
 beforeAll(async () => {
   if (skip) return;
-  broker = await startMosquitto({ logTypes: ['subscribe'] });
-  fleet = await connectFleet(broker.url);
-  keys = makeFleetKeys();
-  trustDir = await mkdtemp(join(tmpdir(), 'edgefleet-trust-'));
-  await writeTrust(join(trustDir, 'trust.json'), keys);
-  await fleet.subscribeAsync(`${ROOT}/devices/+/state`, { qos: 1 });
-  await fleet.subscribeAsync(`${ROOT}/devices/+/events`, { qos: 1 });
-  fleet.on('message', (topic, payload) => {
-    const device = topic.split('/')[2] ?? '';
-    if (topic.endsWith('/state') && payload.length > 0) states.set(device, parseReportedState(payload));
-    if (topic.endsWith('/events')) events.push({ ...parseEvent(payload), device });
-  });
+  h = await startFleetHarness({ root: ROOT, logTypes: ['subscribe'] });
 }, 60_000);
 
 afterAll(async () => {
-  await fleet?.endAsync();
-  await broker?.stop();
-  if (trustDir) await rm(trustDir, { recursive: true, force: true });
+  await h?.stop();
 });
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -110,12 +86,12 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
   it('a pull stalled on a missing block is abandoned at once for a rollback, its staging file deleted, and pulled whole when the version comes back', async () => {
     const device = 'pi-supersede';
     // Default block timeout (10 s) and give-up time (600 s): only superseding can end the stalled pull soon.
-    const t: TestAgent = await startTestAgent({ deviceId: device, trust: join(trustDir, 'trust.json'), mqtt: { url: broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0 } });
+    const t: TestAgent = await startTestAgent({ deviceId: device, trust: h.trustFile, mqtt: { url: h.broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0 } });
     cleanups.push(() => t.close());
 
     // Given: version 1 serves.
     const v1 = release('mlp', 1, mlpModel({ ...MLP, seed: 1 }));
-    await publishBlocks(fleet, ROOT, v1.manifest, v1.bytes);
+    await publishBlocks(h.fleet, ROOT, v1.manifest, v1.bytes);
     await deploy(device, 1, [{ r: v1 }]);
     await waitFor(desired(device, 1, 'applied'), 20_000, 'serial 1 applied');
 
@@ -124,10 +100,10 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
     const total = v2.manifest.artifact.blockSha256.length;
     const missing = Math.floor(total / 2);
     expect(total).toBeGreaterThan(2);
-    await publishBlocks(fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === missing ? Buffer.alloc(0) : block));
+    await publishBlocks(h.fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === missing ? Buffer.alloc(0) : block));
     await deploy(device, 2, [{ r: v2 }]);
     const stalled = (): boolean => {
-      const m = states.get(device)?.models.find((x) => x.version === 2);
+      const m = h.states.get(device)?.models.find((x) => x.version === 2);
       return m?.state === 'downloading' && m.progress === (total - 1) / total;
     };
     await waitFor(stalled, 20_000, `version 2 downloading with ${total - 1} of ${total} blocks`);
@@ -140,18 +116,18 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
     const supersededMs = Date.now() - sentAt;
     console.log(`stalled pull superseded: serial 3 applied ${supersededMs} ms after it was published (block timeout 10 s, give-up 600 s)`);
     expect(applied.models.map((m) => [m.name, m.version, m.state])).toEqual([['mlp', 1, 'serving']]);
-    expect(events.filter((e) => e.device === device && e.type === 'superseded')).toEqual([
+    expect(h.events.filter((e) => e.device === device && e.type === 'superseded')).toEqual([
       expect.objectContaining({ model: 'mlp', version: 2, detail: expect.stringMatching(/^download abandoned: serial 3 no longer lists this version/) }),
     ]);
-    expect(events.some((e) => e.device === device && e.type === 'verify.failed')).toBe(false);
+    expect(h.events.some((e) => e.device === device && e.type === 'verify.failed')).toBe(false);
     expect(await ask(t.url, 'mlp', mlpInput)).toBe('v1');
     // The abandoned pull holds no space: its staging file and its recorded blocks are gone.
     const part = join(t.dir, 'state', 'staging', `${v2.manifest.artifact.sha256}.part`);
     await waitFor(() => !existsSync(part) && recordedBlocks(t.dir, v2.manifest.artifact.sha256).length === 0, 5_000, 'staging file and block rows of version 2 deleted');
 
     // Back to version 2, now complete: it is pulled whole and serves.
-    const mark = readFileSync(broker.logFile as string).length;
-    await publishBlocks(fleet, ROOT, v2.manifest, v2.bytes);
+    const mark = readFileSync(h.broker.logFile as string).length;
+    await publishBlocks(h.fleet, ROOT, v2.manifest, v2.bytes);
     await deploy(device, 4, [{ r: v2 }]);
     await waitFor(desired(device, 4, 'applied'), 20_000, 'serial 4 applied');
     expect(blocksAskedFor(device, v2.manifest.artifact.sha256, mark).sort((a, b) => a - b)).toEqual([...Array(total).keys()]);
@@ -160,10 +136,10 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
 
   it('a superseding document that lists the same artifact keeps the abandoned pull\'s progress: only the missing block is asked for', async () => {
     const device = 'pi-same-artifact';
-    const t: TestAgent = await startTestAgent({ deviceId: device, trust: join(trustDir, 'trust.json'), mqtt: { url: broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0 } });
+    const t: TestAgent = await startTestAgent({ deviceId: device, trust: h.trustFile, mqtt: { url: h.broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0 } });
     cleanups.push(() => t.close());
     const v1 = release('mlp', 1, mlpModel({ ...MLP, seed: 1 }));
-    await publishBlocks(fleet, ROOT, v1.manifest, v1.bytes);
+    await publishBlocks(h.fleet, ROOT, v1.manifest, v1.bytes);
     await deploy(device, 1, [{ r: v1 }]);
     await waitFor(desired(device, 1, 'applied'), 20_000, 'serial 1 applied');
 
@@ -173,24 +149,24 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
     const sha = v2.manifest.artifact.sha256;
     const total = v2.manifest.artifact.blockSha256.length;
     const missing = Math.floor(total / 2);
-    await publishBlocks(fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === missing ? Buffer.alloc(0) : block));
+    await publishBlocks(h.fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === missing ? Buffer.alloc(0) : block));
     await deploy(device, 2, [{ r: v2 }]);
-    await waitFor(() => states.get(device)?.models.find((m) => m.version === 2 && m.state === 'downloading' && m.progress === (total - 1) / total), 20_000, 'version 2 stalled');
+    await waitFor(() => h.states.get(device)?.models.find((m) => m.version === 2 && m.state === 'downloading' && m.progress === (total - 1) / total), 20_000, 'version 2 stalled');
 
     // Serial 3 lists the same artifact as version 3: the pull of version 2 is abandoned, its staging file is not.
     const v3 = release('mlp', 3, bytes);
     expect(v3.manifest.artifact.sha256).toBe(sha);
-    const mark = readFileSync(broker.logFile as string).length;
+    const mark = readFileSync(h.broker.logFile as string).length;
     await deploy(device, 3, [{ r: v3 }]);
-    await waitFor(() => events.some((e) => e.device === device && e.type === 'superseded' && e.version === 2), 5_000, 'the pull of version 2 superseded');
-    await waitFor(() => states.get(device)?.models.find((m) => m.version === 3 && m.state === 'downloading'), 5_000, 'version 3 downloading');
+    await waitFor(() => h.events.some((e) => e.device === device && e.type === 'superseded' && e.version === 2), 5_000, 'the pull of version 2 superseded');
+    await waitFor(() => h.states.get(device)?.models.find((m) => m.version === 3 && m.state === 'downloading'), 5_000, 'version 3 downloading');
     await new Promise((r) => setTimeout(r, 300)); // a clean-up that would wrongly delete it has run by now
     const part = join(t.dir, 'state', 'staging', `${sha}.part`);
     expect(existsSync(part)).toBe(true);
     expect(recordedBlocks(t.dir, sha)).toEqual([...Array(total).keys()].filter((i) => i !== missing));
 
     // The missing block comes: version 3 completes from the kept blocks.
-    await publishBlocks(fleet, ROOT, v3.manifest, v3.bytes);
+    await publishBlocks(h.fleet, ROOT, v3.manifest, v3.bytes);
     await waitFor(desired(device, 3, 'applied'), 20_000, 'serial 3 applied');
     expect([...new Set(blocksAskedFor(device, sha, mark))]).toEqual([missing]);
     expect(await ask(t.url, 'mlp', mlpInput)).toBe('v3');
@@ -200,32 +176,32 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
   it('a superseding document drops the staging file of an earlier failed pull at once, while a pull it still lists goes on', async () => {
     const device = 'pi-drop-failed';
     // One try per version, and a stall of 1 s fails a pull: version "a" 1 fails with its staging file kept (retryable).
-    const t: TestAgent = await startTestAgent({ deviceId: device, trust: join(trustDir, 'trust.json'), mqtt: { url: broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0, maxAttempts: 1, blockTimeoutMs: 200, giveUpAfterS: 1 } });
+    const t: TestAgent = await startTestAgent({ deviceId: device, trust: h.trustFile, mqtt: { url: h.broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0, maxAttempts: 1, blockTimeoutMs: 200, giveUpAfterS: 1 } });
     cleanups.push(() => t.close());
     const a = release('a', 1, mlpModel({ ...MLP, seed: 5 }));
     const b = release('b', 1, mlpModel({ ...MLP, hidden: 1024, seed: 6 }));
     const shaA = a.manifest.artifact.sha256;
-    await publishBlocks(fleet, ROOT, a.manifest, a.bytes, (i, block) => (i === 1 ? Buffer.alloc(0) : block));
+    await publishBlocks(h.fleet, ROOT, a.manifest, a.bytes, (i, block) => (i === 1 ? Buffer.alloc(0) : block));
     // The blocks of "b" come one every 200 ms, so its pull is still going on when serial 2 arrives.
     const totalB = b.manifest.artifact.blockSha256.length;
     let hurry = false;
     const trickle = (async () => {
       for (let i = 0; i < totalB; i++) {
         const off = i * b.manifest.artifact.blockSize;
-        await fleet.publishAsync(`${ROOT}/artifacts/${b.manifest.artifact.sha256}/blocks/${i}`, Buffer.from(b.bytes.subarray(off, off + b.manifest.artifact.blockSize)), { qos: 1, retain: true });
+        await h.fleet.publishAsync(`${ROOT}/artifacts/${b.manifest.artifact.sha256}/blocks/${i}`, Buffer.from(b.bytes.subarray(off, off + b.manifest.artifact.blockSize)), { qos: 1, retain: true });
         if (!hurry) await new Promise((r) => setTimeout(r, 200));
       }
     })();
     await deploy(device, 1, [{ r: a }, { r: b }]);
-    await waitFor(() => states.get(device)?.models.find((m) => m.name === 'b' && m.state === 'downloading' && (m.progress ?? 0) > 0), 20_000, 'the pull of "b" under way after "a" failed');
+    await waitFor(() => h.states.get(device)?.models.find((m) => m.name === 'b' && m.state === 'downloading' && (m.progress ?? 0) > 0), 20_000, 'the pull of "b" under way after "a" failed');
     const partA = join(t.dir, 'state', 'staging', `${shaA}.part`);
     expect(existsSync(partA)).toBe(true);
     expect(recordedBlocks(t.dir, shaA).length).toBeGreaterThan(0);
 
     await deploy(device, 2, [{ r: b }]);
     await waitFor(() => !existsSync(partA) && recordedBlocks(t.dir, shaA).length === 0, 2_000, 'the staging file and block rows of "a" deleted');
-    expect(states.get(device)?.models.find((m) => m.name === 'b')?.progress ?? 1).toBeLessThan(1);
-    expect(events.some((e) => e.device === device && e.type === 'superseded')).toBe(false);
+    expect(h.states.get(device)?.models.find((m) => m.name === 'b')?.progress ?? 1).toBeLessThan(1);
+    expect(h.events.some((e) => e.device === device && e.type === 'superseded')).toBe(false);
     hurry = true;
     await trickle;
     await waitFor(desired(device, 2, 'applied'), 20_000, 'serial 2 applied');
@@ -233,13 +209,13 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
 
   it('a health window in progress ends when a newer document rolls back: the old version serves again at once', async () => {
     const device = 'pi-window';
-    const t: TestAgent = await startTestAgent({ deviceId: device, trust: join(trustDir, 'trust.json'), mqtt: { url: broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 20 } });
+    const t: TestAgent = await startTestAgent({ deviceId: device, trust: h.trustFile, mqtt: { url: h.broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 20 } });
     cleanups.push(() => t.close());
     const input = { shape: [1, 2], data: [1, 2] };
     const v1 = release('scale', 1, scaleModel(1));
     const v2 = release('scale', 2, scaleModel(2));
-    await publishBlocks(fleet, ROOT, v1.manifest, v1.bytes);
-    await publishBlocks(fleet, ROOT, v2.manifest, v2.bytes);
+    await publishBlocks(h.fleet, ROOT, v1.manifest, v1.bytes);
+    await publishBlocks(h.fleet, ROOT, v2.manifest, v2.bytes);
     await deploy(device, 1, [{ r: v1 }]);
     await waitFor(desired(device, 1, 'applied'), 20_000, 'serial 1 applied');
     await deploy(device, 2, [{ r: v2 }]);
@@ -249,15 +225,15 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
     await deploy(device, 3, [{ r: v1 }]);
     await waitFor(async () => (await ask(t.url, 'scale', input)) === 'v1', 5_000, 'version 1 serving again within seconds');
     console.log(`health window superseded: version 1 served again ${Date.now() - sentAt} ms after serial 3 was published (window 20 s)`);
-    expect(events.some((e) => e.device === device && e.type === 'rolled_back')).toBe(false);
+    expect(h.events.some((e) => e.device === device && e.type === 'rolled_back')).toBe(false);
   }, 60_000);
 
   it('a document that cannot be applied leaves every version that served before it serving, and reports failed', async () => {
     const device = 'pi-keep-serving';
     const t: TestAgent = await startTestAgent({
       deviceId: device,
-      trust: join(trustDir, 'trust.json'),
-      mqtt: { url: broker.url, topicRoot: ROOT },
+      trust: h.trustFile,
+      mqtt: { url: h.broker.url, topicRoot: ROOT },
       rollout: { healthWindowS: 0, blockTimeoutMs: 200, giveUpAfterS: 1, maxAttempts: 2, retryBaseMs: 50 },
     });
     cleanups.push(() => t.close());
@@ -265,7 +241,7 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
 
     // Given: scale version 1 serves, labelled stable.
     const scale = release('scale', 1, scaleModel(1));
-    await publishBlocks(fleet, ROOT, scale.manifest, scale.bytes);
+    await publishBlocks(h.fleet, ROOT, scale.manifest, scale.bytes);
     await deploy(device, 1, [{ r: scale, labels: ['stable'] }]);
     await waitFor(desired(device, 1, 'applied'), 20_000, 'serial 1 applied');
 
@@ -295,7 +271,7 @@ describe.skipIf(skip)('a newer desired document supersedes work in progress', ()
     ]);
     expect([...answers.keys()]).toEqual(['v1, label 200']);
     expect(answers.get('v1, label 200')).toBeGreaterThan(10);
-    expect(events.some((e) => e.device === device && e.type === 'unloaded')).toBe(false);
+    expect(h.events.some((e) => e.device === device && e.type === 'unloaded')).toBe(false);
     expect(t.agent.registry.servables().map((s) => `${s.name}@${s.version}`)).toEqual(['scale@1']);
   }, 60_000);
 });

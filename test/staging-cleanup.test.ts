@@ -3,14 +3,13 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import type { MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { mlpModel } from '../models/onnx/zoo.js';
 import type { Manifest } from '../protocol/manifest.js';
-import { parseReportedState, type ReportedState } from '../protocol/reported.js';
 import { startTestAgent, waitFor, type TestAgent } from './helpers/agent.js';
-import { buildManifest, connectFleet, makeFleetKeys, publishBlocks, publishDesired, signDesired, signManifest, writeTrust, type FleetKeys } from './helpers/fleet.js';
-import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
+import { buildManifest, publishBlocks, signManifest } from './helpers/fleet.js';
+import { startFleetHarness, type FleetHarness } from './helpers/fleet-harness.js';
+import { mosquittoSkipReason } from './helpers/mosquitto.js';
 import { mountTmpfs, type Tmpfs } from './helpers/tmpfs.js';
 
 /**
@@ -23,11 +22,7 @@ import { mountTmpfs, type Tmpfs } from './helpers/tmpfs.js';
 
 const ROOT = 'edgefleet';
 const skip = mosquittoSkipReason();
-let broker: Mosquitto;
-let fleet: MqttClient;
-let keys: FleetKeys;
-let trustDir: string;
-const states = new Map<string, ReportedState>();
+let h: FleetHarness;
 const cleanups: (() => Promise<void>)[] = [];
 
 interface Release {
@@ -39,18 +34,14 @@ interface Release {
 function release(version: number, hidden = 64): Release {
   const bytes = mlpModel({ inputs: 16, hidden, classes: 4, seed: version });
   const manifest = buildManifest('mlp', version, bytes, {}, 1024);
-  return { manifest, bytes, envelope: signManifest(manifest, [keys.models]) };
+  return { manifest, bytes, envelope: signManifest(manifest, [h.keys.models]) };
 }
 
 async function deploy(device: string, serial: number, ...releases: Release[]): Promise<void> {
-  const models = releases.map((r) => ({ name: 'mlp', version: r.manifest.version, manifest: r.envelope }));
-  await publishDesired(fleet, ROOT, { device }, signDesired({ target: { device }, serial, models }, [keys.rollout]));
+  await h.deploy(device, serial, releases.map((r) => ({ name: 'mlp', version: r.manifest.version, manifest: r.envelope })));
 }
 
-const desired = (device: string, serial: number, status: string) => () => {
-  const s = states.get(device)?.desired;
-  return s?.serial === serial && s.status === status && s;
-};
+const desired = (device: string, serial: number, status: string): (() => unknown) => h.desired(device, serial, status);
 
 function progressRows(stateDir: string): string[] {
   const db = new Database(join(stateDir, 'agent.db'), { readonly: true, fileMustExist: true });
@@ -64,28 +55,18 @@ function progressRows(stateDir: string): string[] {
 const staged = async (stateDir: string): Promise<string[]> => (await readdir(join(stateDir, 'staging'))).sort();
 
 async function agentOn(device: string, stateDir: string): Promise<TestAgent> {
-  const t = await startTestAgent({ deviceId: device, stateDir, trust: join(trustDir, 'trust.json'), mqtt: { url: broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0, retryBaseMs: 100, retryMaxMs: 500, blockTimeoutMs: 500, giveUpAfterS: 600 } });
+  const t = await startTestAgent({ deviceId: device, stateDir, trust: h.trustFile, mqtt: { url: h.broker.url, topicRoot: ROOT }, rollout: { healthWindowS: 0, retryBaseMs: 100, retryMaxMs: 500, blockTimeoutMs: 500, giveUpAfterS: 600 } });
   cleanups.push(() => t.agent.stop());
   return t;
 }
 
 beforeAll(async () => {
   if (skip) return;
-  broker = await startMosquitto();
-  fleet = await connectFleet(broker.url);
-  keys = makeFleetKeys();
-  trustDir = await mkdtemp(join(tmpdir(), 'edgefleet-trust-'));
-  await writeTrust(join(trustDir, 'trust.json'), keys);
-  await fleet.subscribeAsync(`${ROOT}/devices/+/state`, { qos: 1 });
-  fleet.on('message', (topic, payload) => {
-    if (topic.endsWith('/state') && payload.length > 0) states.set(topic.split('/')[2] ?? '', parseReportedState(payload));
-  });
+  h = await startFleetHarness({ root: ROOT });
 }, 60_000);
 
 afterAll(async () => {
-  await fleet?.endAsync();
-  await broker?.stop();
-  if (trustDir) await rm(trustDir, { recursive: true, force: true });
+  await h?.stop();
 });
 
 afterEach(async () => {
@@ -99,7 +80,7 @@ describe.skipIf(skip)('staging files the rollout leaves', () => {
     const t = await agentOn('pi-tampered', stateDir);
     const r = release(1);
     // Every other block altered: some land in the staging file before the bad ones fail their hash for good.
-    await publishBlocks(fleet, ROOT, r.manifest, r.bytes, (i, block) => (i % 2 === 1 ? Buffer.alloc(block.length, 0xee) : block));
+    await publishBlocks(h.fleet, ROOT, r.manifest, r.bytes, (i, block) => (i % 2 === 1 ? Buffer.alloc(block.length, 0xee) : block));
     await deploy('pi-tampered', 1, r);
     await waitFor(desired('pi-tampered', 1, 'rejected'), 30_000, 'serial 1 rejected for a block that does not match');
     expect(await staged(stateDir)).toEqual([]);
@@ -114,13 +95,13 @@ describe.skipIf(skip)('staging files the rollout leaves', () => {
     let t = await agentOn(device, stateDir);
     const v1 = release(1);
     const v2 = release(2);
-    await publishBlocks(fleet, ROOT, v1.manifest, v1.bytes);
+    await publishBlocks(h.fleet, ROOT, v1.manifest, v1.bytes);
     // Version 2 stalls on a missing block: its pull is in progress when the agent stops.
     const missing = 3;
-    await publishBlocks(fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === missing ? Buffer.alloc(0) : block));
+    await publishBlocks(h.fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === missing ? Buffer.alloc(0) : block));
     await deploy(device, 1, v1, v2);
     const total = v2.manifest.artifact.blockSha256.length;
-    await waitFor(() => states.get(device)?.models.find((m) => m.version === 2 && m.progress === (total - 1) / total), 20_000, 'version 2 stalled');
+    await waitFor(() => h.states.get(device)?.models.find((m) => m.version === 2 && m.progress === (total - 1) / total), 20_000, 'version 2 stalled');
     await t.agent.stop();
     cleanups.pop();
 
@@ -141,7 +122,7 @@ describe.skipIf(skip)('staging files the rollout leaves', () => {
     expect(progressRows(stateDir)).not.toEqual(expect.arrayContaining(['b'.repeat(64)]));
     expect(existsSync(join(stateDir, 'models', 'mlp', '9'))).toBe(false);
     // The kept pull resumes once the block is there.
-    await publishBlocks(fleet, ROOT, v2.manifest, v2.bytes);
+    await publishBlocks(h.fleet, ROOT, v2.manifest, v2.bytes);
     await waitFor(desired(device, 1, 'applied'), 20_000, 'serial 1 applied');
     expect(await staged(stateDir)).toEqual([]);
   }, 60_000);
@@ -164,14 +145,14 @@ describe.skipIf(noTmpfs)('a superseded pull', () => {
     const v1 = release(1);
     const v2 = release(2, 1024); // about 70 KB in 1 KiB blocks
     const v3 = release(3);
-    await publishBlocks(fleet, ROOT, v1.manifest, v1.bytes);
-    await publishBlocks(fleet, ROOT, v3.manifest, v3.bytes);
-    await publishBlocks(fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === 5 ? Buffer.alloc(0) : block));
+    await publishBlocks(h.fleet, ROOT, v1.manifest, v1.bytes);
+    await publishBlocks(h.fleet, ROOT, v3.manifest, v3.bytes);
+    await publishBlocks(h.fleet, ROOT, v2.manifest, v2.bytes, (i, block) => (i === 5 ? Buffer.alloc(0) : block));
     await deploy(device, 1, v1);
     await waitFor(desired(device, 1, 'applied'), 20_000, 'serial 1 applied');
     await deploy(device, 2, v2);
     const total = v2.manifest.artifact.blockSha256.length;
-    await waitFor(() => states.get(device)?.models.find((m) => m.version === 2 && m.progress === (total - 1) / total), 20_000, 'version 2 stalled');
+    await waitFor(() => h.states.get(device)?.models.find((m) => m.version === 2 && m.progress === (total - 1) / total), 20_000, 'version 2 stalled');
     await deploy(device, 3, v1);
     await waitFor(desired(device, 3, 'applied'), 20_000, 'serial 3 applied');
     const sha2 = v2.manifest.artifact.sha256;
@@ -180,8 +161,8 @@ describe.skipIf(noTmpfs)('a superseded pull', () => {
 
     fs.fill();
     await deploy(device, 4, v3);
-    const failed = await waitFor(desired(device, 4, 'failed'), 20_000, 'serial 4 failed for lack of space');
-    expect(failed.error).toMatch(/^no space left on /);
+    const failed = await waitFor(h.desired(device, 4, 'failed'), 20_000, 'serial 4 failed for lack of space');
+    expect(failed.desired?.error).toMatch(/^no space left on /);
     await fs.free();
     await waitFor(desired(device, 4, 'applied'), 30_000, 'serial 4 applied once there is room');
     expect(await staged(stateDir)).toEqual([]);
