@@ -91,7 +91,7 @@ const HANDLERS: Handlers = {
       version: e.version,
       detail:
         e.step === 'fetch'
-          ? `download abandoned: serial ${e.serial} no longer lists this version; the blocks received are kept for a later return`
+          ? `download abandoned: serial ${e.serial} no longer lists this version; the blocks received are deleted unless it lists the same artifact`
           : `switch abandoned: serial ${e.serial} no longer switches to this version`,
     }),
 };
