@@ -3,7 +3,7 @@
  * rename or link, fsync the directory) and input with clear one-line errors.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { writeFileAtomic as writeAtomic } from '../agent/store/fs-atomic.js';
+import { writeFileAtomic as writeAtomic } from '../lib/fs-atomic.js';
 import { FailureError } from './errors.js';
 
 export interface WriteOptions {
@@ -12,7 +12,7 @@ export interface WriteOptions {
   overwrite?: boolean;
 }
 
-/** The agent's crash-safe write, with an operator's error for a file that exists. */
+/** The crash-safe write both sides use (lib/fs-atomic.ts), with an operator's error for a file that exists. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, opts: WriteOptions = {}): Promise<void> {
   try {
     await writeAtomic(path, data, opts.mode ?? 0o644, { exclusive: !opts.overwrite });

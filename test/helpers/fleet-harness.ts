@@ -2,7 +2,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
-import { removeQuietly } from '../../agent/store/fs-atomic.js';
+import { removeQuietly } from '../../lib/fs-atomic.js';
 import type { Envelope } from '../../protocol/dsse.js';
 import { parseEvent, parseReportedState, parseStatus, type DeviceEvent, type ReportedState, type Status } from '../../protocol/reported.js';
 import { connectFleet, makeFleetKeys, publishDesired, signDesired, writeTrust, type DesiredEntry, type FleetKeys } from './fleet.js';
