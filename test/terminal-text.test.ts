@@ -138,9 +138,9 @@ describe('edgefleet status', () => {
     expect(notes[4]).toBe('pi-002: 2 messages quarantined, 5 over quota, 1 clock-skewed');
   });
 
-  it('prints a hostile state escaped, as a real child process', async () => {
-    const run = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'fleet/bin.ts', 'status', '--db', `sqlite:${db}`], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+  const status = (...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+    new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'fleet/bin.ts', 'status', '--db', `sqlite:${db}`, ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -148,6 +148,9 @@ describe('edgefleet status', () => {
       child.once('error', reject);
       child.once('close', (code) => resolve({ code, stdout, stderr }));
     });
+
+  it('prints a hostile state escaped, as a real child process', async () => {
+    const run = await status();
     expect(run.code, run.stderr).toBe(0);
     expectSafeLines(run.stdout, ['pi-001', 'pi-002']);
     const lines = run.stdout.trim().split('\n');
@@ -158,5 +161,21 @@ describe('edgefleet status', () => {
     const said = lines.filter((l) => l.startsWith('pi-001: desired') || l.startsWith('pi-001: mnist'));
     expect(said).toHaveLength(2);
     for (const line of said) expect(line).toMatch(/boom\\npi-999 .*\\e\[31mRED\\e\]0;owned\\x07\\x9b2J\\u202eevil\\u2066x\\x00\\x7f$/);
+  });
+
+  it('--sort, --desc and --limit show the worst devices of a large fleet from the store\'s page query', async () => {
+    const run = await status('--sort', 'dropped', '--desc', '--limit', '1');
+    expect(run.code, run.stderr).toBe(0);
+    const lines = run.stdout.trim().split('\n');
+    expect(lines[1]).toMatch(/^pi-001\s/);
+    expect(lines[2]).toBe('');
+    expect(lines[3]).toBe('showing 1 of 2 devices, by dropped, highest first');
+    expect(lines.some((l) => l.startsWith('pi-002'))).toBe(false);
+    const all = await status('--sort', 'online');
+    expect(all.stdout.split('\n').filter((l) => /^pi-00\d\s/.test(l)).map((l) => l.slice(0, 6))).toEqual(['pi-002', 'pi-001']);
+    const bad = await status('--sort', 'cpu');
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--sort must be one of device, lastSeen, online, errors, p99, dropped, got "cpu"');
+    expect((await status('--desc')).stderr).toContain('--desc needs --sort');
   });
 });

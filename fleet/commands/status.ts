@@ -1,9 +1,10 @@
 /** `edgefleet status`: the fleet table from the collector's store (what `edgefleet collect` wrote). */
 import { parseArgs } from 'node:util';
 import { GROUP_RE, MODEL_NAME_RE } from '../../protocol/index.js';
-import { parseOrUsage } from '../args.js';
+import { intOption, parseOrUsage } from '../args.js';
 import { DB_HELP, openStore, resolveDb } from '../collector/open-store.js';
-import type { FleetFilters, FleetRow } from '../collector/store.js';
+import { FLEET_PAGE_SORTS, MAX_FLEET_PAGE } from '../collector/store.js';
+import type { FleetFilters, FleetPageSort, FleetRow } from '../collector/store.js';
 import type { Command } from '../command.js';
 import { UsageError } from '../errors.js';
 import { formatTextTable, terminalSafe } from '../terminal-text.js';
@@ -13,12 +14,15 @@ const OPTIONS = {
   group: { type: 'string' },
   model: { type: 'string' },
   json: { type: 'boolean' },
+  sort: { type: 'string' },
+  desc: { type: 'boolean' },
+  limit: { type: 'string' },
 } as const;
 
 export const status: Command = {
   name: 'status',
   summary: 'fleet table from the collector: online, models, latency, errors, CPU, temperature',
-  help: `usage: edgefleet status [--db URL] [--group G] [--model NAME] [--json]
+  help: `usage: edgefleet status [--db URL] [--group G] [--model NAME] [--sort KEY [--desc]] [--limit N] [--json]
 
 Reads what 'edgefleet collect' stored and prints one row per device: online,
 groups, desired serial and status, each model's version and state, p50 and
@@ -35,6 +39,11 @@ Options:
 ${DB_HELP}
   --group G     only devices that report being in group G
   --model NAME  only devices that report model NAME (any version)
+  --sort KEY    order by ${FLEET_PAGE_SORTS.join(', ')} (default device); devices
+                without the figure come last
+  --desc        highest first (with --sort)
+  --limit N     only the first N rows (1-${MAX_FLEET_PAGE}), e.g. --sort p99 --desc --limit 20
+                for the 20 slowest devices of a large fleet
   --json        print the rows as a JSON array instead`,
 
   async run(args, io) {
@@ -48,11 +57,30 @@ ${DB_HELP}
       if (!MODEL_NAME_RE.test(values.model)) throw new UsageError(`--model "${values.model}" is not a model name`);
       filters.model = values.model;
     }
+    const sort = values.sort;
+    if (sort !== undefined && !(FLEET_PAGE_SORTS as readonly string[]).includes(sort)) {
+      throw new UsageError(`--sort must be one of ${FLEET_PAGE_SORTS.join(', ')}, got "${sort}"`);
+    }
+    if (values.desc && sort === undefined) throw new UsageError('--desc needs --sort');
+    const limit = intOption(values.limit, 'limit', 1, MAX_FLEET_PAGE);
     const store = openStore(resolveDb(values.db), { cwd: io.cwd, mustExist: true });
     let rows: FleetRow[];
+    let total: number | undefined;
     try {
       await store.init();
-      rows = await store.fleetStatus(filters);
+      if (sort === undefined && limit === undefined) {
+        rows = await store.fleetStatus(filters);
+      } else {
+        // One indexed query in the store, only the rows shown assembled; pages of MAX_FLEET_PAGE when no limit.
+        rows = [];
+        for (;;) {
+          const want = limit === undefined ? MAX_FLEET_PAGE : limit - rows.length;
+          const page = await store.fleetPage({ ...filters, sort: (sort ?? 'device') as FleetPageSort, desc: values.desc ?? false, offset: rows.length, limit: want });
+          rows.push(...page.rows);
+          total = page.total;
+          if (page.rows.length < want || rows.length >= (limit ?? Infinity)) break;
+        }
+      }
     } finally {
       await store.close();
     }
@@ -67,6 +95,9 @@ ${DB_HELP}
     }
     io.out(formatStatusTable(rows));
     io.out('');
+    if (total !== undefined && total > rows.length) {
+      io.out(`showing ${rows.length} of ${total} devices${sort === undefined ? '' : `, by ${sort}${values.desc ? ', highest first' : ''}`}`);
+    }
     for (const line of formatStatusNotes(rows)) io.out(line);
   },
 };
