@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_MQTT_PACKET_BYTES } from '../agent/config/schema.js';
+import { RefusalLimiter, type RefusedMessage } from '../agent/rollout/refused-messages.js';
 import { scaleModel } from '../models/onnx/zoo.js';
 import { topics } from '../protocol/names.js';
 import { spawnAgent, type ChildAgent } from './helpers/child.js';
@@ -157,11 +158,40 @@ describe.skipIf(skip).each([
       // The broker honoured the Maximum Packet Size the agent asked for: nothing reached the agent.
       expect(brokerLog).toContain(`Dropping too large outgoing PUBLISH for ${DEVICE}`);
       expect(refusals).toEqual([]);
+      expect(harness.events.filter((e) => e.type === 'message.refused')).toEqual([]);
     } else {
       expect(refusals).toHaveLength(1);
       const line = JSON.parse(refusals[0] as string) as Record<string, unknown>;
       expect(line).toMatchObject({ level: 50, topic: desiredTopic, limit: DEFAULT_MQTT_PACKET_BYTES, qos: 1 });
       expect(line.bytes).toBeGreaterThan(BIG);
+      // The fleet hears why the device ignores the document: one event naming the topic, the size and the limit.
+      const refusedEvents = () => harness.events.filter((e) => e.device === DEVICE && e.type === 'message.refused');
+      await waitFor(() => refusedEvents().length > 0, 'a message.refused event');
+      const refused = refusedEvents();
+      expect(refused).toHaveLength(1);
+      expect(refused[0]?.detail).toBe(`message on ${desiredTopic} refused: ${String(line.bytes)} bytes is over the limit of ${DEFAULT_MQTT_PACKET_BYTES} bytes (mqtt.maxPacketBytes); dropped unread`);
     }
   }, 120_000);
+});
+
+describe('reports of refused messages', () => {
+  const message = (topic: string): RefusedMessage => ({ topic, bytes: 2_000_000, limit: DEFAULT_MQTT_PACKET_BYTES });
+
+  it('are at most one per topic a minute, the held-back ones counted in the next, and at most 10 a minute in all', () => {
+    let now = 0;
+    const limiter = new RefusalLimiter({ now: () => now });
+    expect(limiter.offer(message('edgefleet/devices/pi/desired'))).toEqual({ ...message('edgefleet/devices/pi/desired'), suppressed: 0 });
+    // The broker sends it again on each of 5 reconnects within the minute: held back.
+    for (let i = 0; i < 5; i++) {
+      now += 10_000;
+      expect(limiter.offer(message('edgefleet/devices/pi/desired'))).toBeUndefined();
+    }
+    now = 60_000;
+    expect(limiter.offer(message('edgefleet/devices/pi/desired'))).toMatchObject({ suppressed: 5 });
+    // Many topics at once (trust versions): 9 more fit in this minute, the rest wait.
+    const reported = Array.from({ length: 20 }, (_, i) => limiter.offer(message(`edgefleet/trust/${i + 2}`))).filter((r) => r !== undefined);
+    expect(reported).toHaveLength(9);
+    now = 120_000;
+    expect(limiter.offer(message('edgefleet/trust/15'))).toMatchObject({ suppressed: 1 });
+  });
 });

@@ -80,6 +80,7 @@ export class MqttConnection {
   private stopped = false;
   private stopping: Promise<void> | undefined;
   private readonly messageHandlers = new Set<MessageHandler>();
+  private readonly refusedListeners = new Set<(packet: RefusedPacket) => void>();
   private readonly connectListeners = new Set<() => void>();
   /** Publishes not yet acknowledged, rejected by stop() so no caller waits forever. */
   private readonly pending = new Set<(err: Error) => void>();
@@ -211,6 +212,7 @@ export class MqttConnection {
       { topic, bytes, limit, qos, type: packet.type },
       `refused ${what}: ${bytes} bytes is over the limit of ${limit} (mqtt.maxPacketBytes); it was dropped unread. Raise mqtt.maxPacketBytes to accept it`,
     );
+    for (const listener of this.refusedListeners) this.safely('refused-packet listener', () => listener(packet));
   }
 
   private safely(what: string, fn: () => void): void {
@@ -225,6 +227,12 @@ export class MqttConnection {
   onMessage(handler: MessageHandler): () => void {
     this.messageHandlers.add(handler);
     return () => this.messageHandlers.delete(handler);
+  }
+
+  /** Registers a listener for every incoming packet dropped unread for its size; returns its removal. */
+  onRefused(listener: (packet: RefusedPacket) => void): () => void {
+    this.refusedListeners.add(listener);
+    return () => this.refusedListeners.delete(listener);
   }
 
   /** Registers a listener called after every (re)connect; returns its removal. */

@@ -71,7 +71,9 @@ export type RolloutEvent =
   /** A step failed; `retrying` says whether it will be tried again. Steps without a version carry none. */
   | { type: 'step.failed'; name: string; version: number | undefined; outcome: Outcome; attempt: number; maxAttempts: number; retrying: boolean }
   /** A download or switch abandoned because the document accepted since (`serial`) no longer needs it. */
-  | (Model & { type: 'step.superseded'; step: 'fetch' | 'activate'; serial: number });
+  | (Model & { type: 'step.superseded'; step: 'fetch' | 'activate'; serial: number })
+  /** A message on a desired or trust topic dropped unread for its size (rate limited: refused-messages.ts). */
+  | { type: 'message.refused'; topic: string; bytes: number; limit: number; suppressed: number };
 
 export type RolloutEventType = RolloutEvent['type'];
 export type RolloutListener = (event: RolloutEvent) => void;

@@ -94,6 +94,12 @@ const HANDLERS: Handlers = {
           ? `download abandoned: serial ${e.serial} no longer lists this version; the blocks received are deleted unless it lists the same artifact`
           : `switch abandoned: serial ${e.serial} no longer switches to this version`,
     }),
+  'message.refused': (r, e) =>
+    r.event('message.refused', {
+      detail:
+        `message on ${e.topic} refused: ${e.bytes} bytes is over the limit of ${e.limit} bytes (mqtt.maxPacketBytes); dropped unread` +
+        (e.suppressed > 0 ? `; ${e.suppressed} more refused on this topic since the last report` : ''),
+    }),
 };
 
 /** A listener for RolloutEvents that keeps `reporter` in step with the rollout. */

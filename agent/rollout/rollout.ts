@@ -16,8 +16,10 @@ import type { DesiredOrigin, RolloutEvents } from './events.js';
 import { RolloutError, classify, failureCode } from './errors.js';
 import { StepExecutor } from './executor.js';
 import type { MqttConnection } from '../mqtt/connection.js';
+import type { RefusedPacket } from '../mqtt/packet-size-guard.js';
 import type { ModelStore } from './model-store.js';
 import { plan, stillNeeded, type CurrentState, type DesiredVersion, type Step } from './planner.js';
+import { RefusalLimiter } from './refused-messages.js';
 import { RolloutState, type ActiveDesired, type Blocked, type ServingSet } from './rollout-state.js';
 import { cleanStagingAtStart, discardAbandonedStaging, discardStaging } from './staging-cleanup.js';
 import { TrustChain } from './trust-chain.js';
@@ -59,6 +61,9 @@ export class Rollout {
   private readonly attempts = new Map<string, number>();
   private stopped = false;
   private unsubscribe: (() => void) | undefined;
+  private unlistenRefused: (() => void) | undefined;
+  /** Reports of desired and trust messages dropped for their size, rate limited. */
+  private readonly refusals = new RefusalLimiter();
   private readonly trustChain: TrustChain;
   /** A desired document came while the trust chain was being walked: verify it when the walk ends. */
   private evaluationDeferred = false;
@@ -103,6 +108,7 @@ export class Rollout {
     const conn = this.o.connection;
     if (conn) {
       this.unsubscribe = conn.onMessage((topic, payload) => void this.onMessage(topic, payload));
+      this.unlistenRefused = conn.onRefused((packet) => this.onRefused(packet));
       const { deviceId, groups } = this.o.config;
       const list = [topics.trustVersions(this.topicRoot), topics.trust(this.topicRoot), topics.device(this.topicRoot, deviceId, 'desired'), ...groups.map((g) => topics.groupDesired(this.topicRoot, g))];
       // Not awaited: without a broker the SUBSCRIBE waits for the connection, and serving
@@ -121,6 +127,7 @@ export class Rollout {
     this.stopped = true;
     clearTimeout(this.evaluateRetry?.timer);
     this.unsubscribe?.();
+    this.unlistenRefused?.();
     await this.trustChain.stop();
     this.executor.stop();
     this.wake?.();
@@ -189,6 +196,14 @@ export class Rollout {
       if (this.trustChain.walking) this.evaluationDeferred = true;
       else this.evaluate();
     }
+  }
+
+  /** A desired or trust message too big to read: the fleet hears why the device ignores it. */
+  private onRefused({ topic, bytes, limit }: RefusedPacket): void {
+    const kind = topic === undefined ? undefined : parseTopic(this.topicRoot, topic)?.kind;
+    if (topic === undefined || (kind !== 'desired' && kind !== 'trust' && kind !== 'trust-version')) return;
+    const report = this.refusals.offer({ topic, bytes, limit });
+    if (report) this.o.events.emit({ type: 'message.refused', ...report });
   }
 
   /** A newer trust may let the counting document verify (or no longer). */
