@@ -210,32 +210,39 @@ export class PostgresStore implements FleetStore {
     return result[0]?.added ?? 0;
   }
 
-  async acknowledge(device: string, firstSeq: number): Promise<number> {
+  async acknowledge(firstSeqs: ReadonlyMap<string, number>): Promise<Map<string, number>> {
+    const acked = new Map<string, number>();
+    if (firstSeqs.size === 0) return acked;
     const client = await this.pool.connect();
     try {
       await client.query('BEGIN');
-      // Takes the device's row lock: collectors sharing the database walk one at a time.
-      const { rows: lock } = await client.query<{ upTo: string }>(
-        `INSERT INTO fleet_devices (device, ack_up_to) VALUES ($1, $2)
-         ON CONFLICT (device) DO UPDATE SET ack_up_to = COALESCE(fleet_devices.ack_up_to, excluded.ack_up_to)
-         RETURNING ack_up_to AS "upTo"`,
-        [device, firstSeq - 1],
-      );
-      const from = Number(lock[0]?.upTo ?? firstSeq - 1);
-      const { rows: above } = await client.query<AckPoint>(
-        `SELECT seq::float8 AS seq,
-           CASE WHEN kind = 'dropped' THEN (data->>'oldestSeq')::float8 END AS "oldestSeq",
-           CASE WHEN kind = 'dropped' THEN (data->>'newestSeq')::float8 END AS "newestSeq"
-         FROM fleet_points WHERE device = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
-        [device, from, ACK_WALK_LIMIT],
-      );
-      const upTo = advanceAck(from, above);
-      const { rows: done } = await client.query<{ upTo: string }>(
-        'UPDATE fleet_devices SET ack_up_to = GREATEST(ack_up_to, $2) WHERE device = $1 RETURNING ack_up_to AS "upTo"',
-        [device, upTo],
-      );
+      // Device order: collectors sharing the database take the rows' locks in one order, so they never deadlock.
+      for (const device of [...firstSeqs.keys()].sort()) {
+        const firstSeq = firstSeqs.get(device) as number;
+        // Takes the device's row lock: collectors sharing the database walk one at a time.
+        const { rows: lock } = await client.query<{ upTo: string }>(
+          `INSERT INTO fleet_devices (device, ack_up_to) VALUES ($1, $2)
+           ON CONFLICT (device) DO UPDATE SET ack_up_to = COALESCE(fleet_devices.ack_up_to, excluded.ack_up_to)
+           RETURNING ack_up_to AS "upTo"`,
+          [device, firstSeq - 1],
+        );
+        const from = Number(lock[0]?.upTo ?? firstSeq - 1);
+        const { rows: above } = await client.query<AckPoint>(
+          `SELECT seq::float8 AS seq,
+             CASE WHEN kind = 'dropped' THEN (data->>'oldestSeq')::float8 END AS "oldestSeq",
+             CASE WHEN kind = 'dropped' THEN (data->>'newestSeq')::float8 END AS "newestSeq"
+           FROM fleet_points WHERE device = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
+          [device, from, ACK_WALK_LIMIT],
+        );
+        const upTo = advanceAck(from, above);
+        const { rows: done } = await client.query<{ upTo: string }>(
+          'UPDATE fleet_devices SET ack_up_to = GREATEST(ack_up_to, $2) WHERE device = $1 RETURNING ack_up_to AS "upTo"',
+          [device, upTo],
+        );
+        acked.set(device, Number(done[0]?.upTo ?? upTo));
+      }
       await client.query('COMMIT');
-      return Number(done[0]?.upTo ?? upTo);
+      return acked;
     } catch (err) {
       await client.query('ROLLBACK').catch(() => undefined);
       throw err;

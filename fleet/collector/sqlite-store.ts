@@ -297,13 +297,17 @@ export class SqliteStore implements FleetStore {
     });
   }
 
-  async acknowledge(device: string, firstSeq: number): Promise<number> {
+  async acknowledge(firstSeqs: ReadonlyMap<string, number>): Promise<Map<string, number>> {
     const { ackRow, ackAbove, setAck } = this.sql;
     return this.transaction(() => {
-      const from = ackRow.get(device)?.upTo ?? firstSeq - 1;
-      const upTo = advanceAck(from, ackAbove.all(device, from, ACK_WALK_LIMIT));
-      setAck.run(device, upTo);
-      return ackRow.get(device)?.upTo ?? upTo;
+      const acked = new Map<string, number>();
+      for (const [device, firstSeq] of firstSeqs) {
+        const from = ackRow.get(device)?.upTo ?? firstSeq - 1;
+        const upTo = advanceAck(from, ackAbove.all(device, from, ACK_WALK_LIMIT));
+        setAck.run(device, upTo);
+        acked.set(device, ackRow.get(device)?.upTo ?? upTo);
+      }
+      return acked;
     });
   }
 

@@ -186,12 +186,13 @@ export interface FleetStore {
    */
   insertPoints(device: string, points: readonly TelemetryPoint[], receivedAt?: number): Promise<number>;
   /**
-   * Advances the device's acknowledged prefix (section 12): the highest seq
+   * Advances each device's acknowledged prefix (section 12): the highest seq
    * such that every seq up to it is stored or covered by a stored 'dropped'
-   * point, starting below `firstSeq` for a device never acknowledged. Never
-   * goes down, also with several collectors on one database. Returns it.
+   * point, starting below the given first seq for a device never
+   * acknowledged. Never goes down, also with several collectors on one
+   * database. One transaction for all; returns each device's prefix.
    */
-  acknowledge(device: string, firstSeq: number): Promise<number>;
+  acknowledge(firstSeqs: ReadonlyMap<string, number>): Promise<Map<string, number>>;
   upsertStatus(device: string, status: Status, receivedAt: number): Promise<void>;
   /** Keeps the newer of the stored and the given state (by its `ts`). */
   upsertState(state: ReportedState, receivedAt: number): Promise<void>;
