@@ -36,6 +36,10 @@ export interface MosquittoOptions {
   logTypes?: readonly string[];
   /** Mosquitto's max_packet_size: the largest packet it takes from a client (1 MiB unless given). */
   maxPacketBytes?: number;
+  /** max_queued_messages per persistent session (10000 unless given): beyond it Mosquitto drops new messages for that session. */
+  maxQueuedMessages?: number;
+  /** false: sessions, queues and retained messages are gone after a restart (true unless given). */
+  persistence?: boolean;
 }
 
 export interface Mosquitto {
@@ -61,7 +65,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
   const port = await freePort();
   const config = join(dir, 'mosquitto.conf');
   const logFile = options.logTypes ? join(dir, 'broker.log') : undefined;
-  await writeFile(config, configText(port, dir, logFile, options.logTypes ?? [], options.maxPacketBytes ?? 1048576));
+  await writeFile(config, configText(port, dir, logFile, options));
   let child = await launch(config, port);
   const halt = (): Promise<void> => terminate(child);
   const start = async (): Promise<void> => {
@@ -85,11 +89,12 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
   };
 }
 
-function configText(port: number, dir: string, logFile: string | undefined, logTypes: readonly string[], maxPacketBytes: number): string {
+function configText(port: number, dir: string, logFile: string | undefined, options: MosquittoOptions): string {
+  const { logTypes = [], maxPacketBytes = 1048576, maxQueuedMessages = 10000, persistence = true } = options;
   return [
     `listener ${port} 127.0.0.1`,
     'allow_anonymous true',
-    'persistence true',
+    `persistence ${persistence}`,
     `persistence_location ${dir}/`,
     'persistence_file mosquitto.db',
     // Mosquitto drops root privileges to "mosquitto", which could not write the temp dir.
@@ -97,7 +102,7 @@ function configText(port: number, dir: string, logFile: string | undefined, logT
     // 128 KiB blocks plus headers must fit.
     `max_packet_size ${maxPacketBytes}`,
     'max_inflight_messages 0',
-    'max_queued_messages 10000',
+    `max_queued_messages ${maxQueuedMessages}`,
     ...(logFile ? [`log_dest file ${logFile}`, 'log_timestamp false'] : ['log_dest stderr']),
     'log_type error',
     'log_type warning',
