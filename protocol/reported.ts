@@ -84,6 +84,8 @@ export type ReportedTrust = NonNullable<ReportedState['trust']>;
 export const EVENT_TYPES = [
   'desired.received', 'desired.rejected', 'download.started', 'download.completed', 'verify.failed',
   'selftest.failed', 'activated', 'rolled_back', 'unloaded', 'trust.updated', 'trust.rejected',
+  // Not in PROTOCOL.md: an oversized message on a desired, group or trust topic the device dropped unparsed (MQTT 3.1.1).
+  'message.refused',
 ] as const;
 /** Known event types; readers accept others too. */
 export type KnownEventType = (typeof EVENT_TYPES)[number];
