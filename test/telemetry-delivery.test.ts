@@ -19,6 +19,9 @@ import { TelemetryAckListener } from '../agent/telemetry/ack-listener.js';
 import { TelemetryOutbox } from '../agent/telemetry/outbox.js';
 import type { DroppedPoint, NewPoint } from '../agent/telemetry/points.js';
 import { TelemetryUploader } from '../agent/telemetry/uploader.js';
+import Database from 'better-sqlite3';
+import { spawnAgent } from './helpers/child.js';
+import { makeFleetKeys, writeTrust } from './helpers/fleet.js';
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
 
 const skip = mosquittoSkipReason();
@@ -203,7 +206,8 @@ describe.skipIf(skip)('telemetry.delivery collector, against Mosquitto', () => {
     for (const seq of range(31, 120)) {
       const [first, second] = collector.times(seq);
       expect(second).toBeDefined();
-      expect((second ?? 0) - (first ?? 0)).toBeGreaterThanOrEqual(resendAfterMs - 5);
+      // Measured at the collector: both deliveries' own delays differ by a few ms.
+      expect((second ?? 0) - (first ?? 0)).toBeGreaterThanOrEqual(resendAfterMs - 100);
     }
     const resent = collector.arrivals.slice(120, 210).map((a) => a.seq);
     expect(resent).toEqual(range(31, 120));
@@ -235,6 +239,51 @@ describe.skipIf(skip)('telemetry.delivery collector, against Mosquitto', () => {
     await collector.ack(deviceId, { schema: 1, device: deviceId, upTo: 40 });
     await waitFor(() => again.rows().length === 0, 'the final ack');
   });
+
+  it('the agent process (edgefleet-agent, delivery collector): SIGTERM exits 0 at once with points unacknowledged; restarted, it applies the retained ack and resends the rest after ackTimeoutS', async () => {
+    const topicRoot = 'edgefleet';
+    const collector = await FakeCollector.start(broker.url, topicRoot);
+    cleanups.push(() => collector.client.endAsync(true));
+    const trust = join(dir, 'trust.json');
+    await writeTrust(trust, makeFleetKeys());
+    const config = { trust, mqtt: { url: broker.url }, telemetry: { delivery: 'collector', ackTimeoutS: 10, health: { schedule: '* * * * * *' } } };
+    const first = await spawnAgent(dir, config);
+    cleanups.push(async () => void first.proc.kill('SIGKILL'));
+    await waitFor(() => collector.seqs().length >= 3, 'three health points');
+    const started = Date.now();
+    first.proc.kill('SIGTERM');
+    expect(await first.exited).toEqual({ code: 0, signal: null });
+    expect(Date.now() - started).toBeLessThan(5000); // nothing waits for a collector's ack
+    const stateDb = join(dir, 'state', 'agent.db');
+    const kept = (): number[] => {
+      const db = new Database(stateDb, { readonly: true });
+      try {
+        return (db.prepare('SELECT seq FROM telemetry_outbox ORDER BY seq').all() as { seq: number }[]).map((r) => r.seq);
+      } finally {
+        db.close();
+      }
+    };
+    const sent = collector.seqs();
+    expect(kept()).toEqual(expect.arrayContaining(sent)); // broker-acknowledged, still kept
+
+    // While it is down the collector acknowledges the first two.
+    const upTo = sent[1] ?? 0;
+    await collector.ack('child', { schema: 1, device: 'child', upTo });
+    const arrivedBefore = collector.arrivals.length;
+    const second = await spawnAgent(dir, config);
+    cleanups.push(async () => void second.proc.kill('SIGKILL'));
+    await waitFor(() => (kept()[0] ?? Infinity) > upTo, 'the restarted agent to apply the retained ack');
+    // Points sent by the first run and not acknowledged come again once 10 s have passed since their send.
+    const resent = sent.filter((seq) => seq > upTo);
+    await waitFor(() => resent.every((seq) => collector.arrivals.slice(arrivedBefore).some((a) => a.seq === seq)), 'the unacknowledged points sent again', 20_000);
+    for (const seq of resent) {
+      const times = collector.times(seq);
+      expect((times.at(-1) ?? 0) - (times[0] ?? 0), `seq ${seq}`).toBeGreaterThanOrEqual(10_000 - 100);
+    }
+    for (const seq of sent.filter((s) => s <= upTo)) expect(collector.times(seq)).toHaveLength(1);
+    second.proc.kill('SIGTERM');
+    expect(await second.exited).toEqual({ code: 0, signal: null });
+  }, 60_000);
 
   it('keeps its bound while nothing is acknowledged, and the drop report reaches the collector', async () => {
     const { collector, agent } = await setup(60_000, 100);
