@@ -5,8 +5,9 @@
  * collectors, each in its own process (bench/fleet-collector-child.ts: store,
  * Collector, dashboard), on SQLite (synchronous=FULL) or PostgreSQL (fsync on).
  *
- * Per configuration, after one interval of warm-up (every device has sent),
- * over a steady window:
+ * Per configuration, after one interval of warm-up (every device has sent)
+ * and until the start-up backlog is worked off (at most 30 s more), over a
+ * steady window:
  *   - offered and stored batches/s (the collectors' own count of committed batches);
  *   - delay publish -> acknowledged (section 12: the collector publishes the
  *     ack after committing, coalesced over 250 ms, so this bounds publish ->
@@ -50,6 +51,10 @@ const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-firs
 /** Targets from issue 13. */
 const TARGET_DELAY_P99_MS = 2000;
 const TARGET_QUERY_MS = 1000;
+/** Longest wait for a start-up backlog to clear before measuring anyway (a collector that never catches up). */
+const WARMUP_MAX_MS = 30_000;
+/** A probe (API call, page render) that takes longer is recorded as a timeout, not waited for. */
+const PROBE_TIMEOUT_MS = 30_000;
 
 interface ScaleConfig {
   store: 'sqlite' | 'postgres';
@@ -150,27 +155,40 @@ function timeCli(args: string[]): Promise<{ s: number; lines: number }> {
   });
 }
 
+/** Time to a whole /api/devices answer; Infinity when none came within PROBE_TIMEOUT_MS (printed as a timeout). */
 async function timeApi(url: string): Promise<number> {
   const t0 = performance.now();
-  const res = await fetch(url);
-  const body = (await res.json()) as { total?: number };
-  if (!res.ok || typeof body.total !== 'number') throw new Error(`${url}: ${res.status}`);
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(PROBE_TIMEOUT_MS) });
+    const body = (await res.json()) as { total?: number };
+    if (!res.ok || typeof body.total !== 'number') throw new Error(`${url}: ${res.status}`);
+  } catch (err) {
+    if ((err as Error).name === 'TimeoutError') return Infinity;
+    throw err;
+  }
   return performance.now() - t0;
 }
 
-/** Load to the first page of rows drawn; then a click on "next" to its rows. */
-async function timeRender(browser: Browser, url: string, devices: number): Promise<{ loadMs: number; nextMs: number }> {
+const ms = (v: number): string => (v === Infinity ? `>${PROBE_TIMEOUT_MS / 1000} s` : fmt(v, 0));
+
+/** Load to the first page of rows drawn; then a click on "next" to its rows. Infinity for a step that timed out. */
+async function timeRender(browser: Browser, url: string): Promise<{ loadMs: number; nextMs: number }> {
   const context = await browser.newContext({ viewport: { width: 1600, height: 1000 } });
+  let loadMs = Infinity;
   try {
     const page = await context.newPage();
     const t0 = performance.now();
-    await page.goto(url);
-    await page.locator('#range').filter({ hasText: new RegExp(`^1-\\d+ of ${devices}$`) }).waitFor({ timeout: 30_000 });
-    const loadMs = performance.now() - t0;
+    await page.goto(url, { timeout: PROBE_TIMEOUT_MS });
+    // The devices the store has so far: a collector behind has not stored every state yet.
+    await page.locator('#range').filter({ hasText: /^1-\d+ of \d+$/ }).waitFor({ timeout: PROBE_TIMEOUT_MS });
+    loadMs = performance.now() - t0;
     const t1 = performance.now();
     await page.click('#next');
-    await page.locator('#range').filter({ hasText: new RegExp(`^101-\\d+ of ${devices}$`) }).waitFor({ timeout: 30_000 });
+    await page.locator('#range').filter({ hasText: /^101-\d+ of \d+$/ }).waitFor({ timeout: PROBE_TIMEOUT_MS });
     return { loadMs, nextMs: performance.now() - t1 };
+  } catch (err) {
+    if ((err as Error).name === 'TimeoutError') return { loadMs, nextMs: Infinity };
+    throw err;
   } finally {
     await context.close();
   }
@@ -190,8 +208,13 @@ async function runConfig(c: ScaleConfig, index: number, env: { dir: string; pg: 
     await sim.connect();
     const connectS = (performance.now() - t0) / 1000;
     sim.run();
-    // Warm-up: one interval, so every device has sent and the rate is the steady one.
+    // Warm-up: one interval, so every device has sent and the rate is the steady one; then until
+    // the start-up backlog (every device's retained status and state, to every collector) is
+    // worked off: at most 2 s of batches unacknowledged, or WARMUP_MAX_MS more.
     await sleep(env.intervalMs + 1000);
+    const rate = c.devices / (env.intervalMs / 1000);
+    const warmUntil = performance.now() + WARMUP_MAX_MS;
+    while (sim.unacked > rate * 2 && performance.now() < warmUntil) await sleep(250);
     sim.takeDelays();
     const start = { at: performance.now(), stored: storedBatches(children), published: sim.stats.batchesPublished, cpu: children.map((ch) => ch.cpuSeconds()) };
     const dashboard = `http://127.0.0.1:${(children[0] as ServerChild).port}`;
@@ -231,7 +254,7 @@ async function runConfig(c: ScaleConfig, index: number, env: { dir: string; pg: 
       startupS = (await timeCli(['--help'])).s;
       status = await timeCli(['status', '--db', db]);
       await at(0.5);
-      if (env.browser) render = await timeRender(env.browser, dashboard, c.devices);
+      if (env.browser) render = await timeRender(env.browser, dashboard);
       while (inWindow()) {
         apiMs.push(await timeApi(`${dashboard}/api/devices`));
         await sleep(2000);
@@ -317,7 +340,7 @@ export async function runFleetScaleBench(): Promise<void> {
     results.map((r): Cell[] => [
       r.config.store, r.config.collectors, r.config.devices, fmt(r.offered, 0), fmt(r.stored, 0), `${fmt(r.stored / r.offered)}x`,
       fmt(r.delayP50, 0), fmt(r.delayP99, 0), r.backlog, fmt(r.cpuPct, 0), fmt(r.rssMiB, 0), `${fmt(r.eldP99, 0)}/${fmt(r.eldMax, 0)}`,
-      `${fmt(r.statusS)} (${fmt(r.startupS)})`, `${fmt(medianOf(r.apiMs), 0)} (max ${fmt(Math.max(...r.apiMs), 0)})`, fmt(r.apiSortedMs, 0), fmt(r.renderMs, 0), fmt(r.nextPageMs, 0), fmt(r.simLagMs, 0),
+      `${fmt(r.statusS)} (${fmt(r.startupS)})`, `${ms(medianOf(r.apiMs))} (max ${ms(Math.max(...r.apiMs))})`, ms(r.apiSortedMs), ms(r.renderMs), ms(r.nextPageMs), fmt(r.simLagMs, 0),
     ]),
     (i) => i > 0,
   );
@@ -333,7 +356,7 @@ export async function runFleetScaleBench(): Promise<void> {
         r.stored / r.offered >= 0.98 && r.backlog < r.offered * 3 ? 'yes' : 'NO',
         r.delayP99 < TARGET_DELAY_P99_MS ? 'yes' : 'NO',
         r.statusS < TARGET_QUERY_MS / 1000 ? 'yes' : 'NO',
-        Math.max(...r.apiMs) < TARGET_QUERY_MS ? 'yes' : 'NO',
+        Math.max(...r.apiMs, r.apiSortedMs) < TARGET_QUERY_MS ? 'yes' : 'NO',
       ]),
       (i) => i === 1,
     );
