@@ -69,15 +69,19 @@ export interface QuotaLimits {
 }
 
 /**
- * Defaults sized from the agent's real rates with ample headroom: a board
- * sends a telemetry batch every 10 s (one inference point per model plus a
- * health point, a few KiB), a state on every change and a few events per
- * rollout; 600 messages and 8 MiB a minute is about 100 times that.
+ * Defaults sized from the agent's real rates with headroom (docs/collector.md):
+ * a board sends about 8 telemetry batches a minute (inference points every
+ * 10 s, health every 30 s; a few KiB), a state on every change and a few
+ * events per rollout. After an outage it sends its whole buffer at once: at
+ * most 32 MiB (telemetry.buffer.maxBytes) in batches of up to 256 KiB or 500
+ * points, so 128 to 200 messages. 600 messages and 48 MiB a minute let that
+ * catch-up through in one minute with room to spare; a device sending more
+ * is not an agent behaving as configured by default.
  */
 export const DEFAULT_QUOTAS: QuotaLimits = {
   maxModels: 64,
   messagesPerMinute: 600,
-  bytesPerMinute: 8 * 1024 * 1024,
+  bytesPerMinute: 48 * 1024 * 1024,
   maxEventBytes: 16 * 1024,
   maxSkewMs: 300_000,
 };

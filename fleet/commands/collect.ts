@@ -9,6 +9,8 @@ import { createLogger } from '../../agent/log.js';
 import { parseTime } from '../../protocol/index.js';
 import { expiryOption, parseOrUsage } from '../args.js';
 import { Collector } from '../collector/collector.js';
+import { DEFAULT_QUOTAS } from '../collector/ingest-guard.js';
+import type { QuotaLimits } from '../collector/ingest-guard.js';
 import { DashboardServer, parseListen } from '../collector/http-server.js';
 import { DB_HELP, describeDb, openStore, resolveDb } from '../collector/open-store.js';
 import type { Command } from '../command.js';
@@ -24,12 +26,18 @@ const OPTIONS = {
   'client-id': { type: 'string' },
   'session-expiry': { type: 'string' },
   'log-level': { type: 'string' },
+  'max-models': { type: 'string' },
+  'max-messages-per-minute': { type: 'string' },
+  'max-bytes-per-minute': { type: 'string' },
+  'max-event-bytes': { type: 'string' },
+  'max-clock-skew': { type: 'string' },
   ...BROKER_OPTIONS,
 } as const;
 
 const PUBLIC_NAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 const SHARE_GROUP_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const SIZE_UNITS: Record<string, number> = { '': 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
 /** The broker encodes the session expiry in 32 bits of seconds. */
 const MAX_SESSION_EXPIRY_S = 0xfffffffe;
 
@@ -66,6 +74,16 @@ ${DB_HELP}
   --session-expiry D  how long the broker queues messages for a stopped collector
                       (default 1d; 0 ends the session when this run stops)
   --log-level L       ${LOG_LEVELS.join(', ')} (default info)
+
+Per-device limits (docs/collector.md says why each default): what goes over
+is dropped, acknowledged and counted per device, never stored.
+  --max-models N               model names a device may have points stored under
+                               (default ${DEFAULT_QUOTAS.maxModels}; 1 to 10000)
+  --max-messages-per-minute N  messages on all channels (default ${DEFAULT_QUOTAS.messagesPerMinute}; 10 to 1000000)
+  --max-bytes-per-minute SIZE  payload bytes on all channels (default ${formatSize(DEFAULT_QUOTAS.bytesPerMinute)}; 1MiB to 4GiB)
+  --max-event-bytes SIZE       largest event stored (default ${formatSize(DEFAULT_QUOTAS.maxEventBytes)}; 1KiB to 1MiB)
+  --max-clock-skew D           device times further than this from arrival are stored
+                               as the arrival time and counted (default ${DEFAULT_QUOTAS.maxSkewMs / 1000}s; 1s to 7d)
 
 ${BROKER_HELP}`,
 
@@ -125,8 +143,53 @@ function checkOptions(values: Values) {
       shareGroup,
       sessionExpiryS: Math.min(MAX_SESSION_EXPIRY_S, Math.floor(sessionExpiryMs / 1000)),
       retentionMs: retention === 'off' ? null : durationMs(retention, 'retention'),
+      quotas: quotaOptions(values),
     },
   };
+}
+
+/** The per-device limits given on the command line (the rest keep DEFAULT_QUOTAS). */
+export function quotaOptions(values: Partial<Record<'max-models' | 'max-messages-per-minute' | 'max-bytes-per-minute' | 'max-event-bytes' | 'max-clock-skew', string>>): Partial<QuotaLimits> {
+  const quotas: Partial<QuotaLimits> = {};
+  const models = values['max-models'];
+  if (models !== undefined) quotas.maxModels = integerOption(models, 'max-models', 1, 10_000);
+  const messages = values['max-messages-per-minute'];
+  if (messages !== undefined) quotas.messagesPerMinute = integerOption(messages, 'max-messages-per-minute', 10, 1_000_000);
+  const bytes = values['max-bytes-per-minute'];
+  if (bytes !== undefined) quotas.bytesPerMinute = sizeOption(bytes, 'max-bytes-per-minute', 1024 ** 2, 4 * 1024 ** 3);
+  const event = values['max-event-bytes'];
+  if (event !== undefined) quotas.maxEventBytes = sizeOption(event, 'max-event-bytes', 1024, 1024 ** 2);
+  const skew = values['max-clock-skew'];
+  if (skew !== undefined) {
+    const ms = durationMs(skew, 'max-clock-skew');
+    if (ms < 1000 || ms > 7 * 86_400_000) throw new UsageError(`--max-clock-skew must be from 1s to 7d, got "${skew}"`);
+    quotas.maxSkewMs = ms;
+  }
+  return quotas;
+}
+
+function integerOption(value: string, flag: string, min: number, max: number): number {
+  const n = /^\d{1,10}$/.test(value) ? Number(value) : NaN;
+  if (!(n >= min && n <= max)) throw new UsageError(`--${flag} must be a whole number from ${min} to ${max}, got "${value}"`);
+  return n;
+}
+
+/** `16384`, `16KiB`, `8MiB`, `1GiB` as bytes. */
+function sizeOption(value: string, flag: string, min: number, max: number): number {
+  const m = /^(\d{1,10})(KiB|MiB|GiB)?$/.exec(value);
+  const n = m ? Number(m[1]) * (SIZE_UNITS[m[2] ?? ''] ?? NaN) : NaN;
+  if (!(n >= min && n <= max)) {
+    throw new UsageError(`--${flag} must be a size from ${formatSize(min)} to ${formatSize(max)} (bytes, or with KiB, MiB, GiB), got "${value}"`);
+  }
+  return n;
+}
+
+function formatSize(bytes: number): string {
+  for (const unit of ['GiB', 'MiB', 'KiB']) {
+    const size = SIZE_UNITS[unit] as number;
+    if (bytes % size === 0) return `${bytes / size}${unit}`;
+  }
+  return String(bytes);
 }
 
 /** `30d`, `12h`, `90s` as milliseconds. */
