@@ -177,9 +177,11 @@ export class TelemetryOutbox implements PointSink {
     if (options.sentBefore === undefined) {
       rows = s.oldest.all(this.ackedTo, maxPoints);
     } else {
-      // Never sent, or sent before the cut-off: two index scans, merged in seq order.
+      // Never sent (an index scan), or sent before the cut-off, merged in seq order. Due rows
+      // are read in seq order, which walks past rows sent since: skipped when none is due.
       const unsent = s.oldestUnsent.all(this.ackedTo, maxPoints);
-      const due = s.oldestDue.all(options.sentBefore, this.ackedTo, maxPoints);
+      const oldest = s.oldestSentAt.get(this.ackedTo)?.at ?? null;
+      const due = oldest !== null && oldest <= options.sentBefore ? s.oldestDue.all(options.sentBefore, this.ackedTo, maxPoints) : [];
       rows = [...unsent, ...due].sort((a, b) => a.seq - b.seq).slice(0, maxPoints);
     }
     const batch: OutboxBatch = { fromSeq: 0, toSeq: 0, seqs: [], bodies: [], bytes: 0, resent: 0 };
