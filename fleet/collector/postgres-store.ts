@@ -161,7 +161,7 @@ const INSERT_POINTS = `
 
 const POINT_COLUMNS = `device, seq::float8 AS seq, ts, kind, model, version::float8 AS version, count::float8 AS count,
   errors::float8 AS errors, p50, p99, cpu_pct AS "cpuPct", temp_c AS "tempC", mem_used::float8 AS "memUsed",
-  mem_total::float8 AS "memTotal", '' AS data`;
+  mem_total::float8 AS "memTotal", CASE WHEN kind IN ('health', 'dropped') THEN data::text ELSE '' END AS data`;
 
 type Timed<T> = Omit<T, 'ts'> & { ts: Date };
 

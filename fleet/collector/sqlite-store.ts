@@ -128,7 +128,8 @@ function pageFilter(q: FleetPageQuery): { where: string; params: unknown[] } {
 }
 
 const POINT_COLUMNS = `device, seq, ts, kind, model, version, count, errors, p50, p99,
-  cpu_pct AS cpuPct, temp_c AS tempC, mem_used AS memUsed, mem_total AS memTotal, '' AS data`;
+  cpu_pct AS cpuPct, temp_c AS tempC, mem_used AS memUsed, mem_total AS memTotal,
+  CASE WHEN kind IN ('health', 'dropped') THEN data ELSE '' END AS data`;
 
 type StateFilter = { group: string | null; model: string | null };
 type Range = [device: string, from: number, to: number, limit: number];

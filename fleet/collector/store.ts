@@ -5,7 +5,7 @@
  * fleet table is assembled from what was stored.
  */
 import { createHash } from 'node:crypto';
-import type { DeviceEvent, HealthPoint, InferencePoint, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
+import type { DeviceEvent, DroppedPoint, HealthPoint, InferencePoint, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
 import { formatTime, parseTime } from '../../protocol/index.js';
 import { applyReportedState, byDevice, emptySummary, type DeviceSummary } from '../device-summary.js';
 
@@ -104,12 +104,25 @@ export interface HealthSample {
   tempC: number | null;
   memUsedBytes: number;
   memTotalBytes: number;
+  /** Points waiting in the device's buffer (section 13), when the point says. */
+  outboxRows?: number;
+  outboxBytes?: number;
+}
+
+/** A 'dropped' point (section 13): `count` points, seqs oldestSeq..newestSeq, lost on the device. */
+export interface DroppedSample {
+  ts: string;
+  count: number;
+  oldestSeq: number;
+  newestSeq: number;
+  reason: string;
 }
 
 export interface DeviceSeries {
   device: string;
   inference: InferenceSample[];
   health: HealthSample[];
+  dropped: DroppedSample[];
 }
 
 export interface StoredEvent extends DeviceEvent {
@@ -438,15 +451,26 @@ function healthSummary(p: HealthPoint): HealthSummary {
   return { ts, cpuPct, load1, tempC, memUsedBytes, memTotalBytes };
 }
 
-/** Series samples from points-table rows, oldest first. */
+/**
+ * Series samples from points-table rows, oldest first. `data` (the point's
+ * JSON) is read only for health points (outbox figures) and 'dropped' points;
+ * the stores select it for those kinds alone.
+ */
 export function toSeries(device: string, rows: readonly PointRow[]): DeviceSeries {
-  const series: DeviceSeries = { device, inference: [], health: [] };
+  const series: DeviceSeries = { device, inference: [], health: [], dropped: [] };
   for (const r of [...rows].sort((a, b) => a.ts - b.ts || a.seq - b.seq)) {
     const ts = formatTime(r.ts);
     if (r.kind === 'inference') {
       series.inference.push({ ts, model: r.model ?? '', version: r.version ?? 0, count: r.count ?? 0, errors: r.errors ?? 0, p50: r.p50, p99: r.p99 });
     } else if (r.kind === 'health') {
-      series.health.push({ ts, cpuPct: r.cpuPct ?? 0, tempC: r.tempC, memUsedBytes: r.memUsed ?? 0, memTotalBytes: r.memTotal ?? 0 });
+      const p = r.data === '' ? undefined : (JSON.parse(r.data) as Partial<HealthPoint>);
+      series.health.push({
+        ts, cpuPct: r.cpuPct ?? 0, tempC: r.tempC, memUsedBytes: r.memUsed ?? 0, memTotalBytes: r.memTotal ?? 0,
+        ...(p?.outboxRows !== undefined && { outboxRows: p.outboxRows, outboxBytes: p.outboxBytes ?? 0 }),
+      });
+    } else if (r.kind === 'dropped' && r.data !== '') {
+      const p = JSON.parse(r.data) as Partial<DroppedPoint>;
+      series.dropped.push({ ts, count: r.count ?? 0, oldestSeq: p.oldestSeq ?? 0, newestSeq: p.newestSeq ?? 0, reason: p.reason ?? '' });
     }
   }
   return series;
