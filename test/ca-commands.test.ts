@@ -164,6 +164,14 @@ describe.skipIf(skip)('edgefleet ca', () => {
     expect((await cert(join(dir, 'admin.pem'))).subject).toBe('CN=fleet-admin');
   });
 
+  it("sign keeps the collectors' identity for --collector; --operator does not stand in for it", async () => {
+    const csr = makeCsr('collector', '/CN=fleet-collector');
+    await expect(run(caSign, ['--ca', 'ca', '--csr', csr, '--out', 'collector.pem'])).rejects.toThrow(/collectors' identity.*--collector/);
+    await expect(run(caSign, ['--ca', 'ca', '--csr', csr, '--out', 'collector.pem', '--operator'])).rejects.toThrow(/--collector/);
+    await run(caSign, ['--ca', 'ca', '--csr', csr, '--out', 'collector.pem', '--collector']);
+    expect((await cert(join(dir, 'collector.pem'))).subject).toBe('CN=fleet-collector');
+  });
+
   it('sign refuses to overwrite without --force, and a missing CA or CSR', async () => {
     const csr = join(dir, 'pi-001.csr');
     await expect(run(caSign, ['--ca', 'ca', '--csr', csr, '--out', 'pi-001.pem'])).rejects.toThrow(/already exists; pass --force/);

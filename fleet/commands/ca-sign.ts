@@ -14,11 +14,14 @@ const OPTIONS = {
   out: { type: 'string' },
   days: { type: 'string' },
   operator: { type: 'boolean' },
+  collector: { type: 'boolean' },
   force: { type: 'boolean' },
 } as const;
 
 /** The broker's ACL (provisioning/mosquitto/acl) gives this name every topic. */
 export const OPERATOR_CN = 'fleet-admin';
+/** The ACL's collector user: reads every device's telemetry, events, status and state, writes their telemetry acks. */
+export const COLLECTOR_CN = 'fleet-collector';
 
 /**
  * The subject of a CSR when it is exactly one common name, else undefined.
@@ -33,7 +36,7 @@ export function csrCommonName(subjectLine: string): string | undefined {
 export const caSign: Command = {
   name: 'ca sign',
   summary: "sign a device's CSR as a TLS client certificate (CN = device id)",
-  help: `usage: edgefleet ca sign --ca DIR --csr FILE --out FILE [--days N] [--operator] [--force]
+  help: `usage: edgefleet ca sign --ca DIR --csr FILE --out FILE [--days N] [--operator | --collector] [--force]
 
 Signs a certificate request made on a device (provisioning/provision.sh writes
 /etc/edgefleet/device.csr) as a TLS client certificate. The request's subject
@@ -51,6 +54,9 @@ Options:
   --days N      validity in days (default 1825)
   --operator    allow CN=${OPERATOR_CN}, the fleet operator's identity, to
                 which the broker grants every topic; refused without it
+  --collector   allow CN=${COLLECTOR_CN}, the collectors' identity, which
+                reads every device's telemetry and writes its acknowledgements;
+                refused without it
   --force       replace an existing --out file`,
 
   async run(args, io) {
@@ -78,6 +84,11 @@ Options:
     if (!DEVICE_ID_RE.test(cn)) throw new FailureError(`--csr ${csrPath}: CN "${cn}" is not a valid device id (1-64 letters, digits, '_', '.', '-', starting with a letter or digit)`);
     if (cn === OPERATOR_CN && values.operator !== true) {
       throw new FailureError(`--csr ${csrPath}: CN "${OPERATOR_CN}" is the fleet operator's identity (every topic); pass --operator if that is meant`);
+    }
+    if (cn === COLLECTOR_CN && values.collector !== true) {
+      throw new FailureError(
+        `--csr ${csrPath}: CN "${COLLECTOR_CN}" is the collectors' identity (every device's telemetry, and its acknowledgements); pass --collector if that is meant`,
+      );
     }
     const keyType = checkLeafKey(await openssl(['req', '-in', csrPath, '-noout', '-pubkey']), `--csr ${csrPath}`);
 
