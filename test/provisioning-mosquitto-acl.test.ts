@@ -45,7 +45,7 @@ async function identity(cn: string): Promise<{ cert: string; key: string }> {
   const csr = join(dir, `${cn}.csr`);
   const made = spawnSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-subj', `/CN=${cn}`, '-out', csr]);
   if (made.status !== 0) throw new Error(made.stderr.toString());
-  await run(caSign, ['--ca', 'ca', '--csr', csr, '--out', `${cn}.pem`, ...(cn === 'fleet-admin' ? ['--operator'] : [])]);
+  await run(caSign, ['--ca', 'ca', '--csr', csr, '--out', `${cn}.pem`, ...(cn === 'fleet-admin' ? ['--operator'] : cn === 'fleet-collector' ? ['--collector'] : [])]);
   return { cert: await readFile(join(dir, `${cn}.pem`), 'utf8'), key: await readFile(key, 'utf8') };
 }
 
