@@ -210,45 +210,55 @@ export class PostgresStore implements FleetStore {
     return result[0]?.added ?? 0;
   }
 
+  /**
+   * Two statements for the whole pass, whatever the number of devices: read
+   * each device's prefix (creating it just below its first seq) with the
+   * points above it, walk in JS, write with GREATEST. No lock is held
+   * between them: every prefix a collector works out only vouches for rows
+   * that are stored, so the greatest of two is as true as either, and two
+   * collectors on one database never lower it.
+   */
   async acknowledge(firstSeqs: ReadonlyMap<string, number>): Promise<Map<string, number>> {
     const acked = new Map<string, number>();
     if (firstSeqs.size === 0) return acked;
-    const client = await this.pool.connect();
-    try {
-      await client.query('BEGIN');
-      // Device order: collectors sharing the database take the rows' locks in one order, so they never deadlock.
-      for (const device of [...firstSeqs.keys()].sort()) {
-        const firstSeq = firstSeqs.get(device) as number;
-        // Takes the device's row lock: collectors sharing the database walk one at a time.
-        const { rows: lock } = await client.query<{ upTo: string }>(
-          `INSERT INTO fleet_devices (device, ack_up_to) VALUES ($1, $2)
-           ON CONFLICT (device) DO UPDATE SET ack_up_to = COALESCE(fleet_devices.ack_up_to, excluded.ack_up_to)
-           RETURNING ack_up_to AS "upTo"`,
-          [device, firstSeq - 1],
-        );
-        const from = Number(lock[0]?.upTo ?? firstSeq - 1);
-        const { rows: above } = await client.query<AckPoint>(
-          `SELECT seq::float8 AS seq,
-             CASE WHEN kind = 'dropped' THEN (data->>'oldestSeq')::float8 END AS "oldestSeq",
-             CASE WHEN kind = 'dropped' THEN (data->>'newestSeq')::float8 END AS "newestSeq"
-           FROM fleet_points WHERE device = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
-          [device, from, ACK_WALK_LIMIT],
-        );
-        const upTo = advanceAck(from, above);
-        const { rows: done } = await client.query<{ upTo: string }>(
-          'UPDATE fleet_devices SET ack_up_to = GREATEST(ack_up_to, $2) WHERE device = $1 RETURNING ack_up_to AS "upTo"',
-          [device, upTo],
-        );
-        acked.set(device, Number(done[0]?.upTo ?? upTo));
+    // Device order: collectors sharing the database take the rows in one order.
+    const input = [...firstSeqs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([device, first]) => ({ device, first }));
+    type Row = { device: string; from: number; seq: number | null; oldestSeq: number | null; newestSeq: number | null };
+    const { rows } = await this.pool.query<Row>(
+      `WITH input AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(device text, first bigint)),
+       start AS (
+         INSERT INTO fleet_devices (device, ack_up_to) SELECT device, first - 1 FROM input
+         ON CONFLICT (device) DO UPDATE SET ack_up_to = COALESCE(fleet_devices.ack_up_to, excluded.ack_up_to)
+         RETURNING device, ack_up_to
+       )
+       SELECT s.device, s.ack_up_to::float8 AS "from", p.seq::float8 AS seq,
+         CASE WHEN p.kind = 'dropped' THEN (p.data->>'oldestSeq')::float8 END AS "oldestSeq",
+         CASE WHEN p.kind = 'dropped' THEN (p.data->>'newestSeq')::float8 END AS "newestSeq"
+       FROM start s LEFT JOIN LATERAL (
+         SELECT seq, kind, data FROM fleet_points WHERE device = s.device AND seq > s.ack_up_to ORDER BY seq LIMIT $2
+       ) p ON true
+       ORDER BY s.device, p.seq`,
+      [JSON.stringify(input), ACK_WALK_LIMIT],
+    );
+    const walks = new Map<string, { from: number; above: AckPoint[] }>();
+    for (const r of rows) {
+      let walk = walks.get(r.device);
+      if (walk === undefined) {
+        walk = { from: r.from, above: [] };
+        walks.set(r.device, walk);
       }
-      await client.query('COMMIT');
-      return acked;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
+      if (r.seq !== null) walk.above.push({ seq: r.seq, oldestSeq: r.oldestSeq, newestSeq: r.newestSeq });
     }
+    const upTo = [...walks].map(([device, w]) => ({ device, up: advanceAck(w.from, w.above) }));
+    const { rows: done } = await this.pool.query<{ device: string; upTo: number }>(
+      `UPDATE fleet_devices d SET ack_up_to = GREATEST(d.ack_up_to, r.up)
+       FROM jsonb_to_recordset($1::jsonb) AS r(device text, up bigint)
+       WHERE d.device = r.device
+       RETURNING d.device, d.ack_up_to::float8 AS "upTo"`,
+      [JSON.stringify(upTo)],
+    );
+    for (const r of done) acked.set(r.device, r.upTo);
+    return acked;
   }
 
   async quarantine(entry: QuarantineEntry): Promise<void> {
