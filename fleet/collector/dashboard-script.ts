@@ -48,8 +48,8 @@ export const DASHBOARD_SCRIPT = String.raw`
     return String(d.getHours()).padStart(2, '0') + ':' + String(d.getMinutes()).padStart(2, '0');
   }
 
-  function getJson(path) {
-    return fetch(path, { cache: 'no-store' }).then(function (res) {
+  function getJson(path, signal) {
+    return fetch(path, { cache: 'no-store', signal: signal }).then(function (res) {
       if (!res.ok) return res.json().then(function (b) { throw new Error(path + ': ' + (b.error || res.status)); });
       return res.json();
     });
@@ -230,14 +230,22 @@ export const DASHBOARD_SCRIPT = String.raw`
     return '?' + params.join('&');
   }
 
+  // The refresh in flight. A new one (a page turned, a filter changed) cancels it: its chart
+  // requests would otherwise queue ahead of the new table's in the browser's few connections.
+  var inflight = null;
+
   function refresh() {
     var to = Date.now();
     var from = to - Number(byId('window').value);
-    return getJson('/api/devices' + query()).then(function (page) {
+    if (inflight) inflight.abort();
+    var mine = new AbortController();
+    inflight = mine;
+    var signal = mine.signal;
+    return getJson('/api/devices' + query(), signal).then(function (page) {
       // The fleet shrank under this page (a filter, devices gone): show the last page there is.
       if (page.offset > 0 && page.rows.length === 0 && page.total > 0) {
         view.offset = Math.floor((page.total - 1) / view.limit) * view.limit;
-        return getJson('/api/devices' + query());
+        return getJson('/api/devices' + query(), signal);
       }
       return page;
     }).then(function (page) {
@@ -246,7 +254,7 @@ export const DASHBOARD_SCRIPT = String.raw`
       return Promise.all(rows.slice(0, MAX_CARDS).map(function (r) {
         var base = '/api/devices/' + encodeURIComponent(r.device);
         var range = '?from=' + from + '&to=' + to;
-        return Promise.all([getJson(base + '/series' + range), getJson(base + '/events' + range)]).then(function (got) {
+        return Promise.all([getJson(base + '/series' + range, signal), getJson(base + '/events' + range, signal)]).then(function (got) {
           return card(r, got[0], got[1], from, to);
         });
       }));
@@ -256,14 +264,19 @@ export const DASHBOARD_SCRIPT = String.raw`
       byId('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
       byId('error').textContent = '';
     }).catch(function (err) {
+      if (signal.aborted) return;
       byId('error').textContent = String(err.message || err);
+    }).then(function () {
+      if (inflight === mine) inflight = null;
+      return !signal.aborted;
     });
   }
 
   var timer;
   function loop() {
     clearTimeout(timer);
-    refresh().then(function () { timer = setTimeout(loop, REFRESH_MS); });
+    // Only the refresh that was not cancelled schedules the next one.
+    refresh().then(function (finished) { if (finished) timer = setTimeout(loop, REFRESH_MS); });
   }
   function fromStart() { view.offset = 0; loop(); }
   FILTERS.forEach(function (id) { byId(id).addEventListener('change', fromStart); });
