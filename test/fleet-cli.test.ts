@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectAsync } from 'mqtt';
@@ -17,6 +18,7 @@ import {
   PAYLOAD_TYPES, acceptRotation, keyIdOf, loadTrust, privateKeyFromPem, publicKeyFromBase64, signEnvelope,
   verifyDesired, verifyManifest,
 } from '../protocol/index.js';
+import { freePort } from './helpers/child.js';
 import { mosquittoSkipReason, startMosquitto } from './helpers/mosquitto.js';
 import type { Mosquitto } from './helpers/mosquitto.js';
 
@@ -320,6 +322,36 @@ describe.skipIf(skip)('edgefleet CLI', () => {
     expect(lines.slice(2).every((l) => l.startsWith('pi-evil: '))).toBe(true);
   });
 
+  it('collect --public-name: the dashboard answers that name and refuses others (DNS rebinding)', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, ['--import', 'tsx', 'fleet/bin.ts', 'collect', '--broker', broker.url, '--db', `sqlite:${join(dir, 'collect.db')}`,
+      '--http', `127.0.0.1:${port}`, '--public-name', 'fleet.example.com', '--client-id', 'cli-public-name', '--session-expiry', '0'], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const get = (host: string): Promise<number> => new Promise((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, path: '/api/devices?limit=1', setHost: false, headers: { host } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.once('error', reject);
+      req.end();
+    });
+    try {
+      const until = Date.now() + 20_000;
+      for (;;) {
+        const status = await get('fleet.example.com').catch(() => 0);
+        if (status !== 0) break;
+        if (Date.now() > until) throw new Error('edgefleet collect did not serve its dashboard');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(await get('fleet.example.com')).toBe(200);
+      expect(await get(`fleet.example.com:${port}`)).toBe(200);
+      expect(await get(`localhost:${port}`)).toBe(200);
+      expect(await get(`evil.example:${port}`)).toBe(421);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('close', r));
+    }
+  });
+
   it('model retire clears every block', async () => {
     const { artifact } = manifestOf(await readJson<Envelope>(manifestPath));
     const run = await cli('model', 'retire', '--manifest', manifestPath, ...b());
@@ -337,6 +369,7 @@ describe.skipIf(skip)('edgefleet CLI', () => {
     [['deploy', '--device', 'd1', 'mlp:0', '--manifests', '.', '--key', 'k', '--broker', 'mqtt://127.0.0.1:1'], 2, /"mlp:0" is not NAME:VERSION/],
     [['model', 'publish', 'm.onnx', '--name', 'mlp', '--version', 'x', '--key', 'k', '--broker', 'mqtt://h'], 2, /--version must be an integer >= 1/],
     [['devices'], 2, /missing --broker URL/],
+    [['collect', '--broker', 'mqtt://127.0.0.1:1', '--http', '127.0.0.1:0', '--public-name', 'http://fleet.example.com'], 2, /--public-name "http:\/\/fleet\.example\.com" must be a DNS name such as fleet\.example\.com/],
     [['devices', '--broker', 'mqtt://127.0.0.1:1'], 1, /cannot reach broker at mqtt:\/\/127\.0\.0\.1:1: .*ECONNREFUSED/],
   ])('bad input %j exits %i with one clear line', async (args, code, message) => {
     const run = await cli(...args);
