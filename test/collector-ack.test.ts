@@ -71,6 +71,23 @@ for (const backend of backends) {
       }
     });
 
+    it('a device far behind (12,001 points above its prefix, more than one read) is acknowledged to the end in one pass', async () => {
+      const store = await backend.open();
+      await store.init();
+      try {
+        for (let from = 1; from <= 12_001; from += 1000) {
+          const seqs = Array.from({ length: Math.min(1000, 12_002 - from) }, (_, k) => from + k);
+          await store.insertPoints('pi-far', points(seqs.map(health)), NOW);
+        }
+        expect(await ack(store, 'pi-far', 1)).toBe(12_001);
+        // And a gap past the first read still holds it.
+        await store.insertPoints('pi-gap', points(Array.from({ length: 6000 }, (_, k) => health(k + 1)).filter((_, k) => k !== 5500)), NOW);
+        expect(await ack(store, 'pi-gap', 1)).toBe(5500);
+      } finally {
+        await store.close();
+      }
+    });
+
     it('one pass for 500 devices gives each its own prefix', async () => {
       const store = await backend.open();
       await store.init();

@@ -23,7 +23,7 @@ import type {
   StoredEvent,
   TimeRange,
 } from './store.js';
-import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, assembleFleet, checkFleetPageQuery, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
+import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the schema from version N to N+1. */
 export const POSTGRES_MIGRATIONS: readonly string[] = [
@@ -249,7 +249,8 @@ export class PostgresStore implements FleetStore {
       }
       if (r.seq !== null) walk.above.push({ seq: r.seq, oldestSeq: r.oldestSeq, newestSeq: r.newestSeq });
     }
-    const upTo = [...walks].map(([device, w]) => ({ device, up: advanceAck(w.from, w.above) }));
+    const upTo = [...walks].map(([device, w]) => ({ device, up: advanceAck(w.from, w.above), more: false }));
+    for (const u of upTo) u.more = walkGoesOn(walks.get(u.device)?.above ?? [], u.up);
     const { rows: done } = await this.pool.query<{ device: string; upTo: number }>(
       `UPDATE fleet_devices d SET ack_up_to = GREATEST(d.ack_up_to, r.up)
        FROM jsonb_to_recordset($1::jsonb) AS r(device text, up bigint)
@@ -258,6 +259,9 @@ export class PostgresStore implements FleetStore {
       [JSON.stringify(upTo)],
     );
     for (const r of done) acked.set(r.device, r.upTo);
+    // Devices whose walk read its whole limit and passed it all go on from where it stopped.
+    const more = upTo.filter((u) => u.more);
+    if (more.length > 0) for (const [device, up] of await this.acknowledge(new Map(more.map((u) => [u.device, u.up + 1])))) acked.set(device, up);
     return acked;
   }
 

@@ -25,7 +25,7 @@ import type {
   StoredEvent,
   TimeRange,
 } from './store.js';
-import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, assembleFleet, checkFleetPageQuery, droppedOf, inPageOrder, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
+import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, droppedOf, inPageOrder, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the file from user_version N to N+1. */
 export const SQLITE_MIGRATIONS: readonly string[] = [
@@ -303,8 +303,13 @@ export class SqliteStore implements FleetStore {
     return this.transaction(() => {
       const acked = new Map<string, number>();
       for (const [device, firstSeq] of firstSeqs) {
-        const from = ackRow.get(device)?.upTo ?? firstSeq - 1;
-        const upTo = advanceAck(from, ackAbove.all(device, from, ACK_WALK_LIMIT));
+        let upTo = ackRow.get(device)?.upTo ?? firstSeq - 1;
+        // A walk that read its whole limit and passed it all goes on from there.
+        for (let more = true; more; ) {
+          const above = ackAbove.all(device, upTo, ACK_WALK_LIMIT);
+          upTo = advanceAck(upTo, above);
+          more = walkGoesOn(above, upTo);
+        }
         setAck.run(device, upTo);
         acked.set(device, ackRow.get(device)?.upTo ?? upTo);
       }

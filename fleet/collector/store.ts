@@ -339,8 +339,14 @@ export function advanceAck(upTo: number, above: readonly AckPoint[]): number {
   }
 }
 
-/** Most points above the acknowledged prefix read per walk: a device far behind catches up over several batches. */
+/** Most points above the acknowledged prefix read at a time; a walk that passes them all reads the next ones. */
 export const ACK_WALK_LIMIT = 5000;
+
+/** Whether a walk over `above` (ACK_WALK_LIMIT points at most) that reached `upTo` should read further. */
+export function walkGoesOn(above: readonly AckPoint[], upTo: number): boolean {
+  const last = above.at(-1);
+  return above.length >= ACK_WALK_LIMIT && last !== undefined && upTo >= last.seq;
+}
 
 /**
  * Events carry no id, so the key is device, time and a hash of the rest:
