@@ -380,28 +380,25 @@ export class SqliteStore implements FleetStore {
     if (db === undefined) throw new Error('SqliteStore used before init()');
     const { where, params } = pageFilter(q);
     const order = q.sort === 'device' ? `d.device ${q.desc ? 'DESC' : 'ASC'}` : `${SORT_COLUMN[q.sort]} ${q.desc ? 'DESC' : 'ASC'} NULLS LAST, d.device`;
-    // One read transaction: the count and the page see the same data.
-    const { totals, devices } = db.transaction(() => ({
-      totals: db.prepare(`SELECT count(*) AS total, COALESCE(sum(d.online = 1), 0) AS online FROM fleet_devices d ${where}`).get(...params) as {
+    const { statusesIn, statesIn, latestIn, countsIn } = this.sql;
+    // One read transaction: the count, the page and its rows see the same data (another collector may share the file).
+    return this.transaction((): FleetPageResult => {
+      const totals = db.prepare(`SELECT count(*) AS total, COALESCE(sum(d.online = 1), 0) AS online FROM fleet_devices d ${where}`).get(...params) as {
         total: number;
         online: number;
-      },
-      devices: (db.prepare(`SELECT d.device FROM fleet_devices d ${where} ORDER BY ${order} LIMIT ? OFFSET ?`).all(...params, q.limit, q.offset) as { device: string }[]).map(
-        (r) => r.device,
-      ),
-    }))();
-    if (devices.length === 0) return { total: totals.total, online: totals.online, rows: [] };
-    const ids = JSON.stringify(devices);
-    const { statusesIn, statesIn, latestIn, countsIn } = this.sql;
-    const rows = this.transaction(() =>
-      assembleFleet(
+      };
+      const page = db.prepare(`SELECT d.device FROM fleet_devices d ${where} ORDER BY ${order} LIMIT ? OFFSET ?`).all(...params, q.limit, q.offset) as { device: string }[];
+      const devices = page.map((r) => r.device);
+      if (devices.length === 0) return { total: totals.total, online: totals.online, rows: [] };
+      const ids = JSON.stringify(devices);
+      const rows = assembleFleet(
         statusesIn.all(ids).map((r): StatusRecord => ({ device: r.device, online: r.online === 1, receivedAt: r.receivedAt })),
         statesIn.all(ids).map((r) => ({ device: r.device, state: JSON.parse(r.doc) as ReportedState, receivedAt: r.receivedAt })),
         latestIn.all(ids),
         countsIn.all(ids),
-      ),
-    );
-    return { total: totals.total, online: totals.online, rows: inPageOrder(devices, rows) };
+      );
+      return { total: totals.total, online: totals.online, rows: inPageOrder(devices, rows) };
+    });
   }
 
   async series(device: string, range: TimeRange): Promise<DeviceSeries> {
