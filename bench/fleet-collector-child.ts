@@ -19,6 +19,8 @@ interface ChildConfig {
   db: string;
   clientId: string;
   shareGroup: string;
+  /** MQTT 5 sessions (edgefleet collect --connections). */
+  connections?: number;
 }
 
 const raw = process.argv[2];
@@ -32,6 +34,7 @@ const collector = new Collector({
   store,
   clientId: config.clientId,
   shareGroup: config.shareGroup,
+  connections: config.connections ?? 4,
   sessionExpiryS: 0,
   retentionMs: null,
   log,

@@ -27,6 +27,7 @@
  *   FLEET_SCALE_STORES=sqlite,postgres,postgres*2   store and collectors per configuration
  *   FLEET_SCALE_SECONDS=30           steady window (BENCH_QUICK: 10)
  *   FLEET_SCALE_CONNECTIONS=8        MQTT connections the simulated devices share
+ *   FLEET_SCALE_COLLECTOR_CONNECTIONS=4  MQTT 5 sessions per collector (edgefleet collect --connections)
  *   FLEET_SCALE_INTERVAL_MS=10000    one batch per device per interval
  *   FLEET_SCALE_WARMUP_MAX_S=30      longest wait for the start-up backlog to clear
  * Run alone: npm run bench -- --only fleet-scale
@@ -202,7 +203,13 @@ async function runConfig(c: ScaleConfig, index: number, env: { dir: string; pg: 
   const sim = new FleetSim({ url: broker.url, devices: c.devices, connections: env.connections, prefix: `s${index}`, intervalMs: env.intervalMs, acks: true });
   try {
     for (let k = 0; k < c.collectors; k++) {
-      const config = { broker: broker.url, db, clientId: `bench-collector-${index}-${k}`, shareGroup: `bench-${index}` };
+      const config = {
+        broker: broker.url,
+        db,
+        clientId: `bench-collector-${index}-${k}`,
+        shareGroup: `bench-${index}`,
+        connections: Number(process.env.FLEET_SCALE_COLLECTOR_CONNECTIONS ?? 4),
+      };
       children.push(await startChild('fleet-collector-child.ts', [JSON.stringify(config)], undefined, 60_000));
     }
     const t0 = performance.now();

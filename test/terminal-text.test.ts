@@ -169,7 +169,9 @@ describe('edgefleet status', () => {
     const lines = run.stdout.trim().split('\n');
     expect(lines[1]).toMatch(/^pi-001\s/);
     expect(lines[2]).toBe('');
-    expect(lines[3]).toBe('showing 1 of 2 devices, by dropped, highest first');
+    expect(lines[3]).toBe('showing 1 of 2 devices, by dropped, highest first (--limit N or --all for more)');
+    // The fleet line counts the whole fleet; the figures after it are the page's.
+    expect(lines[4]).toMatch(/^2 device\(s\), \d online; of the 1 shown: /);
     expect(lines.some((l) => l.startsWith('pi-002'))).toBe(false);
     const all = await status('--sort', 'online');
     expect(all.stdout.split('\n').filter((l) => /^pi-00\d\s/.test(l)).map((l) => l.slice(0, 6))).toEqual(['pi-002', 'pi-001']);
@@ -177,5 +179,8 @@ describe('edgefleet status', () => {
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--sort must be one of device, lastSeen, online, errors, p99, dropped, got "cpu"');
     expect((await status('--desc')).stderr).toContain('--desc needs --sort');
+    expect((await status('--all', '--limit', '5')).stderr).toContain('--all and --limit do not go together');
+    const every = await status('--all');
+    expect(every.stdout.split('\n').filter((l) => /^pi-00\d\s/.test(l))).toHaveLength(2);
   });
 });

@@ -65,6 +65,14 @@ export interface CollectorOptions {
   retentionMs: number | null;
   pruneEveryMs?: number;
   reconnectMs?: number;
+  /**
+   * MQTT 5 sessions in the share group (default 1). mqtt.js hands one
+   * connection's messages over one at a time, each acknowledged after its
+   * commit, so one session stores at most one message per commit; with
+   * several, the store commits what they bring together (SQLite: one fsync
+   * for several messages; PostgreSQL: transactions in parallel).
+   */
+  connections?: number;
   /** Per-device limits; DEFAULT_QUOTAS where not given (docs/collector.md). */
   quotas?: Partial<QuotaLimits>;
   log: Logger;
@@ -123,9 +131,11 @@ export class Collector {
   private stopping = false;
   private countsTimer: NodeJS.Timeout | undefined;
   private client: MqttClient | undefined;
+  /** The sessions beyond the first: telemetry and events only, through the share group. */
+  private lanes: MqttClient[] = [];
+  private readonly droppingClients = new WeakSet<MqttClient>();
   private pruneTimer: NodeJS.Timeout | undefined;
   private pruning: Promise<void> | undefined;
-  private dropping = false;
 
   constructor(private readonly options: CollectorOptions) {
     this.quotas = new DeviceQuotas({ ...DEFAULT_QUOTAS, ...options.quotas });
@@ -170,7 +180,7 @@ export class Collector {
     client.on('offline', () => log.warn({ broker: safeUrl(broker.url) }, 'broker connection lost, reconnecting'));
     let first = true;
     client.on('connect', (connack) => {
-      this.dropping = false;
+      this.droppingClients.delete(client);
       log.info({ broker: safeUrl(broker.url), sessionPresent: connack.sessionPresent }, 'connected to the broker');
       // A broker restored from its persistence can come back with the session but
       // without its shared subscriptions (Mosquitto 2 does not persist them), and
@@ -183,8 +193,11 @@ export class Collector {
     try {
       await firstConnect(client, broker.url);
       await this.subscribe(client);
+      const lanes = this.protocolVersion === 5 ? Math.max(1, this.options.connections ?? 1) - 1 : 0;
+      for (let i = 1; i <= lanes; i++) await this.openLane(i);
     } catch (err) {
       await client.endAsync(true);
+      for (const lane of this.lanes.splice(0)) await lane.endAsync(true);
       throw err;
     }
     this.countsTimer = setInterval(() => void this.flushCounts(), COUNTS_FLUSH_MS);
@@ -207,8 +220,46 @@ export class Collector {
     if (this.ackPending.size > 0) await this.flushAcks();
     await this.flushCounts();
     await this.pruning;
+    for (const lane of this.lanes.splice(0)) await lane.endAsync();
     await this.client?.endAsync();
     this.client = undefined;
+  }
+
+  /** Another session in the share group, for telemetry and events only (see `connections`). */
+  private async openLane(i: number): Promise<void> {
+    const { broker, log } = this.options;
+    const root = broker.topicRoot;
+    const filters: ISubscriptionMap = {
+      [`$share/${this.options.shareGroup}/${topics.allDevices(root, 'telemetry')}`]: { qos: 1 },
+      [`$share/${this.options.shareGroup}/${topics.allDevices(root, 'events')}`]: { qos: 1 },
+    };
+    const lane: MqttClient = connect(broker.url, {
+      ...this.clientOptions(),
+      clientId: `${this.options.clientId}~${i}`,
+      customHandleAcks: (topic: string, payload: Buffer, _packet: unknown, ack: (err: Error | number, code?: number) => void) => {
+        this.handle(topic, payload).then(
+          (code) => ack(code),
+          (err: unknown) => {
+            ack(err instanceof Error ? err : new Error(String(err)));
+            this.storeFailed(topic, err, lane);
+          },
+        );
+      },
+    });
+    this.lanes.push(lane);
+    lane.on('error', (err) => log.warn({ lane: i, err: errorMessage(err) }, 'mqtt problem'));
+    let first = true;
+    lane.on('connect', (connack) => {
+      this.droppingClients.delete(lane);
+      if (!first && connack.sessionPresent) {
+        lane.subscribeAsync({ ...filters, resubscribe: true } as unknown as ISubscriptionMap).catch((err: unknown) => log.error({ lane: i, err: errorMessage(err) }, 'could not subscribe again after reconnecting'));
+      }
+      first = false;
+    });
+    await firstConnect(lane, broker.url);
+    const grants = await lane.subscribeAsync(filters);
+    const refused = grants.filter((g) => g.qos >= 0x80);
+    if (refused.length > 0) throw new FailureError(`broker refused the subscription to ${refused.map((g) => g.topic).join(', ')}`);
   }
 
   /** Deletes what is older than the retention; logs, never throws. */
@@ -270,16 +321,16 @@ export class Collector {
     throw new FailureError(`broker refused the subscription to ${refused.map((g) => g.topic).join(', ')}${shared}`);
   }
 
-  private storeFailed(topic: string, err: unknown): void {
+  private storeFailed(topic: string, err: unknown, client = this.client): void {
     this.options.log.error({ topic, err: errorMessage(err) }, 'could not store a message; it stays unacknowledged and comes again after a reconnect');
-    this.redeliver();
+    this.redeliver(client);
   }
 
   /** Unacknowledged messages are sent again only on a new connection (MQTT 5 and 3.1.1, 4.4). */
-  private redeliver(): void {
-    if (this.dropping || this.client === undefined) return;
-    this.dropping = true;
-    this.client.stream.destroy();
+  private redeliver(client: MqttClient | undefined): void {
+    if (client === undefined || this.droppingClients.has(client)) return;
+    this.droppingClients.add(client);
+    client.stream.destroy();
   }
 
   /**

@@ -274,9 +274,55 @@ export class SqliteStore implements FleetStore {
     return this.database.transaction(fn)();
   }
 
+  private queued: { fn: () => unknown; resolve: (value: unknown) => void; reject: (err: unknown) => void }[] = [];
+
+  /**
+   * Group commit: writes asked for in the same turn of the event loop (the
+   * collector's sessions each bring one message at a time) run in one
+   * transaction, so one fsync covers them all. Each runs in a savepoint of
+   * its own: one that fails (a row refused for good) rolls back alone and
+   * rejects its caller; a failed commit rejects every one of them, and none
+   * of their messages is acknowledged.
+   */
+  private write<T>(fn: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queued.push({ fn, resolve: resolve as (value: unknown) => void, reject });
+      if (this.queued.length === 1) setImmediate(() => this.commitQueued());
+    });
+  }
+
+  private commitQueued(): void {
+    const ops = this.queued.splice(0);
+    const db = this.database;
+    if (db === undefined) {
+      for (const op of ops) op.reject(new Error('SqliteStore used before init()'));
+      return;
+    }
+    const results: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
+    try {
+      db.transaction(() => {
+        for (const op of ops) {
+          try {
+            results.push({ ok: true, value: db.transaction(op.fn)() });
+          } catch (err) {
+            results.push({ ok: false, err });
+          }
+        }
+      }).immediate();
+    } catch (err) {
+      for (const op of ops) op.reject(err);
+      return;
+    }
+    ops.forEach((op, i) => {
+      const r = results[i];
+      if (r?.ok) op.resolve(r.value);
+      else op.reject(r?.err);
+    });
+  }
+
   async insertPoints(device: string, points: readonly TelemetryPoint[], receivedAt?: number): Promise<number> {
     const { insertPoint, upsertLatest, addDropped, seen, inferenceSummary } = this.sql;
-    return this.transaction(() => {
+    return this.write(() => {
       const fresh: TelemetryPoint[] = [];
       for (const p of points) {
         const row = pointRow(device, p);
@@ -300,7 +346,7 @@ export class SqliteStore implements FleetStore {
 
   async acknowledge(firstSeqs: ReadonlyMap<string, number>): Promise<Map<string, number>> {
     const { ackRow, ackAbove, setAck } = this.sql;
-    return this.transaction(() => {
+    return this.write(() => {
       const acked = new Map<string, number>();
       for (const [device, firstSeq] of firstSeqs) {
         let upTo = ackRow.get(device)?.upTo ?? firstSeq - 1;
@@ -318,7 +364,8 @@ export class SqliteStore implements FleetStore {
   }
 
   async quarantine(entry: QuarantineEntry): Promise<void> {
-    this.sql.quarantine.run(entry.device, entry.topic, entry.receivedAt, entry.reason, entry.size, entry.excerpt);
+    const { quarantine } = this.sql;
+    await this.write(() => quarantine.run(entry.device, entry.topic, entry.receivedAt, entry.reason, entry.size, entry.excerpt));
   }
 
   async quarantined(limit: number): Promise<QuarantineEntry[]> {
@@ -327,7 +374,7 @@ export class SqliteStore implements FleetStore {
 
   async addCounts(counts: ReadonlyMap<string, { quarantined: number; overQuota: number; clockSkewed: number }>): Promise<void> {
     const { addCounts } = this.sql;
-    this.transaction(() => {
+    await this.write(() => {
       for (const [device, c] of counts) addCounts.run(device, c.quarantined, c.overQuota, c.clockSkewed);
     });
   }
@@ -338,7 +385,7 @@ export class SqliteStore implements FleetStore {
 
   async upsertStatus(device: string, status: Status, receivedAt: number): Promise<void> {
     const { upsertStatus, seenStatus } = this.sql;
-    this.transaction(() => {
+    await this.write(() => {
       upsertStatus.run(device, status.online ? 1 : 0, status.ts === undefined ? null : millis(status.ts), receivedAt);
       seenStatus.run(device, status.online ? 1 : 0, receivedAt);
     });
@@ -346,7 +393,7 @@ export class SqliteStore implements FleetStore {
 
   async upsertState(state: ReportedState, receivedAt: number): Promise<void> {
     const { upsertState, seen } = this.sql;
-    this.transaction(() => {
+    await this.write(() => {
       if (upsertState.run(state.device, millis(state.ts), JSON.stringify(state), receivedAt).changes > 0) seen.run(state.device, receivedAt);
     });
   }
@@ -354,7 +401,8 @@ export class SqliteStore implements FleetStore {
   async insertEvent(device: string, event: DeviceEvent, receivedAt?: number): Promise<boolean> {
     const { model = null, version = null, detail = null } = event;
     const ts = millis(event.ts);
-    return this.sql.insertEvent.run(device, ts, eventHash(event), event.type, model, version, detail, receivedAt ?? ts).changes > 0;
+    const { insertEvent } = this.sql;
+    return this.write(() => insertEvent.run(device, ts, eventHash(event), event.type, model, version, detail, receivedAt ?? ts).changes > 0);
   }
 
   async prune(before: number): Promise<{ points: number; events: number }> {
@@ -411,6 +459,7 @@ export class SqliteStore implements FleetStore {
   }
 
   async close(): Promise<void> {
+    if (this.queued.length > 0) this.commitQueued();
     this.statements = undefined;
     if (this.database?.open) this.database.close();
   }

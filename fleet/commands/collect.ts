@@ -26,6 +26,7 @@ const OPTIONS = {
   'client-id': { type: 'string' },
   'session-expiry': { type: 'string' },
   'log-level': { type: 'string' },
+  connections: { type: 'string' },
   'max-models': { type: 'string' },
   'max-messages-per-minute': { type: 'string' },
   'max-bytes-per-minute': { type: 'string' },
@@ -35,6 +36,8 @@ const OPTIONS = {
 } as const;
 
 const PUBLIC_NAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+/** Sessions per collector: enough that one SQLite commit covers several messages (docs/collector.md). */
+const DEFAULT_CONNECTIONS = 4;
 const SHARE_GROUP_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const SIZE_UNITS: Record<string, number> = { '': 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
@@ -74,6 +77,12 @@ ${DB_HELP}
   --session-expiry D  how long the broker queues messages for a stopped collector
                       (default 1d; 0 ends the session when this run stops)
   --log-level L       ${LOG_LEVELS.join(', ')} (default info)
+  --connections N     MQTT 5 sessions this collector opens in the share group (default
+                      ${DEFAULT_CONNECTIONS}; 1 to 32; always 1 with --mqtt-version 4). Each session
+                      hands over one message at a time, acknowledged after its commit;
+                      with several, one commit stores what they bring together. Keep N
+                      when restarting: a session no longer opened keeps its share of
+                      messages queued until --session-expiry
 
 Per-device limits (docs/collector.md says why each default): what goes over
 is dropped, acknowledged and counted per device, never stored.
@@ -92,6 +101,9 @@ ${BROKER_HELP}`,
     const settings = checkOptions(values);
     if (values['mqtt-version'] === '4' && values['share-group'] !== undefined) {
       throw new UsageError('--share-group needs MQTT 5 shared subscriptions; leave it out with --mqtt-version 4');
+    }
+    if (values['mqtt-version'] === '4' && values.connections !== undefined && values.connections !== '1') {
+      throw new UsageError('--connections above 1 needs MQTT 5 shared subscriptions; leave it out with --mqtt-version 4');
     }
     const broker = await brokerSettings(values);
     const log = createLogger({ level: settings.level });
@@ -144,6 +156,7 @@ function checkOptions(values: Values) {
       sessionExpiryS: Math.min(MAX_SESSION_EXPIRY_S, Math.floor(sessionExpiryMs / 1000)),
       retentionMs: retention === 'off' ? null : durationMs(retention, 'retention'),
       quotas: quotaOptions(values),
+      connections: values['mqtt-version'] === '4' ? 1 : integerOption(values.connections ?? String(DEFAULT_CONNECTIONS), 'connections', 1, 32),
     },
   };
 }

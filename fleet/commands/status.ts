@@ -17,12 +17,16 @@ const OPTIONS = {
   sort: { type: 'string' },
   desc: { type: 'boolean' },
   limit: { type: 'string' },
+  all: { type: 'boolean' },
 } as const;
+
+/** Rows the table shows unless --limit or --all says otherwise: a screenful or two, read in milliseconds. */
+const DEFAULT_STATUS_ROWS = 100;
 
 export const status: Command = {
   name: 'status',
   summary: 'fleet table from the collector: online, models, latency, errors, CPU, temperature',
-  help: `usage: edgefleet status [--db URL] [--group G] [--model NAME] [--sort KEY [--desc]] [--limit N] [--json]
+  help: `usage: edgefleet status [--db URL] [--group G] [--model NAME] [--sort KEY [--desc]] [--limit N | --all] [--json]
 
 Reads what 'edgefleet collect' stored and prints one row per device: online,
 groups, desired serial and status, each model's version and state, p50 and
@@ -42,8 +46,9 @@ ${DB_HELP}
   --sort KEY    order by ${FLEET_PAGE_SORTS.join(', ')} (default device); devices
                 without the figure come last
   --desc        highest first (with --sort)
-  --limit N     only the first N rows (1-${MAX_FLEET_PAGE}), e.g. --sort p99 --desc --limit 20
-                for the 20 slowest devices of a large fleet
+  --limit N     only the first N rows (1-${MAX_FLEET_PAGE}; default ${DEFAULT_STATUS_ROWS}), e.g.
+                --sort p99 --desc --limit 20 for the 20 slowest devices
+  --all         every device (a table of thousands of rows; default with --json)
   --json        print the rows as a JSON array instead`,
 
   async run(args, io) {
@@ -62,10 +67,13 @@ ${DB_HELP}
       throw new UsageError(`--sort must be one of ${FLEET_PAGE_SORTS.join(', ')}, got "${sort}"`);
     }
     if (values.desc && sort === undefined) throw new UsageError('--desc needs --sort');
-    const limit = intOption(values.limit, 'limit', 1, MAX_FLEET_PAGE);
+    if (values.all && values.limit !== undefined) throw new UsageError('--all and --limit do not go together');
+    // A table is read by a person: one page unless asked for all; --json is for scripts and takes all.
+    const limit = intOption(values.limit, 'limit', 1, MAX_FLEET_PAGE) ?? (values.all || values.json ? undefined : DEFAULT_STATUS_ROWS);
     const store = openStore(resolveDb(values.db), { cwd: io.cwd, mustExist: true });
     let rows: FleetRow[];
     let total: number | undefined;
+    let online = 0;
     try {
       await store.init();
       if (sort === undefined && limit === undefined) {
@@ -78,6 +86,7 @@ ${DB_HELP}
           const page = await store.fleetPage({ ...filters, sort: (sort ?? 'device') as FleetPageSort, desc: values.desc ?? false, offset: rows.length, limit: want });
           rows.push(...page.rows);
           total = page.total;
+          online = page.online;
           if (page.rows.length < want || rows.length >= (limit ?? Infinity)) break;
         }
       }
@@ -95,10 +104,11 @@ ${DB_HELP}
     }
     io.out(formatStatusTable(rows));
     io.out('');
-    if (total !== undefined && total > rows.length) {
-      io.out(`showing ${rows.length} of ${total} devices${sort === undefined ? '' : `, by ${sort}${values.desc ? ', highest first' : ''}`}`);
+    const paged = total !== undefined && total > rows.length;
+    if (paged) {
+      io.out(`showing ${rows.length} of ${total} devices${sort === undefined ? '' : `, by ${sort}${values.desc ? ', highest first' : ''}`} (--limit N or --all for more)`);
     }
-    for (const line of formatStatusNotes(rows)) io.out(line);
+    for (const line of formatStatusNotes(rows, paged ? { total: total ?? rows.length, online } : undefined)) io.out(line);
   },
 };
 
@@ -146,7 +156,8 @@ function bytes(n: number): string {
  * messages quarantined, over its quota, or with its clock off; the errors it
  * reports for its desired state and models). Terminal-safe.
  */
-export function formatStatusNotes(rows: readonly FleetRow[]): string[] {
+/** `fleet`: the whole fleet's figures when `rows` is one page of it. */
+export function formatStatusNotes(rows: readonly FleetRow[], fleet?: { total: number; online: number }): string[] {
   const online = rows.filter((r) => r.online === true).length;
   const sum = (pick: (r: FleetRow) => number): { total: number; devices: number } => ({
     total: rows.reduce((n, r) => n + pick(r), 0),
@@ -165,7 +176,10 @@ export function formatStatusNotes(rows: readonly FleetRow[]): string[] {
     ...part(overQuota, 'messages or points over quota'),
     ...part(skewed, 'times clock-skewed'),
   ];
-  const lines = [`${rows.length} device(s), ${online} online${parts.length > 0 ? `; ${parts.join(', ')}` : ''}`];
+  const lines =
+    fleet === undefined
+      ? [`${rows.length} device(s), ${online} online${parts.length > 0 ? `; ${parts.join(', ')}` : ''}`]
+      : [`${fleet.total} device(s), ${fleet.online} online${parts.length > 0 ? `; of the ${rows.length} shown: ${parts.join(', ')}` : ''}`];
   for (const r of rows) {
     const says = [
       ...(r.dropped.count > 0 ? [`${r.dropped.count} points dropped on the device (last ${r.dropped.lastAt ?? 'unknown'})`] : []),
