@@ -170,7 +170,7 @@ export class PostgresStore implements FleetStore {
   private readonly pool: pg.Pool;
 
   constructor(connectionString: string, onError: (err: Error) => void = () => undefined) {
-    this.pool = new pg.Pool({ connectionString, max: 4 });
+    this.pool = new pg.Pool({ connectionString, max: 8 });
     // An idle client losing its connection must not crash the process; the next query reports it.
     this.pool.on('error', onError);
   }
