@@ -196,6 +196,22 @@ function storeSuite(name: string, backend: () => Backend, skip: string | false):
       expect(await statusCli(db, ['--group', 'nowhere'])).toEqual({ out: '', notes: 'no devices in group nowhere' });
       await expect(statusCli(db, ['--group', 'bad/group'])).rejects.toThrow(/not a group name/);
     });
+
+    it('edgefleet status shows one page of a large fleet unless --all, with the whole fleet in its fleet line', async () => {
+      for (let i = 0; i < 150; i++) {
+        const id = `pi-${String(i).padStart(3, '0')}`;
+        await store.upsertStatus(id, { online: i % 3 !== 0, ts: at(NOW) }, NOW);
+        await store.upsertState(reported(id, ['lab'], [['mnist', 3]]), NOW);
+      }
+      const paged = (await statusCli(db, [])).out.split('\n');
+      expect(paged.filter((l) => /^pi-\d{3}\s/.test(l))).toHaveLength(100);
+      expect(paged).toContain('showing 100 of 150 devices (--limit N or --all for more)');
+      expect(paged).toContain('150 device(s), 100 online');
+      const all = (await statusCli(db, ['--all'])).out.split('\n');
+      expect(all.filter((l) => /^pi-\d{3}\s/.test(l))).toHaveLength(150);
+      expect(all.some((l) => l.startsWith('showing'))).toBe(false);
+      expect(JSON.parse((await statusCli(db, ['--json'])).out)).toHaveLength(150);
+    });
   });
 }
 
