@@ -200,6 +200,24 @@ describe.skipIf(skip !== false)(`collector on Mosquitto${skip ? ` (skipped: ${sk
     expect(a.stats.duplicates + b.stats.duplicates).toBe(0);
   });
 
+  it('with connections: 4, three sessions share telemetry and events and the first takes the retained channels; everything stored once', async () => {
+    const file = dbFile();
+    const store = await sqliteStore(file);
+    const collector = await startCollector(store, { clientId: 'collector-lanes', shareGroup: 'lanes', connections: 4 });
+    expect(Object.keys(collector.subscriptions()).sort()).toEqual([topics.allDevices(ROOT, 'state'), topics.allDevices(ROOT, 'status')]);
+    const devices = await Promise.all(['pi-l1', 'pi-l2', 'pi-l3', 'pi-l4'].map(device));
+    const sends: Promise<unknown>[] = [];
+    for (let i = 0; i < 50; i++) devices.forEach((d, n) => sends.push(publishTelemetry(d, `pi-l${n + 1}`, [2 * i + 1, 2 * i + 2])));
+    devices.forEach((d, n) => sends.push(d.publishAsync(topics.device(ROOT, `pi-l${n + 1}`, 'state'), stateOf(`pi-l${n + 1}`, ['lab']), { qos: 1, retain: true })));
+    await Promise.all(sends);
+    await waitFor('400 points', () => countPoints(file) === 400);
+    await waitFor('4 states', () => collector.stats.states >= 4);
+    expect(collector.stats).toMatchObject({ batches: 200, points: 400, duplicates: 0 });
+    expect((await store.fleetStatus()).filter((r) => r.device.startsWith('pi-l') && r.groups.includes('lab'))).toHaveLength(4);
+    // Clear the retained states, so later tests' collectors do not get them.
+    for (const d of ['pi-l1', 'pi-l2', 'pi-l3', 'pi-l4']) await devices[0]?.publishAsync(topics.device(ROOT, d, 'state'), '', { qos: 1, retain: true });
+  });
+
   it('every collector gets the retained status and state, not just one of the group', async () => {
     const pi = await device('pi-9');
     await pi.publishAsync(topics.device(ROOT, 'pi-9', 'status'), JSON.stringify({ online: true, ts: new Date().toISOString() }), { qos: 1, retain: true });

@@ -145,18 +145,36 @@ export class Collector {
     return this.options.broker.protocolVersion ?? 5;
   }
 
+  /** Sessions beyond the first (MQTT 5 only): `connections` - 1. */
+  private get laneCount(): number {
+    return this.protocolVersion === 5 ? Math.max(1, this.options.connections ?? 1) - 1 : 0;
+  }
+
   /**
-   * The subscriptions, by filter: shared for telemetry and events, plain for
-   * the retained channels. MQTT 3.1.1 has no shared subscriptions: all plain.
+   * The first session's subscriptions, by filter: shared for telemetry and
+   * events, plain for the retained channels (MQTT 3.1.1 has no shared
+   * subscriptions: all plain). With more sessions, the first takes the
+   * retained channels only: after a (re)start every device's retained status
+   * and state arrive at once, one commit each, and telemetry must not queue
+   * behind them.
    */
   subscriptions(): ISubscriptionMap {
+    const root = this.options.broker.topicRoot;
+    const retained: ISubscriptionMap = {
+      [topics.allDevices(root, 'status')]: { qos: 1 },
+      [topics.allDevices(root, 'state')]: { qos: 1 },
+    };
+    if (this.laneCount > 0) return retained;
+    return { ...this.sharedSubscriptions(), ...retained };
+  }
+
+  /** Telemetry and events: shared in the group on MQTT 5, plain on 3.1.1. */
+  private sharedSubscriptions(): ISubscriptionMap {
     const root = this.options.broker.topicRoot;
     const shared = (filter: string): string => (this.protocolVersion === 5 ? `$share/${this.options.shareGroup}/${filter}` : filter);
     return {
       [shared(topics.allDevices(root, 'telemetry'))]: { qos: 1 },
       [shared(topics.allDevices(root, 'events'))]: { qos: 1 },
-      [topics.allDevices(root, 'status')]: { qos: 1 },
-      [topics.allDevices(root, 'state')]: { qos: 1 },
     };
   }
 
@@ -193,8 +211,9 @@ export class Collector {
     try {
       await firstConnect(client, broker.url);
       await this.subscribe(client);
-      const lanes = this.protocolVersion === 5 ? Math.max(1, this.options.connections ?? 1) - 1 : 0;
-      for (let i = 1; i <= lanes; i++) await this.openLane(i);
+      for (let i = 1; i <= this.laneCount; i++) await this.openLane(i);
+      // A session that took telemetry under an earlier --connections 1 keeps that subscription in its session: drop it.
+      if (this.laneCount > 0) await client.unsubscribeAsync(Object.keys(this.sharedSubscriptions()));
     } catch (err) {
       await client.endAsync(true);
       for (const lane of this.lanes.splice(0)) await lane.endAsync(true);
@@ -228,11 +247,7 @@ export class Collector {
   /** Another session in the share group, for telemetry and events only (see `connections`). */
   private async openLane(i: number): Promise<void> {
     const { broker, log } = this.options;
-    const root = broker.topicRoot;
-    const filters: ISubscriptionMap = {
-      [`$share/${this.options.shareGroup}/${topics.allDevices(root, 'telemetry')}`]: { qos: 1 },
-      [`$share/${this.options.shareGroup}/${topics.allDevices(root, 'events')}`]: { qos: 1 },
-    };
+    const filters = this.sharedSubscriptions();
     const lane: MqttClient = connect(broker.url, {
       ...this.clientOptions(),
       clientId: `${this.options.clientId}~${i}`,
