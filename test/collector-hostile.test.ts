@@ -22,6 +22,7 @@ import type { FleetStore } from '../fleet/collector/store.js';
 import { DEFAULT_TOPIC_ROOT, parseTelemetryAck, reportedStateSchema, telemetryBatchSchema, topics } from '../protocol/index.js';
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
 import { freshDatabase, postgresBin, postgresSkipReason, startPostgres, type PostgresServer } from './helpers/postgres.js';
+import { waitFor as sharedWaitFor } from './helpers/agent.js';
 
 const ROOT = DEFAULT_TOPIC_ROOT;
 const skip = mosquittoSkipReason();
@@ -51,17 +52,9 @@ function state(device: string, extra: { ts?: string; error?: string } = {}): Buf
   );
 }
 
-type Falsy = false | undefined | null | 0 | '';
-
-async function waitFor<T>(what: string, check: () => T | Falsy | Promise<T | Falsy>, timeoutMs = 15_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** The shared poll (test/helpers/agent.ts), with the description first and a 15 s default, as these tests read. */
+const waitFor = <T>(what: string, check: () => Promise<T | undefined | false | null> | T | undefined | false | null, timeoutMs = 15_000): Promise<T> =>
+  sharedWaitFor(async () => (await check()) ?? undefined, timeoutMs, what);
 
 let broker: Mosquitto;
 let dir: string;

@@ -21,6 +21,7 @@ import type { FleetStore } from '../fleet/collector/store.js';
 import { DEFAULT_TOPIC_ROOT, parseTelemetryAck, topics } from '../protocol/index.js';
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
 import { freshDatabase, postgresBin, postgresSkipReason, startPostgres, type PostgresServer } from './helpers/postgres.js';
+import { waitFor as sharedWaitFor } from './helpers/agent.js';
 
 const ROOT = DEFAULT_TOPIC_ROOT;
 const skip = mosquittoSkipReason();
@@ -34,15 +35,9 @@ const health = (seq: number): Record<string, unknown> => ({
 });
 const batch = (device: string, seqs: number[]): string => JSON.stringify({ schema: 1, device, points: seqs.map(health) });
 
-async function waitFor<T>(what: string, check: () => T | Promise<T>, timeoutMs = 15_000): Promise<NonNullable<T>> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
+/** The shared poll (test/helpers/agent.ts), with the description first and a 15 s default, as these tests read. */
+const waitFor = <T>(what: string, check: () => Promise<T | undefined | false | null> | T | undefined | false | null, timeoutMs = 15_000): Promise<T> =>
+  sharedWaitFor(async () => (await check()) ?? undefined, timeoutMs, what);
 
 let broker: Mosquitto;
 let dir: string;
