@@ -12,6 +12,7 @@ import { configSchema } from '../agent/config/schema.js';
 import { HttpServer } from '../agent/http/server.js';
 import { ModelRegistry } from '../agent/serving/registry.js';
 import { Metrics } from '../agent/telemetry/metrics.js';
+import { waitFor } from './helpers/agent.js';
 import { REPO, freePort } from './helpers/child.js';
 
 /**
@@ -142,8 +143,12 @@ describe('http.maxConnections, in process', () => {
     expect(quantile(during.map((r) => r.ms), 0.5)).toBeLessThan(50);
     expect(Math.max(...during.map((r) => r.ms))).toBeLessThan(1_000);
     expect(server?.connections.peak).toBeLessThanOrEqual(CAP);
-    expect(sampledMax).toBeLessThanOrEqual(CAP);
-    expect(server?.connections.open).toBe(CAP);
+    expect(sampledMax).toBe(CAP);
+    // The flood filled the server to the cap, not past it. A real client's slot
+    // freed after the wave stays free until someone connects: one more idle
+    // connection takes it (or evicts the oldest), and the count is the cap again.
+    await idleFlood(port, 1);
+    await waitFor(() => server?.connections.open === CAP, 2_000, `open connections back at ${CAP} (now ${server?.connections.open})`);
     // One warning, not one per connection.
     const warnings = logged.filter((l) => l.includes('http.maxConnections'));
     expect(warnings).toHaveLength(1);
