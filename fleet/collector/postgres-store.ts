@@ -1,8 +1,8 @@
 /**
  * The store for bigger fleets: PostgreSQL through node-postgres. Several
  * collectors may write to one database; each write is a single statement
- * (data-modifying CTEs), so it is atomic without holding a client across
- * round trips.
+ * (data-modifying CTEs), atomic on its own, and writes that arrive together
+ * share one transaction (group commit, pg-group-writer.ts).
  */
 import pg from 'pg';
 import type { DeviceEvent, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
@@ -23,6 +23,7 @@ import type {
   StoredEvent,
   TimeRange,
 } from './store.js';
+import { PgGroupWriter } from './pg-group-writer.js';
 import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the schema from version N to N+1. */
@@ -159,6 +160,28 @@ const INSERT_POINTS = `
   )
   SELECT count(*)::int AS added FROM added`;
 
+const UPSERT_STATUS = `
+  WITH s AS (
+    INSERT INTO fleet_status (device, online, ts, received_at) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (device) DO UPDATE SET online = excluded.online, ts = excluded.ts, received_at = excluded.received_at
+  )
+  INSERT INTO fleet_devices (device, online, last_seen) VALUES ($1, $2, $4)
+  ON CONFLICT (device) DO UPDATE SET online = excluded.online, last_seen = GREATEST(fleet_devices.last_seen, excluded.last_seen)`;
+
+const UPSERT_STATE = `
+  WITH s AS (
+    INSERT INTO fleet_state (device, ts, doc, received_at) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (device) DO UPDATE SET ts = excluded.ts, doc = excluded.doc, received_at = excluded.received_at
+    WHERE excluded.ts >= fleet_state.ts
+    RETURNING device, received_at
+  )
+  INSERT INTO fleet_devices (device, last_seen) SELECT device, received_at FROM s
+  ON CONFLICT (device) DO UPDATE SET last_seen = GREATEST(fleet_devices.last_seen, excluded.last_seen)`;
+
+const INSERT_EVENT = `
+  INSERT INTO fleet_events (device, ts, hash, type, model, version, detail, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+  ON CONFLICT (device, ts, hash) DO NOTHING`;
+
 const POINT_COLUMNS = `device, seq::float8 AS seq, ts, kind, model, version::float8 AS version, count::float8 AS count,
   errors::float8 AS errors, p50, p99, cpu_pct AS "cpuPct", temp_c AS "tempC", mem_used::float8 AS "memUsed",
   mem_total::float8 AS "memTotal", CASE WHEN kind IN ('health', 'dropped') THEN data::text ELSE '' END AS data`;
@@ -168,9 +191,12 @@ type Timed<T> = Omit<T, 'ts'> & { ts: Date };
 export class PostgresStore implements FleetStore {
   readonly kind = 'postgres';
   private readonly pool: pg.Pool;
+  private readonly writer: PgGroupWriter;
 
   constructor(connectionString: string, onError: (err: Error) => void = () => undefined) {
+    // Four clients for groups of writes, the rest for the acknowledgement pass, pruning and reads.
     this.pool = new pg.Pool({ connectionString, max: 8 });
+    this.writer = new PgGroupWriter(this.pool, { groups: 4, maxWrites: 256 });
     // An idle client losing its connection must not crash the process; the next query reports it.
     this.pool.on('error', onError);
   }
@@ -206,8 +232,8 @@ export class PostgresStore implements FleetStore {
     });
     // In slot order, so two collectors writing one device's batches lock its latest rows in the same order.
     const latest = latestRows(device, points, receivedAt).sort((a, b) => (a.slot < b.slot ? -1 : a.slot > b.slot ? 1 : 0)).map((l) => ({ slot: l.slot, ts: l.ts, receivedAt: l.receivedAt, data: JSON.parse(l.data) as unknown }));
-    const { rows: result } = await this.pool.query<{ added: number }>(INSERT_POINTS, [device, JSON.stringify(rows), JSON.stringify(latest)]);
-    return result[0]?.added ?? 0;
+    const params = [device, JSON.stringify(rows), JSON.stringify(latest)];
+    return this.writer.write(device, async (db) => (await db.query<{ added: number }>({ name: 'insert_points', text: INSERT_POINTS, values: params })).rows[0]?.added ?? 0);
   }
 
   /**
@@ -266,10 +292,8 @@ export class PostgresStore implements FleetStore {
   }
 
   async quarantine(entry: QuarantineEntry): Promise<void> {
-    await this.pool.query(
-      'INSERT INTO fleet_quarantine (device, topic, received_at, reason, size, excerpt) VALUES ($1, $2, $3, $4, $5, $6)',
-      [entry.device, entry.topic, new Date(entry.receivedAt), entry.reason, entry.size, entry.excerpt],
-    );
+    const params = [entry.device, entry.topic, new Date(entry.receivedAt), entry.reason, entry.size, entry.excerpt];
+    await this.writer.write(entry.device, (db) => db.query('INSERT INTO fleet_quarantine (device, topic, received_at, reason, size, excerpt) VALUES ($1, $2, $3, $4, $5, $6)', params));
   }
 
   async quarantined(limit: number): Promise<QuarantineEntry[]> {
@@ -299,39 +323,19 @@ export class PostgresStore implements FleetStore {
   }
 
   async upsertStatus(device: string, status: Status, receivedAt: number): Promise<void> {
-    await this.pool.query(
-      `WITH s AS (
-         INSERT INTO fleet_status (device, online, ts, received_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (device) DO UPDATE SET online = excluded.online, ts = excluded.ts, received_at = excluded.received_at
-       )
-       INSERT INTO fleet_devices (device, online, last_seen) VALUES ($1, $2, $4)
-       ON CONFLICT (device) DO UPDATE SET online = excluded.online, last_seen = GREATEST(fleet_devices.last_seen, excluded.last_seen)`,
-      [device, status.online, status.ts === undefined ? null : new Date(millis(status.ts)), new Date(receivedAt)],
-    );
+    const params = [device, status.online, status.ts === undefined ? null : new Date(millis(status.ts)), new Date(receivedAt)];
+    await this.writer.write(device, (db) => db.query({ name: 'upsert_status', text: UPSERT_STATUS, values: params }));
   }
 
   async upsertState(state: ReportedState, receivedAt: number): Promise<void> {
-    await this.pool.query(
-      `WITH s AS (
-         INSERT INTO fleet_state (device, ts, doc, received_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (device) DO UPDATE SET ts = excluded.ts, doc = excluded.doc, received_at = excluded.received_at
-         WHERE excluded.ts >= fleet_state.ts
-         RETURNING device, received_at
-       )
-       INSERT INTO fleet_devices (device, last_seen) SELECT device, received_at FROM s
-       ON CONFLICT (device) DO UPDATE SET last_seen = GREATEST(fleet_devices.last_seen, excluded.last_seen)`,
-      [state.device, new Date(millis(state.ts)), JSON.stringify(state), new Date(receivedAt)],
-    );
+    const params = [state.device, new Date(millis(state.ts)), JSON.stringify(state), new Date(receivedAt)];
+    await this.writer.write(state.device, (db) => db.query({ name: 'upsert_state', text: UPSERT_STATE, values: params }));
   }
 
   async insertEvent(device: string, event: DeviceEvent, receivedAt?: number): Promise<boolean> {
     const ts = millis(event.ts);
-    const { rowCount } = await this.pool.query(
-      `INSERT INTO fleet_events (device, ts, hash, type, model, version, detail, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-       ON CONFLICT (device, ts, hash) DO NOTHING`,
-      [device, new Date(ts), eventHash(event), event.type, event.model ?? null, event.version ?? null, event.detail ?? null, new Date(receivedAt ?? ts)],
-    );
-    return (rowCount ?? 0) > 0;
+    const params = [device, new Date(ts), eventHash(event), event.type, event.model ?? null, event.version ?? null, event.detail ?? null, new Date(receivedAt ?? ts)];
+    return this.writer.write(device, async (db) => ((await db.query({ name: 'insert_event', text: INSERT_EVENT, values: params })).rowCount ?? 0) > 0);
   }
 
   async prune(before: number): Promise<{ points: number; events: number }> {
