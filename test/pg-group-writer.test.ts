@@ -22,7 +22,7 @@ afterAll(async () => {
   await server?.stop();
 });
 
-async function table(): Promise<{ pool: pg.Pool; commits(): Promise<number> }> {
+async function table(): Promise<{ pool: pg.Pool; commits: () => Promise<number> }> {
   const url = await freshDatabase(server as PostgresServer);
   const pool = new pg.Pool({ connectionString: url, max: 8 });
   await pool.query('CREATE TABLE t (device text NOT NULL, n integer NOT NULL CHECK (n >= 0), PRIMARY KEY (device, n))');
@@ -106,7 +106,7 @@ describe.skipIf(pgSkip)('PgGroupWriter', () => {
         Array.from({ length: 2_000 }, (_, i) => [
           store.insertPoints(`dev-${i}`, batch(1), at),
           store.upsertStatus(`dev-${i}`, { online: true, ts, agentVersion: '1' } as never, at),
-          store.insertEvent(`dev-${i}`, { ts, type: 'model.activated', model: 'm', version: 1 } as never, at),
+          store.insertEvent(`dev-${i}`, { ts, type: 'model.activated', model: 'm', version: 1 }, at),
         ]).flat(),
       );
       const page = await store.fleetPage({ limit: 10, sort: 'p99', desc: true });
