@@ -14,12 +14,13 @@ import { devices } from './commands/devices.js';
 import { keysGenerate } from './commands/keys-generate.js';
 import { modelPublish } from './commands/model-publish.js';
 import { modelRetire } from './commands/model-retire.js';
+import { ROLLOUT_COMMANDS } from './commands/rollout.js';
 import { status } from './commands/status.js';
 import { trustInit } from './commands/trust-init.js';
 import { trustRotate } from './commands/trust-rotate.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, errorMessage, redact } from './errors.js';
 
-export const COMMANDS: readonly Command[] = [keysGenerate, trustInit, trustRotate, modelPublish, modelRetire, deploy, devices, status, collect, caInit, caSign, caServerCert];
+export const COMMANDS: readonly Command[] = [keysGenerate, trustInit, trustRotate, modelPublish, modelRetire, deploy, devices, status, collect, caInit, caSign, caServerCert, ...ROLLOUT_COMMANDS];
 
 function globalHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

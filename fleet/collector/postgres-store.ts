@@ -24,6 +24,7 @@ import type {
   TimeRange,
 } from './store.js';
 import { PgGroupWriter } from './pg-group-writer.js';
+import { POSTGRES_ROLLOUT_MIGRATION, postgresRollouts, type RolloutRecords } from './rollout-records.js';
 import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the schema from version N to N+1. */
@@ -88,6 +89,8 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
    CREATE INDEX fleet_devices_errors ON fleet_devices (errors, (device COLLATE "C"));
    CREATE INDEX fleet_devices_p99 ON fleet_devices (p99, (device COLLATE "C"));
    CREATE INDEX fleet_devices_dropped ON fleet_devices (dropped, (device COLLATE "C"));`,
+  // Issue 14: staged rollouts and the documents published for them (the controller's lead is an advisory lock).
+  POSTGRES_ROLLOUT_MIGRATION,
 ];
 
 /** The fleet_devices column each sort orders by. */
@@ -192,11 +195,13 @@ export class PostgresStore implements FleetStore {
   readonly kind = 'postgres';
   private readonly pool: pg.Pool;
   private readonly writer: PgGroupWriter;
+  readonly rollouts: RolloutRecords & { close(): Promise<void> };
 
   constructor(connectionString: string, onError: (err: Error) => void = () => undefined) {
     // Four clients for groups of writes, the rest for the acknowledgement pass, pruning and reads.
     this.pool = new pg.Pool({ connectionString, max: 8 });
     this.writer = new PgGroupWriter(this.pool, { groups: 4, maxWrites: 256 });
+    this.rollouts = postgresRollouts(this.pool, onError);
     // An idle client losing its connection must not crash the process; the next query reports it.
     this.pool.on('error', onError);
   }
@@ -465,6 +470,7 @@ export class PostgresStore implements FleetStore {
   }
 
   async close(): Promise<void> {
+    await this.rollouts.close();
     await this.pool.end();
   }
 }

@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import type Database from 'better-sqlite3';
 import { openSqlite } from '../../lib/sqlite.js';
+import { SQLITE_ROLLOUT_MIGRATION, sqliteRollouts, type RolloutRecords } from './rollout-records.js';
 import type { DeviceEvent, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
 import { FailureError } from '../errors.js';
 import type {
@@ -89,6 +90,8 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
    CREATE INDEX fleet_devices_errors ON fleet_devices (errors, device);
    CREATE INDEX fleet_devices_p99 ON fleet_devices (p99, device);
    CREATE INDEX fleet_devices_dropped ON fleet_devices (dropped, device);`,
+  // Issue 14: staged rollouts, the documents published for them, the controller's lease.
+  SQLITE_ROLLOUT_MIGRATION,
 ];
 
 /** The fleet_devices column each sort orders by. */
@@ -248,6 +251,7 @@ export class SqliteStore implements FleetStore {
   readonly kind = 'sqlite';
   private database: Database.Database | undefined;
   private statements: ReturnType<typeof prepareStatements> | undefined;
+  private records: RolloutRecords | undefined;
 
   /** `mustExist`: fail instead of creating an empty database (for readers such as `edgefleet status`). */
   constructor(
@@ -260,6 +264,11 @@ export class SqliteStore implements FleetStore {
     return this.statements;
   }
 
+  get rollouts(): RolloutRecords {
+    if (this.records === undefined) throw new Error('SqliteStore used before init()');
+    return this.records;
+  }
+
   async init(): Promise<void> {
     if (this.database !== undefined) return;
     if (this.options.mustExist && !existsSync(this.file)) {
@@ -267,6 +276,7 @@ export class SqliteStore implements FleetStore {
     }
     this.database = openSqlite(this.file, { migrations: SQLITE_MIGRATIONS, owner: 'collector' });
     this.statements = prepareStatements(this.database);
+    this.records = sqliteRollouts(this.database);
   }
 
   private transaction<T>(fn: () => T): T {

@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import type { DeviceEvent, DroppedPoint, HealthPoint, InferencePoint, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
 import { formatTime, parseTime } from '../../protocol/index.js';
+import type { RolloutRecords } from './rollout-records.js';
 import { applyReportedState, byDevice, emptySummary, type DeviceSummary } from '../device-summary.js';
 
 export interface FleetFilters {
@@ -233,6 +234,8 @@ export interface FleetStore {
   fleetPage(q: FleetPageQuery): Promise<FleetPageResult>;
   series(device: string, range: TimeRange): Promise<DeviceSeries>;
   events(device: string, range: TimeRange): Promise<StoredEvent[]>;
+  /** Staged rollouts (rollout-records.ts); after init(). */
+  readonly rollouts: RolloutRecords;
   close(): Promise<void>;
 }
 

@@ -7,13 +7,15 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../agent/log.js';
 import { parseTime } from '../../protocol/index.js';
-import { expiryOption, parseOrUsage } from '../args.js';
+import { expiryOption, listOf, parseOrUsage } from '../args.js';
 import { Collector } from '../collector/collector.js';
 import { DEFAULT_QUOTAS } from '../collector/ingest-guard.js';
 import type { QuotaLimits } from '../collector/ingest-guard.js';
 import { DashboardServer, parseListen } from '../collector/http-server.js';
 import { DB_HELP, describeDb, openStore, resolveDb } from '../collector/open-store.js';
 import type { Command } from '../command.js';
+import { readSigningKeys } from '../key-files.js';
+import { RolloutController } from '../rollout/controller.js';
 import { UsageError, errorMessage } from '../errors.js';
 import { BROKER_HELP, BROKER_OPTIONS, brokerSettings } from '../mqtt.js';
 
@@ -32,6 +34,8 @@ const OPTIONS = {
   'max-bytes-per-minute': { type: 'string' },
   'max-event-bytes': { type: 'string' },
   'max-clock-skew': { type: 'string' },
+  'rollout-key': { type: 'string', multiple: true },
+  'rollout-tick': { type: 'string' },
   ...BROKER_OPTIONS,
 } as const;
 
@@ -84,6 +88,11 @@ ${DB_HELP}
                       when restarting: a session no longer opened keeps its share of
                       messages queued until --session-expiry
 
+Staged rollouts (edgefleet rollout start; docs/operator-guide.md):
+  --rollout-key FILE[,FILE]  the rollout role's private key(s): this collector runs the
+                             rollout controller (one collector per store leads at a time)
+  --rollout-tick D           how often the controller looks at each rollout (default 2s)
+
 Per-device limits (docs/collector.md says why each default): what goes over
 is dropped, acknowledged and counted per device, never stored.
   --max-models N               model names a device may have points stored under
@@ -110,6 +119,13 @@ ${BROKER_HELP}`,
     const db = resolveDb(values.db);
     const store = openStore(db, { cwd: io.cwd, onError: (err) => log.warn({ err: errorMessage(err) }, 'database connection problem') });
     const collector = new Collector({ broker, store, log, ...settings.collector });
+    const rolloutKeys = listOf(values['rollout-key']);
+    const controller =
+      rolloutKeys.length > 0 &&
+      new RolloutController({
+        store, broker, log, keys: await readSigningKeys(rolloutKeys, io.note), holder: settings.collector.clientId,
+        tickMs: values['rollout-tick'] === undefined ? 2_000 : durationMs(values['rollout-tick'], 'rollout-tick'),
+      });
     const dashboard = settings.listen && new DashboardServer({ store, listen: settings.listen, log, publicNames: settings.publicNames });
     const started: { stop(): Promise<void> }[] = [];
     try {
@@ -122,6 +138,10 @@ ${BROKER_HELP}`,
         await dashboard.start();
         started.push(dashboard);
       }
+      if (controller) {
+        controller.start();
+        started.push(controller);
+      }
       log.info({ signal: await untilSignal() }, 'stopping');
     } finally {
       for (const component of started.reverse()) await component.stop();
@@ -130,7 +150,7 @@ ${BROKER_HELP}`,
   },
 };
 
-type Values = { [K in Exclude<keyof typeof OPTIONS, 'public-name'>]?: string | undefined } & { 'public-name'?: string[] | undefined };
+type Values = { [K in Exclude<keyof typeof OPTIONS, 'public-name' | 'rollout-key'>]?: string | undefined } & { 'public-name'?: string[] | undefined };
 
 /** The options that need no I/O, checked before anything starts. */
 function checkOptions(values: Values) {
