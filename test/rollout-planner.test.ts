@@ -15,7 +15,7 @@ const MIN = 60_000;
 function spec(over: Partial<RolloutSpec> = {}): RolloutSpec {
   return {
     group: 'lab', models: [{ name: 'mnist', version: 4, labels: ['stable'], manifest: envelope }], waves: parseWaves('1,50%,100%'), canary: [],
-    minApplied: 1, applyTimeoutMs: 15 * MIN, soakMs: 10 * MIN, maxErrorRate: 0.01, maxP99Increase: 0.25, minRequests: 100,
+    minApplied: 1, applyTimeoutMs: 15 * MIN, soakMs: 10 * MIN, maxErrorRate: 0.01, maxP99Increase: 0.25, p99SlackMs: 1, minRequests: 100,
     shadow: null, onFailure: 'rollback', documentTtlMs: 86_400_000, ...over,
   };
 }
@@ -177,7 +177,15 @@ describe('gates', () => {
     const data = wave.flatMap((d) => [...series(d, 3, T0 - 11 * MIN, T0, 2), ...series(d, 4, T0 + MIN, end, 20)]);
     const v = evaluateGates(r, r.waves[0] as Rollout['waves'][number], obs(r, data));
     expect(v.verdict).toBe('fail');
-    expect(v.reason).toMatch(/^p99 gate: mnist:4: \+900% \(at most \+25%\); p99 x10\.00 on 3 device\(s\)/);
+    expect(v.reason).toMatch(/^p99 gate: mnist:4: \+900% \(\+18\.00 ms\), at most \+25% or \+1 ms; p99 x10\.00 on 3 device\(s\)/);
+  });
+
+  it('a sub-millisecond p99 that triples passes within the slack, and fails without it', () => {
+    const data = wave.flatMap((d) => [...series(d, 3, T0 - 11 * MIN, T0, 0.1), ...series(d, 4, T0 + MIN, end, 0.3)]);
+    const slack = soaked();
+    expect(evaluateGates(slack, slack.waves[0] as Rollout['waves'][number], obs(slack, data)).verdict).toBe('pass');
+    const none = soaked({ p99SlackMs: 0 });
+    expect(evaluateGates(none, none.waves[0] as Rollout['waves'][number], obs(none, data)).reason).toMatch(/^p99 gate: mnist:4: \+200(\.0)?% \(\+0\.20 ms\)/);
   });
 
   it('a load that slows every device alike does not stop the rollout (corrected by the devices still on the old version)', () => {

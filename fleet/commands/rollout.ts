@@ -42,6 +42,13 @@ function countOption(value: string | undefined, flag: string, fallback: number, 
   return Number(value);
 }
 
+function slackOption(value: string | undefined): number {
+  if (value === undefined) return 1;
+  const ms = /^\d+(\.\d+)?$/.test(value) ? Number(value) : NaN;
+  if (!(ms >= 0 && ms <= 60_000)) throw new UsageError(`--p99-slack-ms must be milliseconds from 0 to 60000, got "${value}"`);
+  return ms;
+}
+
 async function withStore<T>(db: string | undefined, io: CommandIo, fn: (store: FleetStore) => Promise<T>): Promise<T> {
   const store = openStore(resolveDb(db), { cwd: io.cwd, mustExist: true });
   try {
@@ -64,6 +71,7 @@ const START_OPTIONS = {
   'max-error-rate': { type: 'string' },
   'max-p99-increase': { type: 'string' },
   'min-requests': { type: 'string' },
+  'p99-slack-ms': { type: 'string' },
   'shadow-rate': { type: 'string' },
   'shadow-samples': { type: 'string' },
   'min-agreement': { type: 'string' },
@@ -97,6 +105,8 @@ ${DB_HELP}
   --soak D                  how long a wave serves before its gates are judged (default 10m)
   --max-error-rate SHARE    highest error rate on the new versions (default 1%)
   --max-p99-increase SHARE  highest p99 increase over the old version (default 25%)
+  --p99-slack-ms MS         a p99 increase of at most MS milliseconds passes whatever its
+                            share (default 1: sub-millisecond latencies swing by multiples)
   --min-requests N          requests a wave must serve before it is judged (default 100)
   --shadow-rate R           share of live requests a candidate also answers, on the device (0-1)
   --shadow-samples N        comparisons before the verdict (default 200)
@@ -157,6 +167,7 @@ Durations take s, m, h.`,
       soakMs: values.soak === '0' ? 0 : durationOption(values.soak ?? '10m', 'soak'),
       maxErrorRate: shareOption(values['max-error-rate'] ?? '1%', 'max-error-rate'),
       maxP99Increase: shareOption(values['max-p99-increase'] ?? '25%', 'max-p99-increase', 100),
+      p99SlackMs: slackOption(values['p99-slack-ms']),
       minRequests: countOption(values['min-requests'], 'min-requests', 100, 0),
       documentTtlMs: durationOption(values.expires ?? '720h', 'expires'),
     };
@@ -184,7 +195,7 @@ Durations take s, m, h.`,
     }
     io.out(`rollout ${r.id}: ${refs.map((m) => `${m.name}:${m.version}`).join(' ')} to group ${group}, ${r.waves.length} wave(s)`);
     r.waves.forEach((w, i) => io.out(`  wave ${i + 1}: ${w.devices.length} device(s): ${terminalSafe(w.devices.join(', '))}`));
-    io.out(`gates: error rate <= ${formatPercent(spec.maxErrorRate)}, p99 +${formatPercent(spec.maxP99Increase)} at most, ${spec.minRequests} requests; soak ${formatDuration(spec.soakMs)}; on failure ${onFailure}`);
+    io.out(`gates: error rate <= ${formatPercent(spec.maxErrorRate)}, p99 +${formatPercent(spec.maxP99Increase)} or +${spec.p99SlackMs} ms at most, ${spec.minRequests} requests; soak ${formatDuration(spec.soakMs)}; on failure ${onFailure}`);
     io.note("the collector run with --rollout-key carries it out; follow it with 'edgefleet rollout status --watch'");
   },
 };

@@ -54,6 +54,8 @@ export interface RolloutSpec {
   maxErrorRate: number;
   /** Highest p99 increase (0.25 = 25 %) over the same devices on the old version, corrected by the devices still on it. */
   maxP99Increase: number;
+  /** A p99 increase of at most this many milliseconds passes whatever its ratio (absent in records from before it: 0). */
+  p99SlackMs?: number;
   /** Requests a wave must serve on the new versions before its gates are judged. */
   minRequests: number;
   shadow: ShadowSpec | null;
@@ -421,16 +423,26 @@ const median = (values: readonly number[]): number | null => {
   return xs.length % 2 === 1 ? (xs[mid] as number) : ((xs[mid - 1] as number) + (xs[mid] as number)) / 2;
 };
 
-/** The p99 ratio after/before per device (median of devices); null without a device that has both. */
-function ratioOf(devices: readonly string[], before: (d: string) => Interval[], after: (d: string) => Interval[]): { ratio: number | null; devices: number } {
+/**
+ * Per device, the request-weighted median p99 before and after; the median
+ * ratio after/before and the median p99 before, over the devices with both.
+ */
+function ratioOf(devices: readonly string[], before: (d: string) => Interval[], after: (d: string) => Interval[]): { ratio: number | null; base: number | null; devices: number } {
   const ratios: number[] = [];
+  const bases: number[] = [];
   for (const d of devices) {
     const b = weightedMedianP99(before(d));
     const a = weightedMedianP99(after(d));
-    if (a !== null && b !== null && b > 0) ratios.push(a / b);
+    if (a !== null && b !== null && b > 0) {
+      ratios.push(a / b);
+      bases.push(b);
+    }
   }
-  return { ratio: median(ratios), devices: ratios.length };
+  return { ratio: median(ratios), base: median(bases), devices: ratios.length };
 }
+
+/** Devices on the old version whose median movement is trusted both ways (below it, only a slowdown is). */
+export const CONTROL_MIN_DEVICES = 3;
 
 export interface GateVerdict {
   verdict: 'pass' | 'fail' | 'wait';
@@ -447,7 +459,10 @@ export interface GateVerdict {
  *   themselves on the old one before the wave (median of per-device ratios
  *   of request-weighted median p99), divided by the same ratio of the
  *   devices still on the old version over the same two windows, so a load
- *   that slows the whole fleet does not stop a rollout. With no device to
+ *   that moves the whole fleet moves the baseline too (with fewer than
+ *   CONTROL_MIN_DEVICES of them, only their slowing is taken). An increase of at
+ *   most `p99SlackMs` milliseconds passes whatever its ratio: sub-millisecond
+ *   latencies swing by multiples on scheduling alone. With no device to
  *   compare against itself, the wave's p99 is compared with the devices on
  *   the old version over the soak.
  */
@@ -489,10 +504,16 @@ export function evaluateGates(r: Rollout, wave: WaveRecord, obs: Observation): G
     const wave_ = ratioOf(wave.devices, (d) => of(d, old, before), (d) => of(d, m.version, after));
     const ctrl = ratioOf(control, (d) => of(d, old, before), (d) => of(d, old, after));
     let increase: number | null = null;
+    /** The increase in milliseconds: below the slack it is noise, whatever the ratio. */
+    let addedMs: number | null = null;
     let how: string;
     if (wave_.ratio !== null) {
-      const drift = ctrl.ratio ?? 1;
+      // Corrected by how the devices still on the old version moved over the same two windows. With fewer
+      // than CONTROL_MIN_DEVICES of them only a slowdown is forgiven: one or two devices' own swing would
+      // otherwise turn into a false alarm whenever they happen to get faster.
+      const drift = ctrl.ratio === null ? 1 : ctrl.devices >= CONTROL_MIN_DEVICES ? ctrl.ratio : Math.max(1, ctrl.ratio);
       increase = wave_.ratio / drift - 1;
+      addedMs = increase * (wave_.base ?? 0) * drift;
       how = `p99 x${wave_.ratio.toFixed(2)} on ${wave_.devices} device(s) against themselves before the wave` +
         (ctrl.ratio !== null ? `, devices still on version ${old} x${ctrl.ratio.toFixed(2)} over the same windows` : ', no device left on the old version to correct by');
     } else {
@@ -500,15 +521,16 @@ export function evaluateGates(r: Rollout, wave: WaveRecord, obs: Observation): G
       const oldP99 = median(control.map((d) => weightedMedianP99(of(d, old, after))).filter((x): x is number => x !== null));
       if (newP99 !== null && oldP99 !== null && oldP99 > 0) {
         increase = newP99 / oldP99 - 1;
+        addedMs = newP99 - oldP99;
         how = `p99 ${newP99.toFixed(2)} ms on the wave against ${oldP99.toFixed(2)} ms on devices still on version ${old} (no p99 from before the wave)`;
       } else {
         how = `no p99 of version ${old} to compare with: not judged`;
       }
     }
-    gates.push({
-      name: 'p99', value: increase, threshold: spec.maxP99Increase, ok: increase === null ? true : increase <= spec.maxP99Increase,
-      detail: `${m.name}:${m.version}: ${increase === null ? '' : `${increase >= 0 ? '+' : ''}${formatPercent(increase)} (at most +${formatPercent(spec.maxP99Increase)}); `}${how}`,
-    });
+    const slack = spec.p99SlackMs ?? 0;
+    const within = increase === null || increase <= spec.maxP99Increase || (addedMs !== null && addedMs <= slack);
+    const figures = increase === null ? '' : `${increase >= 0 ? '+' : ''}${formatPercent(increase)}${addedMs === null ? '' : ` (${addedMs >= 0 ? '+' : ''}${addedMs.toFixed(2)} ms)`}, at most +${formatPercent(spec.maxP99Increase)} or +${slack} ms; `;
+    gates.push({ name: 'p99', value: increase, threshold: spec.maxP99Increase, ok: within, detail: `${m.name}:${m.version}: ${figures}${how}` });
   }
   const failed = gates.filter((g) => g.ok === false);
   if (failed.length > 0) return { verdict: 'fail', gates, reason: failed.map((g) => `${g.name} gate: ${g.detail}`).join('; ') };

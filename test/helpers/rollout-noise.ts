@@ -39,7 +39,7 @@ export function falseAlarmRate(trials: number, seed: number, options: NoiseOptio
     const control = Array.from({ length: controlSize }, (_, i) => `c${i}`);
     const r: Rollout = newRollout(`noise-${t}`, {
       group: 'g', models: [{ name: 'm', version: 2, labels: [], manifest: envelope }], waves: parseWaves('100%'), canary: [],
-      minApplied: 1, applyTimeoutMs: 15 * MIN, soakMs, maxErrorRate: 0.01, maxP99Increase, minRequests: 100, shadow: null,
+      minApplied: 1, applyTimeoutMs: 15 * MIN, soakMs, maxErrorRate: 0.01, maxP99Increase, p99SlackMs: 1, minRequests: 100, shadow: null,
       onFailure: 'rollback', documentTtlMs: 86_400_000,
     }, wave, 0);
     r.previous = [{ name: 'm', version: 1, labels: [], manifest: envelope }];
@@ -52,7 +52,7 @@ export function falseAlarmRate(trials: number, seed: number, options: NoiseOptio
     const drift = Math.exp(normal() * 0.3);
     const intervals: Interval[] = [];
     for (const device of [...wave, ...control]) {
-      const base = 1 + rand() * 4;
+      const base = 2 + rand() * 8;
       const onWave = wave.includes(device);
       for (let ts = 10_000; ts <= end; ts += 10_000) {
         if (ts > start && ts <= applied) continue;
