@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { shadowSchema } from '../../protocol/desired.js';
 import { errorMessage } from '../errors.js';
 import type { KvStore } from '../store/database.js';
 import { NoSpaceError } from '../store/no-space.js';
@@ -32,7 +33,7 @@ const activeSchema = z.object({
   serial,
   acceptedAt: z.number(),
   // The manifest stays the signed envelope; it is verified again on every resume.
-  models: z.array(z.object({ name, version, labels: z.array(z.string()), manifest: z.unknown() })),
+  models: z.array(z.object({ name, version, labels: z.array(z.string()), manifest: z.unknown(), shadow: shadowSchema.optional() })),
 });
 
 const servingSchema = z.array(z.object({ name, version, isDefault: z.boolean() }));

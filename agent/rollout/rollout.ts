@@ -8,6 +8,7 @@ import type { AgentConfig } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import type { VersionLoader } from '../serving/loader.js';
 import type { ModelRegistry } from '../serving/registry.js';
+import type { ShadowTap } from '../serving/shadow/tap.js';
 import type { AgentDatabase, KvStore } from '../store/database.js';
 import { NoSpaceError } from '../store/no-space.js';
 import { agentVersion } from '../version.js';
@@ -36,6 +37,8 @@ export interface RolloutOptions {
   store: ModelStore;
   loader: VersionLoader;
   registry: ModelRegistry;
+  /** Where shadow evaluations run (section 11); without it versions switch without one. */
+  shadows?: ShadowTap | undefined;
   logger: Logger;
 }
 
@@ -82,6 +85,7 @@ export class Rollout {
       store: o.store,
       loader: o.loader,
       registry: o.registry,
+      shadows: o.shadows,
       events: o.events,
       database: o.database,
       state: this.state,
@@ -234,7 +238,12 @@ export class Rollout {
   /** Verifies the document that counts now; accepted ones replace the active one. */
   private evaluate(): void {
     const candidate = this.source.counting();
-    if (!candidate || this.state.desiredHash(candidate.key) === candidate.hash) return;
+    if (!candidate) return;
+    // The document last accepted from this target, byte for byte: a retained re-delivery changes
+    // nothing, but after the document that counted instead was removed (section 10) it is the
+    // fallback and comes back into force. Its serial is the one recorded: not a replay.
+    const known = this.state.desiredHash(candidate.key) === candidate.hash;
+    if (known && (this.active === undefined || this.active.key === candidate.key)) return;
     const origin: DesiredOrigin = candidate.target.group !== undefined ? { source: 'group', group: candidate.target.group } : { source: 'device' };
     let desired: Desired;
     let manifests: Map<string, Manifest>;
@@ -245,7 +254,7 @@ export class Rollout {
         topicTarget: candidate.target,
         deviceId: this.o.config.deviceId,
         groups: this.o.config.groups,
-        lastSerial: this.state.desiredSerial(candidate.key),
+        lastSerial: known ? undefined : this.state.desiredSerial(candidate.key),
         now,
       });
       manifests = this.verifyAll(desired.models, now);
@@ -253,7 +262,7 @@ export class Rollout {
       this.reject(candidate, origin, err);
       return;
     }
-    const active: ActiveDesired = { key: candidate.key, ...origin, serial: desired.serial, acceptedAt: now, models: desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], manifest: m.manifest })) };
+    const active: ActiveDesired = { key: candidate.key, ...origin, serial: desired.serial, acceptedAt: now, models: desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], manifest: m.manifest, ...(m.shadow && { shadow: m.shadow }) })) };
     if (!this.acceptDurably(candidate.key, candidate.hash, active, manifests)) return;
     this.active = active;
     this.manifests = manifests;
@@ -378,7 +387,7 @@ export class Rollout {
   }
 
   private desiredVersions(): DesiredVersion[] {
-    return (this.active?.models ?? []).map((m) => ({ name: m.name, version: m.version, labels: m.labels, sha256: this.manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? '' }));
+    return (this.active?.models ?? []).map((m) => ({ name: m.name, version: m.version, labels: m.labels, sha256: this.manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? '', shadow: m.shadow }));
   }
 
   /** Plan → run the first step → plan again, until nothing is left; retryable failures back off. */
