@@ -124,6 +124,13 @@ export class RolloutState {
   desiredHash(target: string): string | undefined {
     return this.read(KEYS.desiredHash(target), z.string());
   }
+  /**
+   * A target's document was removed (section 10): forget its hash, keep its
+   * serial, so the same document published again is a replay, not a re-delivery.
+   */
+  forgetDesiredHash(target: string): void {
+    if (this.desiredHash(target) !== undefined) this.record(KEYS.desiredHash(target), DELETED);
+  }
   /** The last serial accepted from a target; a document must be above it. */
   desiredSerial(target: string): number | undefined {
     return this.read(KEYS.desiredSerial(target), serial);

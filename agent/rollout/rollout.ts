@@ -3,7 +3,7 @@ import type { Desired } from '../../protocol/desired.js';
 import { verifyDesired } from '../../protocol/desired.js';
 import { ProtocolError, isProtocolError } from '../../protocol/errors.js';
 import { verifyManifest, type Manifest } from '../../protocol/manifest.js';
-import { parseTopic, topics } from '../../protocol/names.js';
+import { parseTopic, topics, type Target } from '../../protocol/names.js';
 import type { AgentConfig } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import type { VersionLoader } from '../serving/loader.js';
@@ -12,7 +12,7 @@ import type { ShadowTap } from '../serving/shadow/tap.js';
 import type { AgentDatabase, KvStore } from '../store/database.js';
 import { NoSpaceError } from '../store/no-space.js';
 import { agentVersion } from '../version.js';
-import { DesiredSource, type Candidate } from './desired-source.js';
+import { DesiredSource, targetKey, type Candidate } from './desired-source.js';
 import type { DesiredOrigin, RolloutEvents } from './events.js';
 import { RolloutError, classify, failureCode } from './errors.js';
 import { StepExecutor } from './executor.js';
@@ -196,10 +196,23 @@ export class Rollout {
       this.trustChain.offerHead(payload);
     } else if (parsed?.kind === 'desired') {
       this.source.offer(parsed.target, payload);
+      if (payload.length === 0) this.removed(parsed.target);
       // Verified under the trust the walk reaches, not refused under the one it is leaving.
       if (this.trustChain.walking) this.evaluationDeferred = true;
       else this.evaluate();
     }
+  }
+
+  /**
+   * A zero-length retained message removed a target's document (section 10).
+   * Its serial stays; its hash goes, so only a higher serial brings it back.
+   * evaluate() then falls back to the next document in order, if any.
+   */
+  private removed(target: Target): void {
+    const key = targetKey(target);
+    this.state.forgetDesiredHash(key);
+    const next = this.source.counting();
+    this.log.info({ target: key, fallback: next?.key ?? null }, next ? 'desired document removed; the next one in order counts' : 'desired document removed; no other document for this device, what serves keeps serving');
   }
 
   /** A desired or trust message too big to read: the fleet hears why the device ignores it. */
