@@ -6,7 +6,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseTelemetryBatch, type ShadowPoint } from '../protocol/reported.js';
-import { scaleModel } from '../models/onnx/zoo.js';
+import { identityModel, scaleModel } from '../models/onnx/zoo.js';
 import { startTestAgent, waitFor, type TestAgent } from './helpers/agent.js';
 import { buildManifest, publishBlocks, signManifest, type DesiredEntry } from './helpers/fleet.js';
 import { startFleetHarness, type FleetHarness } from './helpers/fleet-harness.js';
@@ -183,6 +183,42 @@ describe('shadow evaluation', () => {
     await waitFor(h.desired('sh-timeout-activate', 2, 'applied'), 10_000, 'timed out and activated');
     expect(t.agent.registry.defaultOf('scale')).toBe(2);
     expect(eventsOf('sh-timeout-activate', 'shadow.completed')[0]?.detail).toMatch(/0 of 1000 samples in maxDurationS 1.5 s \(agreement none\); onTimeout activate/);
+  });
+
+  it('a newer document that no longer lists the candidate ends the evaluation and releases it', async () => {
+    const { logger, lines } = capture();
+    t = await agentWithV1('sh-superseded', logger);
+    const v1 = await release(1, 1);
+    await h.deploy('sh-superseded', 2, [v1, { ...(await release(2, 1)), shadow: { sampleRate: 1, minSamples: 1000, maxDurationS: 600 } }]);
+    await waitFor(shadowing('sh-superseded', 2), 20_000, 'v2 shadowing');
+    await h.deploy('sh-superseded', 3, [v1]);
+    const s = await waitFor(h.desired('sh-superseded', 3, 'applied'), 10_000, 'serial 3 applied');
+    await waitFor(() => lines.some((l) => l.includes('model version released without serving')), 5_000, 'candidate released');
+    expect(s.models.map((m) => m.version)).toEqual([1]);
+    expect(eventsOf('sh-superseded', 'superseded').some((e) => e.version === 2)).toBe(true);
+    expect(t.agent.registry.servables().map((x) => x.version)).toEqual([1]);
+  });
+
+  it('shadows a model whose tensors are text (BYTES), comparing element by element', async () => {
+    t = await startTestAgent({ deviceId: 'sh-bytes', trust: h.trustFile, mqtt: { url: h.broker.url }, rollout: { healthWindowS: 0 } });
+    const text = async (version: number): Promise<DesiredEntry> => {
+      const bytes = identityModel('string');
+      const manifest = buildManifest('words', version, bytes);
+      await publishBlocks(h.fleet, ROOT, manifest, bytes);
+      return { name: 'words', version, manifest: signManifest(manifest, [h.keys.models]) };
+    };
+    await h.deploy('sh-bytes', 1, [await text(1)]);
+    await waitFor(h.desired('sh-bytes', 1, 'applied'), 20_000, 'v1 applied');
+    await h.deploy('sh-bytes', 2, [{ ...(await text(2)), shadow: { sampleRate: 1, minSamples: 5, compare: 'allclose' } }]);
+    await waitFor(shadowing('sh-bytes', 2), 20_000, 'v2 shadowing');
+    const body = JSON.stringify({ inputs: [{ name: 'x', shape: [1, 2], datatype: 'BYTES', data: ['héllo', 'wörld'] }] });
+    while (t.agent.registry.defaultOf('words') !== 2) {
+      const res = await fetch(`${t.url}/v2/models/words/infer`, { method: 'POST', body });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+    }
+    await waitFor(h.desired('sh-bytes', 2, 'applied'), 10_000, 'v2 applied');
+    expect(eventsOf('sh-bytes', 'shadow.completed')[0]?.detail).toMatch(/^activated against version 1: agreement 1 \(5 of 5 samples, compare allclose\)/);
   });
 
   it('a first install ignores shadow', async () => {
