@@ -16,7 +16,6 @@ export const targetSchema = z
   .refine((t) => (t.device === undefined) !== (t.group === undefined), 'target must be {"device": id} or {"group": name}')
   .transform((t): Target => (t.device !== undefined ? { device: t.device } : { group: t.group ?? '' }));
 
-const fraction = (what: string) => z.number(`${what} must be a number`).min(0, `${what} must be between 0 and 1`).max(1, `${what} must be between 0 and 1`);
 const tolerance = (what: string) => z.number(`${what} must be a number`).min(0, `${what} must be >= 0`).max(1e9, `${what} must be <= 1e9`);
 
 /**
@@ -43,11 +42,11 @@ export const shadowSchema = z.strictObject({
     .max(1, 'sampleRate must be at most 1')
     .default(SHADOW_DEFAULTS.sampleRate),
   minSamples: z.number().int('minSamples must be an integer').min(1, 'minSamples must be >= 1').max(1_000_000, 'minSamples must be <= 1000000').default(SHADOW_DEFAULTS.minSamples),
-  maxDurationS: z.number().gt(0, 'maxDurationS must be above 0').max(30 * 86_400, 'maxDurationS must be at most 30 days (2592000)').default(SHADOW_DEFAULTS.maxDurationS),
+  maxDurationS: z.number().gt(0, 'maxDurationS must be above 0').max(7 * 86_400, 'maxDurationS must be at most 7 days (604800)').default(SHADOW_DEFAULTS.maxDurationS),
   compare: z.enum(['argmax', 'allclose'], 'compare must be "argmax" or "allclose"').default(SHADOW_DEFAULTS.compare),
   atol: tolerance('atol').default(SHADOW_DEFAULTS.atol),
   rtol: tolerance('rtol').default(SHADOW_DEFAULTS.rtol),
-  minAgreement: fraction('minAgreement').default(SHADOW_DEFAULTS.minAgreement),
+  minAgreement: z.number().min(0, 'minAgreement must be between 0 and 1').max(1, 'minAgreement must be between 0 and 1').default(SHADOW_DEFAULTS.minAgreement),
   onTimeout: z.enum(['activate', 'reject'], 'onTimeout must be "activate" or "reject"').default(SHADOW_DEFAULTS.onTimeout),
 });
 export type Shadow = z.infer<typeof shadowSchema>;

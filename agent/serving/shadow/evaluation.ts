@@ -115,13 +115,16 @@ export class ShadowEvaluation {
     } catch (err) {
       run = Promise.reject(err instanceof Error ? err : new Error(errorMessage(err)));
     }
-    run.then(
-      (answer) => this.compared(served, answer.value, performance.now() - started),
-      (err: unknown) => this.failed(served, err, performance.now() - started),
-    ).finally(() => {
-      this.inFlight--;
-      candidate.release();
-    });
+    run
+      .then(
+        (answer) => this.compared(served, answer.value, performance.now() - started),
+        (err: unknown) => this.failed(served, err, performance.now() - started),
+      )
+      .catch((err: unknown) => this.o.logger.error({ err: errorMessage(err) }, 'shadow comparison failed'))
+      .finally(() => {
+        this.inFlight--;
+        candidate.release();
+      });
   }
 
   /** Stops without a verdict; a run in flight finishes but counts for nothing. */
