@@ -88,6 +88,8 @@ export const EVENT_TYPES = [
   'selftest.failed', 'activated', 'rolled_back', 'unloaded', 'trust.updated', 'trust.rejected',
   // Not in PROTOCOL.md: an oversized message on a desired, group or trust topic the device dropped unparsed (MQTT 3.1.1).
   'message.refused',
+  // Section 11's evaluation began, and its verdict (docs/rollout.md#shadow-evaluation).
+  'shadow.started', 'shadow.completed',
 ] as const;
 /** Known event types; readers accept others too. */
 export type KnownEventType = (typeof EVENT_TYPES)[number];
