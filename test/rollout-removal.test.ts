@@ -4,6 +4,9 @@
  * makes its group's document count, under the group's own serial rule; the
  * removed target's serial is still remembered.
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { topics } from '../protocol/names.js';
 import { scaleModel } from '../models/onnx/zoo.js';
@@ -51,8 +54,8 @@ async function removeDevice(device: string): Promise<void> {
   await h.fleet.publishAsync(topics.device(ROOT, device, 'desired'), '', { qos: 1, retain: true });
 }
 
-async function start(device: string, group: string): Promise<TestAgent> {
-  return startTestAgent({ deviceId: device, groups: [group], trust: h.trustFile, mqtt: { url: h.broker.url }, rollout: { healthWindowS: 0, retryBaseMs: 50 } });
+async function start(device: string, group: string, stateDir?: string): Promise<TestAgent> {
+  return startTestAgent({ deviceId: device, groups: [group], trust: h.trustFile, mqtt: { url: h.broker.url }, rollout: { healthWindowS: 0, retryBaseMs: 50 }, ...(stateDir !== undefined && { stateDir }) });
 }
 
 describe('removing a device document', () => {
@@ -107,6 +110,29 @@ describe('removing a device document', () => {
     expect(events.map((e) => e.type)).toEqual(['desired.received']);
     const states = h.reports('rm-wave').slice(reportsBefore).flatMap((r) => r.models.map((m) => m.state));
     expect(new Set(states)).toEqual(new Set(['serving']));
+  });
+
+  it('removed while the agent was away: after a restart it falls back once the document in force has not come for the grace', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'edgefleet-removal-'));
+    try {
+      t = await start('rm-away', 'rm-away-lab', stateDir);
+      await deployGroup('rm-away-lab', 2, [entry(1)]);
+      await waitFor(h.desired('rm-away', 2, 'applied'), 20_000, 'group serial 2 applied');
+      await deployDevice('rm-away', 1, [entry(2)]);
+      await waitFor(() => h.desired('rm-away', 1, 'applied')() && t?.agent.registry.servables().length === 1, 20_000, 'device serial 1 applied');
+      await t.agent.stop();
+      await rm(t.dir, { recursive: true, force: true });
+      await removeDevice('rm-away');
+      const started = Date.now();
+      t = await start('rm-away', 'rm-away-lab', stateDir);
+      // Serves what served before the restart, then falls back to the group's set.
+      expect(t.agent.registry.defaultOf('scale')).toBe(2);
+      await waitFor(() => h.desired('rm-away', 2, 'applied')() && t?.agent.registry.defaultOf('scale') === 1, 20_000, 'fell back to the group document');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+      expect(h.states.get('rm-away')?.desired).toMatchObject({ source: 'group', group: 'rm-away-lab' });
+    } finally {
+      await rm(stateDir, { recursive: true, force: true });
+    }
   });
 
   it('with no other document, changes nothing: what serves keeps serving', async () => {

@@ -26,6 +26,9 @@ import { cleanStagingAtStart, discardAbandonedStaging, discardStaging } from './
 import { TrustChain } from './trust-chain.js';
 import type { TrustStore } from './trust-store.js';
 
+/** How long a fallback document waits for the absent document in force to arrive (deferFallback). */
+export const FALLBACK_GRACE_MS = 2000;
+
 export interface RolloutOptions {
   config: AgentConfig;
   connection: MqttConnection | undefined;
@@ -74,6 +77,8 @@ export class Rollout {
   private waiting = false;
   /** Accepting a document found no room: evaluated again after this timer, with capped backoff. */
   private evaluateRetry: { timer: NodeJS.Timeout; tries: number } | undefined;
+  /** A fallback document waiting for the grace to pass (deferFallback). */
+  private fallbackWait: { key: string; since: number; timer: NodeJS.Timeout } | undefined;
 
   constructor(private readonly o: RolloutOptions) {
     this.log = o.logger;
@@ -130,6 +135,7 @@ export class Rollout {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.evaluateRetry?.timer);
+    clearTimeout(this.fallbackWait?.timer);
     this.unsubscribe?.();
     this.unlistenRefused?.();
     await this.trustChain.stop();
@@ -251,7 +257,7 @@ export class Rollout {
   /** Verifies the document that counts now; accepted ones replace the active one. */
   private evaluate(): void {
     const candidate = this.source.counting();
-    if (!candidate) return;
+    if (!candidate || this.deferFallback(candidate)) return;
     // The document last accepted from this target, byte for byte: a retained re-delivery changes
     // nothing, but after the document that counted instead was removed (section 10) it is the
     // fallback and comes back into force. Its serial is the one recorded: not a replay.
@@ -291,6 +297,41 @@ export class Rollout {
     const running = this.inProgress?.step;
     void this.freeStaging(running?.kind === 'fetch' ? [running.sha256] : []);
     this.wake?.();
+  }
+
+  /**
+   * A document that counts only because the one in force, of a target that
+   * takes precedence, is absent (section 10's fallback): applied at once when
+   * a zero-length message removed that one, else after FALLBACK_GRACE_MS. A
+   * broker need not deliver the retained documents of several topic filters
+   * in order, so on a (re)subscribe a group's may come before the device's;
+   * without the wait the device would switch to the group's set and back.
+   * A document removed while the agent was away has no message to say so: the
+   * wait ends it.
+   */
+  private deferFallback(candidate: Candidate): boolean {
+    const active = this.active;
+    const fallback = active !== undefined && this.source.rank(candidate.key) > this.source.rank(active.key) && !this.source.removed(active.key);
+    if (!fallback) {
+      clearTimeout(this.fallbackWait?.timer);
+      this.fallbackWait = undefined;
+      return false;
+    }
+    const wait = this.fallbackWait;
+    if (wait?.key === candidate.key && Date.now() - wait.since >= FALLBACK_GRACE_MS) {
+      this.fallbackWait = undefined;
+      return false;
+    }
+    if (wait?.key !== candidate.key) {
+      clearTimeout(wait?.timer);
+      const timer = setTimeout(() => {
+        if (this.trustChain.walking) this.evaluationDeferred = true;
+        else this.evaluate();
+      }, FALLBACK_GRACE_MS);
+      this.fallbackWait = { key: candidate.key, since: Date.now(), timer };
+      this.log.info({ target: candidate.key, inForce: active.key, waitMs: FALLBACK_GRACE_MS }, 'the document in force is absent from the broker; falling back to the next one unless it comes');
+    }
+    return true;
   }
 
   /**
