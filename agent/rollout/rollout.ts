@@ -26,9 +26,6 @@ import { cleanStagingAtStart, discardAbandonedStaging, discardStaging } from './
 import { TrustChain } from './trust-chain.js';
 import type { TrustStore } from './trust-store.js';
 
-/** How long a fallback document waits for the absent document in force to arrive (deferFallback). */
-export const FALLBACK_GRACE_MS = 2000;
-
 export interface RolloutOptions {
   config: AgentConfig;
   connection: MqttConnection | undefined;
@@ -77,8 +74,8 @@ export class Rollout {
   private waiting = false;
   /** Accepting a document found no room: evaluated again after this timer, with capped backoff. */
   private evaluateRetry: { timer: NodeJS.Timeout; tries: number } | undefined;
-  /** A fallback document waiting for the grace to pass (deferFallback). */
-  private fallbackWait: { key: string; since: number; timer: NodeJS.Timeout } | undefined;
+  /** Evaluates again when a fallback's wait ends (deferFallback). */
+  private fallbackTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: RolloutOptions) {
     this.log = o.logger;
@@ -135,7 +132,7 @@ export class Rollout {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.evaluateRetry?.timer);
-    clearTimeout(this.fallbackWait?.timer);
+    clearTimeout(this.fallbackTimer);
     this.unsubscribe?.();
     this.unlistenRefused?.();
     await this.trustChain.stop();
@@ -299,37 +296,21 @@ export class Rollout {
     this.wake?.();
   }
 
-  /**
-   * A document that counts only because the one in force, of a target that
-   * takes precedence, is absent (section 10's fallback): applied at once when
-   * a zero-length message removed that one, else after FALLBACK_GRACE_MS. A
-   * broker need not deliver the retained documents of several topic filters
-   * in order, so on a (re)subscribe a group's may come before the device's;
-   * without the wait the device would switch to the group's set and back.
-   * A document removed while the agent was away has no message to say so: the
-   * wait ends it.
-   */
+  /** Section 10's fallback may have to wait (DesiredSource.fallbackWaitMs); evaluated again when the wait ends. */
   private deferFallback(candidate: Candidate): boolean {
-    const active = this.active;
-    const fallback = active !== undefined && this.source.rank(candidate.key) > this.source.rank(active.key) && !this.source.removed(active.key);
-    if (!fallback) {
-      clearTimeout(this.fallbackWait?.timer);
-      this.fallbackWait = undefined;
+    const waitMs = this.source.fallbackWaitMs(candidate, this.active?.key);
+    if (waitMs === 0) {
+      clearTimeout(this.fallbackTimer);
+      this.fallbackTimer = undefined;
       return false;
     }
-    const wait = this.fallbackWait;
-    if (wait?.key === candidate.key && Date.now() - wait.since >= FALLBACK_GRACE_MS) {
-      this.fallbackWait = undefined;
-      return false;
-    }
-    if (wait?.key !== candidate.key) {
-      clearTimeout(wait?.timer);
-      const timer = setTimeout(() => {
+    if (this.fallbackTimer === undefined) {
+      this.log.info({ target: candidate.key, inForce: this.active?.key, waitMs }, 'the document in force is absent from the broker; falling back to the next one unless it comes');
+      this.fallbackTimer = setTimeout(() => {
+        this.fallbackTimer = undefined;
         if (this.trustChain.walking) this.evaluationDeferred = true;
         else this.evaluate();
-      }, FALLBACK_GRACE_MS);
-      this.fallbackWait = { key: candidate.key, since: Date.now(), timer };
-      this.log.info({ target: candidate.key, inForce: active.key, waitMs: FALLBACK_GRACE_MS }, 'the document in force is absent from the broker; falling back to the next one unless it comes');
+      }, waitMs);
     }
     return true;
   }
