@@ -15,6 +15,7 @@ import type { ProviderReport } from './runtime/providers.js';
 import { VersionLoader } from './serving/loader.js';
 import { ModelRegistry } from './serving/registry.js';
 import { ModelRepository } from './serving/repository.js';
+import { ShadowTap } from './serving/shadow/tap.js';
 import { AgentDatabase, agentDatabasePath, kv } from './store/database.js';
 import { StateDirLock } from './store/state-lock.js';
 import { TelemetryAckListener } from './telemetry/ack-listener.js';
@@ -60,7 +61,9 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   const telemetryLog = logger.child({ component: 'telemetry' });
   const outbox = config.mqtt ? new TelemetryOutbox({ database: () => database as AgentDatabase, ...config.telemetry.buffer, logger: telemetryLog }) : undefined;
   const recorder = outbox ? new InferenceRecorder({ sink: outbox, intervalS: config.telemetry.intervalS, logger: telemetryLog }) : undefined;
-  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
+  // Shadow evaluations (PROTOCOL.md section 11) see answered requests here; their points go to the outbox.
+  const shadows = new ShadowTap({ sink: outbox, intervalS: config.telemetry.intervalS, logger: logger.child({ component: 'shadow' }) });
+  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, shadows, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
   // The lock comes before anything that touches the state directory or the broker.
   const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), new StateDirLock(config.stateDir), runtime];
   let reporter: Reporter | undefined;
@@ -86,7 +89,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
       step(
         async () => {
           const db = database as AgentDatabase;
-          rollout = new Rollout({ config, connection, trust, events, database: db, kv: kv(db), store: new ModelStore(config.stateDir), loader, registry, logger: rolloutLog });
+          rollout = new Rollout({ config, connection, trust, events, database: db, kv: kv(db), store: new ModelStore(config.stateDir), loader, registry, shadows, logger: rolloutLog });
           await rollout.start();
         },
         async () => rollout?.stop(),

@@ -20,6 +20,7 @@ const benchmarks: Benchmark[] = [
   { name: 'serving', run: () => runServing() },
   { name: 'pull', run: () => import('./pull.js').then((m) => m.runPullBench()) },
   { name: 'telemetry', run: () => import('./telemetry.js').then((m) => m.runTelemetryBench()) },
+  { name: 'shadow', run: () => import('./shadow.js').then((m) => m.runShadowBench()) },
   { name: 'fleet-scale', run: () => import('./fleet-scale.js').then((m) => m.runFleetScaleBench()) },
 ];
 

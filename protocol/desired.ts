@@ -16,12 +16,49 @@ export const targetSchema = z
   .refine((t) => (t.device === undefined) !== (t.group === undefined), 'target must be {"device": id} or {"group": name}')
   .transform((t): Target => (t.device !== undefined ? { device: t.device } : { group: t.group ?? '' }));
 
+const tolerance = (what: string) => z.number(`${what} must be a number`).min(0, `${what} must be >= 0`).max(1e9, `${what} must be <= 1e9`);
+
+/**
+ * Shadow evaluation before a switch (docs/protocol.md section 11). Every field
+ * has a default (SHADOW_DEFAULTS, documented in docs/rollout.md), so
+ * `"shadow": {}` means "shadow with the defaults". Unknown keys are refused:
+ * a misspelt `minSample` must not silently become the default.
+ */
+export const SHADOW_DEFAULTS = {
+  sampleRate: 0.1,
+  minSamples: 200,
+  maxDurationS: 900,
+  compare: 'argmax',
+  atol: 0.0001,
+  rtol: 0.001,
+  minAgreement: 0.98,
+  onTimeout: 'reject',
+} as const;
+
+export const shadowSchema = z.strictObject({
+  sampleRate: z
+    .number('sampleRate must be a number')
+    .gt(0, 'sampleRate must be above 0 (a share of live requests, at most 1)')
+    .max(1, 'sampleRate must be at most 1')
+    .default(SHADOW_DEFAULTS.sampleRate),
+  minSamples: z.number().int('minSamples must be an integer').min(1, 'minSamples must be >= 1').max(1_000_000, 'minSamples must be <= 1000000').default(SHADOW_DEFAULTS.minSamples),
+  maxDurationS: z.number().gt(0, 'maxDurationS must be above 0').max(7 * 86_400, 'maxDurationS must be at most 7 days (604800)').default(SHADOW_DEFAULTS.maxDurationS),
+  compare: z.enum(['argmax', 'allclose'], 'compare must be "argmax" or "allclose"').default(SHADOW_DEFAULTS.compare),
+  atol: tolerance('atol').default(SHADOW_DEFAULTS.atol),
+  rtol: tolerance('rtol').default(SHADOW_DEFAULTS.rtol),
+  minAgreement: z.number().min(0, 'minAgreement must be between 0 and 1').max(1, 'minAgreement must be between 0 and 1').default(SHADOW_DEFAULTS.minAgreement),
+  onTimeout: z.enum(['activate', 'reject'], 'onTimeout must be "activate" or "reject"').default(SHADOW_DEFAULTS.onTimeout),
+});
+export type Shadow = z.infer<typeof shadowSchema>;
+
 const desiredModelSchema = z.object({
   name: modelNameSchema,
   version: modelVersionSchema,
   labels: z.array(labelSchema).default([]),
   // Shape only here: the manifest is verified on its own with verifyManifest.
   manifest: envelopeSchema,
+  // Revision 2, section 11; absent in revision-1 documents.
+  shadow: shadowSchema.optional(),
 });
 export type DesiredModel = z.infer<typeof desiredModelSchema>;
 

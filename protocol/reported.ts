@@ -20,6 +20,8 @@ export type DesiredStatus = (typeof DESIRED_STATUSES)[number];
 
 export const MODEL_STATES = [
   'pending', 'downloading', 'verifying', 'loading', 'serving', 'failed', 'rejected', 'rolled_back',
+  // Section 11 (revision 2): loaded beside the serving version, compared on live requests before a switch.
+  'shadowing',
 ] as const;
 export type ModelState = (typeof MODEL_STATES)[number];
 
@@ -86,6 +88,8 @@ export const EVENT_TYPES = [
   'selftest.failed', 'activated', 'rolled_back', 'unloaded', 'trust.updated', 'trust.rejected',
   // Not in PROTOCOL.md: an oversized message on a desired, group or trust topic the device dropped unparsed (MQTT 3.1.1).
   'message.refused',
+  // Section 11's evaluation began, and its verdict (docs/rollout.md#shadow-evaluation).
+  'shadow.started', 'shadow.completed',
 ] as const;
 /** Known event types; readers accept others too. */
 export type KnownEventType = (typeof EVENT_TYPES)[number];
@@ -168,15 +172,37 @@ export const droppedPointSchema = z.preprocess(
 );
 export type DroppedPoint = z.infer<typeof droppedPointSchema>;
 
-export type TelemetryPoint = InferencePoint | HealthPoint | DroppedPoint;
-const KNOWN_KINDS: ReadonlySet<string> = new Set(['inference', 'health', 'dropped']);
-const knownPointSchema = z.union([inferencePointSchema, healthPointSchema, droppedPointSchema]);
+/**
+ * Section 11 (revision 2): a shadow evaluation's figures so far, every interval
+ * while it runs and once at its verdict. Counts and latencies cover the whole
+ * evaluation, not the interval; `agreement` is null before the first sample.
+ */
+export const shadowPointSchema = z.object({
+  ...pointBase,
+  kind: z.literal('shadow'),
+  model: modelNameSchema,
+  version: modelVersionSchema,
+  baseVersion: modelVersionSchema,
+  samples: count,
+  agreed: count,
+  agreement: z.number().min(0).max(1).nullable(),
+  // null before the first comparison whose outputs had numbers to subtract.
+  maxAbsDiff: nonNegative.nullable(),
+  latencyMs: z.object({ p50: nonNegative, p99: nonNegative }).nullable(),
+  baseLatencyMs: z.object({ p50: nonNegative, p99: nonNegative }).nullable(),
+  verdict: z.enum(['activated', 'rejected']).nullable(),
+});
+export type ShadowPoint = z.infer<typeof shadowPointSchema>;
+
+export type TelemetryPoint = InferencePoint | HealthPoint | DroppedPoint | ShadowPoint;
+const KNOWN_KINDS: ReadonlySet<string> = new Set(['inference', 'health', 'dropped', 'shadow']);
+const knownPointSchema = z.union([inferencePointSchema, healthPointSchema, droppedPointSchema, shadowPointSchema]);
 
 /** A known point, or null for a point of an unknown kind (skipped by readers). */
 const pointSchema = z.unknown().transform((value, ctx): TelemetryPoint | null => {
   const kind = typeof value === 'object' && value !== null ? (value as { kind?: unknown }).kind : undefined;
   if (typeof kind === 'string' && !KNOWN_KINDS.has(kind)) return null;
-  const schema = kind === 'inference' ? inferencePointSchema : kind === 'health' ? healthPointSchema : kind === 'dropped' ? droppedPointSchema : knownPointSchema;
+  const schema = kind === 'inference' ? inferencePointSchema : kind === 'health' ? healthPointSchema : kind === 'dropped' ? droppedPointSchema : kind === 'shadow' ? shadowPointSchema : knownPointSchema;
   const result = schema.safeParse(value);
   if (result.success) return result.data;
   // Re-raise with their paths, which zod prefixes with this point's position.

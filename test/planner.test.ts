@@ -155,4 +155,27 @@ describe('a step in progress when a newer document arrives', () => {
       expect(stillNeeded(step, [])).toBe(true);
     }
   });
+
+  describe('shadow evaluation (section 11)', () => {
+    const SHADOW = { sampleRate: 0.5, minSamples: 10, maxDurationS: 60, compare: 'argmax' as const, atol: 1e-4, rtol: 1e-3, minAgreement: 0.9, onTimeout: 'reject' as const };
+    const shadowed = (name: string, version: number, shadow = SHADOW): DesiredVersion => ({ ...d(name, version), shadow });
+
+    it('puts the shadow on the switch of a version that replaces another of the same name', () => {
+      const current: CurrentState = { serving: [{ name: 'm', version: 1, isDefault: true }], onDisk: [disk('m', 1), disk('m', 2)], blocked: [], labels: {} };
+      expect(plan([shadowed('m', 2)], current)[0]).toEqual({ kind: 'activate', name: 'm', version: 2, sha256: d('m', 2).sha256, makeDefault: true, shadow: SHADOW });
+    });
+
+    it('ignores it on a first install, and for a version that is not to be the default', () => {
+      expect(plan([shadowed('m', 1)], { ...empty, onDisk: [disk('m', 1)] })[0]).toEqual({ kind: 'activate', name: 'm', version: 1, sha256: d('m', 1).sha256, makeDefault: true });
+      const current: CurrentState = { serving: [{ name: 'm', version: 2, isDefault: true }], onDisk: [disk('m', 1), disk('m', 2)], blocked: [], labels: {} };
+      expect(plan([shadowed('m', 1), d('m', 2)], current)[0]).toEqual({ kind: 'activate', name: 'm', version: 1, sha256: d('m', 1).sha256, makeDefault: false });
+    });
+
+    it('a newer document with other shadow settings, or none, abandons the evaluation; the same settings keep it', () => {
+      const step: Step = { kind: 'activate', name: 'm', version: 2, sha256: d('m', 2).sha256, makeDefault: true, shadow: SHADOW };
+      expect(stillNeeded(step, [shadowed('m', 2)])).toBe(true);
+      expect(stillNeeded(step, [shadowed('m', 2, { ...SHADOW, minSamples: 20 })])).toBe(false);
+      expect(stillNeeded(step, [d('m', 2)])).toBe(false);
+    });
+  });
 });

@@ -5,6 +5,7 @@ import type { AgentConfig } from '../config/schema.js';
 import { EdgefleetError, errorMessage, failureKind, notFound, unavailable } from '../errors.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { ShadowTap } from '../serving/shadow/tap.js';
 import type { InferenceRecorder } from '../telemetry/recorder.js';
 import { sendError, sendJson } from './errors.js';
 import { prepareV1, prepareV2, type PreparedInfer } from './infer.js';
@@ -18,6 +19,8 @@ export interface HttpServerOptions {
   metrics: Metrics;
   /** Per model version request statistics for MQTT telemetry; absent without MQTT. */
   telemetry?: Pick<InferenceRecorder, 'record'>;
+  /** Running shadow evaluations, handed each answered request after its answer is sent. */
+  shadows?: Pick<ShadowTap, 'offer'>;
   logger: Logger;
   agentVersion: string;
   /** Whether the agent counts as ready (models in hand serve); false while starting or stopping. */
@@ -256,6 +259,8 @@ export class HttpServer {
           return finish(err);
         }
         finish(undefined);
+        // The answer is out: a shadow candidate, if one runs for this version, may now see the request.
+        this.options.shadows?.offer(servable, prepared.inputs, prepared.outputs, result);
       },
       (err: unknown) => finish(err),
     );

@@ -14,6 +14,7 @@ export type RolloutErrorCode =
   | 'NO_CONNECTION' // no MQTT connection to pull blocks with
   | 'MANIFEST' // a manifest listed in a desired document does not verify (the cause says why)
   | 'SELF_TEST' // the manifest's self-test failed on the loaded version
+  | 'SHADOW_REJECTED' // its shadow evaluation agreed too little with the serving version (or ran out of time with onTimeout reject)
   | 'ROLLED_BACK'; // switched in, failed its health window; what served before serves again
 
 /** The one error shape of the rollout: a stable code, and words an operator can act on. */
@@ -86,6 +87,8 @@ const OUTCOMES: Record<FailureCode, Rule> = {
   NO_CONNECTION: RETRY,
   MANIFEST: UNVERIFIED,
   SELF_TEST: { status: 'rejected', modelState: 'failed', event: 'selftest.failed', retryable: false, untilFixed: false },
+  // The same candidate would give the same answers again: an operator decides (a new document).
+  SHADOW_REJECTED: { status: 'rejected', modelState: 'rejected', event: undefined, retryable: false, untilFixed: false },
   // Trying the same version again would break serving again: an operator decides.
   ROLLED_BACK: { status: 'failed', modelState: undefined, event: undefined, retryable: false, untilFixed: false },
   MALFORMED: UNVERIFIED,

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { Shadow } from '../../protocol/desired.js';
 import { errorMessage } from '../errors.js';
 import type { FailureCode, Outcome } from './errors.js';
 import type { VersionRef } from './planner.js';
@@ -61,6 +62,12 @@ export type RolloutEvent =
   | (Model & { type: 'verify.started'; sha256: string })
   | (Model & { type: 'load.started' })
   | (Model & { type: 'load.completed'; executionProvider: string })
+  /** Loaded beside `baseVersion`, compared on live requests before any switch (section 11). */
+  | (Model & { type: 'shadow.started'; baseVersion: number; spec: Shadow })
+  /** Comparisons done so far. */
+  | (Model & { type: 'shadow.progress'; samples: number; minSamples: number })
+  /** The verdict: `activated` goes on to the switch, `rejected` fails the step (SHADOW_REJECTED). */
+  | (Model & { type: 'shadow.completed'; baseVersion: number; verdict: 'activated' | 'rejected'; reason: string })
   /** Serves beside the default version: no switch, no health window. */
   | (Model & { type: 'added' })
   /** Serves again after a restart, as it did before it. */

@@ -1,8 +1,12 @@
 import type { Logger } from 'pino';
+import type { Shadow } from '../../protocol/desired.js';
 import type { Manifest } from '../../protocol/manifest.js';
 import type { AgentConfig } from '../config/schema.js';
 import type { VersionLoader } from '../serving/loader.js';
 import type { ModelRegistry } from '../serving/registry.js';
+import type { Servable } from '../serving/servable.js';
+import type { ShadowEvaluation } from '../serving/shadow/evaluation.js';
+import type { ShadowTap } from '../serving/shadow/tap.js';
 import type { AgentDatabase } from '../store/database.js';
 import { BlockPuller, type MinimalMqtt } from './block-puller.js';
 import { RolledBackError, RolloutError } from './errors.js';
@@ -18,6 +22,8 @@ export interface ExecutorDeps {
   store: ModelStore;
   loader: VersionLoader;
   registry: ModelRegistry;
+  /** Where shadow evaluations run (section 11); without it, `shadow` is ignored and versions switch directly. */
+  shadows?: ShadowTap | undefined;
   /** Every step reports through these; report-projection.ts turns them into reported state. */
   events: RolloutEvents;
   database: AgentDatabase;
@@ -39,6 +45,7 @@ export interface ExecutorDeps {
  */
 export class StepExecutor {
   private puller: BlockPuller | undefined;
+  private shadowing: ShadowEvaluation | undefined;
   private stopped = false;
 
   constructor(private readonly deps: ExecutorDeps) {}
@@ -46,6 +53,7 @@ export class StepExecutor {
   stop(): void {
     this.stopped = true;
     this.puller?.abort();
+    this.shadowing?.cancel('the agent is stopping');
   }
 
   /**
@@ -60,7 +68,7 @@ export class StepExecutor {
       case 'fetch':
         return this.fetch(step.name, step.version, envelope(step.name, step.version), signal);
       case 'activate':
-        return this.activate(step.name, step.version, step.sha256, step.makeDefault, signal);
+        return this.activate(step.name, step.version, step.sha256, step.makeDefault, step.shadow, signal);
       case 'label': {
         for (const problem of this.deps.registry.setLabels(step.name, step.labels)) this.deps.logger.warn({ model: step.name }, problem);
         return;
@@ -125,10 +133,17 @@ export class StepExecutor {
     this.deps.events.emit({ type: 'restored', name, version });
   }
 
-  /** Verify again → load → self-test → warm (in the loader) → switch → health window. */
-  private async activate(name: string, version: number, sha256: string, makeDefault: boolean, signal: AbortSignal | undefined): Promise<void> {
+  /** Verify again → load → self-test → warm (in the loader) → [shadow evaluation] → switch → health window. */
+  private async activate(name: string, version: number, sha256: string, makeDefault: boolean, shadow: Shadow | undefined, signal: AbortSignal | undefined): Promise<void> {
     const { events, registry, state } = this.deps;
-    if (!registry.isAvailable(name, version)) await this.load(name, version, sha256, (envelope) => this.deps.verifyManifest(envelope, name, version));
+    if (!registry.isAvailable(name, version)) {
+      const verify = (envelope: unknown): Manifest => this.deps.verifyManifest(envelope, name, version);
+      const base = registry.defaultOf(name);
+      if (shadow && makeDefault && this.deps.shadows && base !== undefined && base !== version) {
+        const candidate = await this.load(name, version, sha256, verify, true);
+        await this.shadow(candidate, base, shadow, signal);
+      } else await this.load(name, version, sha256, verify);
+    }
     if (signal?.aborted) {
       // Loaded, not switched to: it serves beside the default until the newer plan unloads it.
       events.emit({ type: 'added', name, version });
@@ -156,8 +171,51 @@ export class StepExecutor {
     this.deps.onServingChanged();
   }
 
+  /**
+   * Section 11: the candidate, loaded but out of the registry, answers a share
+   * of the requests `base` has answered, and the answers are compared. On
+   * `activated` it enters the registry (not yet the default: the switch
+   * follows); otherwise it is released and the step fails or is abandoned.
+   */
+  private async shadow(candidate: Servable, base: number, spec: Shadow, signal: AbortSignal | undefined): Promise<void> {
+    const { events, registry, loader } = this.deps;
+    const shadows = this.deps.shadows as ShadowTap;
+    const { name, version } = candidate;
+    const evaluation = shadows.begin({
+      name,
+      version,
+      baseVersion: base,
+      candidate,
+      spec,
+      onProgress: (f) => events.emit({ type: 'shadow.progress', name, version, samples: f.samples, minSamples: spec.minSamples }),
+    });
+    this.shadowing = evaluation;
+    events.emit({ type: 'shadow.started', name, version, baseVersion: base, spec });
+    const abandon = (): void => evaluation.cancel('a newer desired document no longer needs it');
+    signal?.addEventListener('abort', abandon);
+    if (signal?.aborted || this.stopped) abandon();
+    let outcome;
+    try {
+      outcome = await evaluation.done;
+    } finally {
+      signal?.removeEventListener('abort', abandon);
+      this.shadowing = undefined;
+    }
+    if (outcome.verdict === 'activated') {
+      events.emit({ type: 'shadow.completed', name, version, baseVersion: base, verdict: 'activated', reason: outcome.reason });
+      registry.activate(candidate);
+      return;
+    }
+    // The candidate's session goes now, not with the next plan: its memory is the board's.
+    await loader.release(candidate);
+    if (signal?.aborted) throw abortReason(signal);
+    if (outcome.verdict === 'cancelled') throw new RolloutError('ABORTED', `shadow evaluation of ${name} version ${version} stopped: ${outcome.reason}`);
+    events.emit({ type: 'shadow.completed', name, version, baseVersion: base, verdict: 'rejected', reason: outcome.reason });
+    throw new RolloutError('SHADOW_REJECTED', `${name} version ${version} rejected by its shadow evaluation against version ${base}: ${outcome.reason}`);
+  }
+
   /** Nothing unverified is loaded: the stored manifest's signature and the file's hash are checked right before. */
-  private async load(name: string, version: number, sha256: string, verify: (envelope: unknown) => Manifest): Promise<void> {
+  private async load(name: string, version: number, sha256: string, verify: (envelope: unknown) => Manifest, detached = false): Promise<Servable> {
     const { events, store, registry, loader } = this.deps;
     const stored = await store.readManifest(name, version);
     const manifest = verify(stored.envelope);
@@ -172,8 +230,10 @@ export class StepExecutor {
       selfTest: manifest.selfTest && ((s) => runSelfTest(s, manifest.selfTest as NonNullable<Manifest['selfTest']>)),
       // The self-test's inputs are real input for the model: warm up on them rather than on a generated one.
       warmup: manifest.selfTest && { from: 'self-test', requests: [{ inputs: manifest.selfTest.inputs }] },
+      detached,
     });
     events.emit({ type: 'load.completed', name, version, executionProvider: servable.session.executionProvider });
+    return servable;
   }
 
   /** Watches the new version's model faults (a client's bad input or overload never counts); too many roll it back. */

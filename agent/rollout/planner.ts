@@ -11,6 +11,7 @@
  * with nothing left to fetch or switch. A document that fails (a listed
  * version blocked) therefore unloads nothing.
  */
+import type { Shadow } from '../../protocol/desired.js';
 
 export interface VersionRef {
   name: string;
@@ -20,6 +21,8 @@ export interface VersionRef {
 export interface DesiredVersion extends VersionRef {
   sha256: string;
   labels: readonly string[];
+  /** Section 11: evaluate beside the version it replaces before switching. */
+  shadow?: Shadow | undefined;
 }
 
 export interface CurrentState {
@@ -37,7 +40,8 @@ export interface CurrentState {
 
 export type Step =
   | { kind: 'fetch'; name: string; version: number; sha256: string }
-  | { kind: 'activate'; name: string; version: number; sha256: string; makeDefault: boolean }
+  /** `shadow`: a shadow evaluation against the version serving now comes before the switch. */
+  | { kind: 'activate'; name: string; version: number; sha256: string; makeDefault: boolean; shadow?: Shadow }
   | { kind: 'label'; name: string; labels: Record<string, number> }
   | { kind: 'unload'; name: string; version: number }
   | { kind: 'prune'; name: string; keep: number[] };
@@ -66,7 +70,11 @@ export function plan(desired: readonly DesiredVersion[], current: CurrentState):
   for (const d of [...wanted].sort((a, b) => a.version - b.version)) {
     const makeDefault = defaults.get(d.name) === d.version;
     const now = serving.get(key(d));
-    if (!now || (makeDefault && !now.isDefault)) steps.push({ kind: 'activate', name: d.name, version: d.version, sha256: d.sha256, makeDefault });
+    if (now && (!makeDefault || now.isDefault)) continue;
+    // Shadowing needs something to compare with: a first install, or a version already loaded, switches directly.
+    const replaces = current.serving.some((s) => s.name === d.name && s.version !== d.version);
+    const shadow = d.shadow && makeDefault && !now && replaces ? { shadow: d.shadow } : {};
+    steps.push({ kind: 'activate', name: d.name, version: d.version, sha256: d.sha256, makeDefault, ...shadow });
   }
   // The new set serves: nothing listed is blocked, nothing is left to fetch or switch.
   const newSetServes = steps.length === 0 && !desired.some((d) => blocked.has(key(d)));
@@ -120,8 +128,10 @@ export function stillNeeded(step: Step, desired: readonly DesiredVersion[]): boo
   switch (step.kind) {
     case 'fetch':
     case 'activate': {
-      const listed = desired.some((d) => d.name === step.name && d.version === step.version && d.sha256 === step.sha256);
-      if (!listed || step.kind === 'fetch') return listed;
+      const listed = desired.find((d) => d.name === step.name && d.version === step.version && d.sha256 === step.sha256);
+      if (!listed || step.kind === 'fetch') return listed !== undefined;
+      // A shadow evaluation under other settings starts again under the new ones.
+      if (step.shadow && !sameShadow(step.shadow, listed.shadow)) return false;
       return (defaultVersions(desired).get(step.name) === step.version) === step.makeDefault;
     }
     case 'label':
@@ -129,4 +139,8 @@ export function stillNeeded(step: Step, desired: readonly DesiredVersion[]): boo
     case 'prune':
       return true;
   }
+}
+
+function sameShadow(a: Shadow, b: Shadow | undefined): boolean {
+  return b !== undefined && (Object.keys(a) as (keyof Shadow)[]).every((k) => a[k] === b[k]);
 }

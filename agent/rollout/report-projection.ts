@@ -59,6 +59,18 @@ const HANDLERS: Handlers = {
   'verify.started': (r, e) => r.setModel(e.name, e.version, { state: 'verifying', sha256: e.sha256, error: null }),
   'load.started': (r, e) => r.setModel(e.name, e.version, { state: 'loading' }),
   'load.completed': (r, e) => r.setModel(e.name, e.version, { executionProvider: e.executionProvider }),
+  'shadow.started': (r, e) => {
+    r.setModel(e.name, e.version, { state: 'shadowing', progress: 0, error: null });
+    const { sampleRate, minSamples, maxDurationS, compare, minAgreement, onTimeout } = e.spec;
+    r.event('shadow.started', {
+      model: e.name,
+      version: e.version,
+      detail: `beside version ${e.baseVersion}: sampleRate ${sampleRate}, minSamples ${minSamples}, compare ${compare}, minAgreement ${minAgreement}, maxDurationS ${maxDurationS}, onTimeout ${onTimeout}`,
+    });
+  },
+  'shadow.progress': (r, e) => r.setModel(e.name, e.version, { progress: Math.min(1, e.samples / e.minSamples) }),
+  // A rejection is reported by the step's failure (SHADOW_REJECTED); an activation by the switch that follows.
+  'shadow.completed': (r, e) => r.event('shadow.completed', { model: e.name, version: e.version, detail: `${e.verdict} against version ${e.baseVersion}: ${e.reason}` }),
   added: (r, e) => r.setModel(e.name, e.version, { state: 'serving', progress: 1 }),
   restored: (r, e) => r.setModel(e.name, e.version, { state: 'serving', progress: 1, error: null }),
   activated: (r, e) => {

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { shadowSchema } from '../../protocol/desired.js';
 import { errorMessage } from '../errors.js';
 import type { KvStore } from '../store/database.js';
 import { NoSpaceError } from '../store/no-space.js';
@@ -32,7 +33,7 @@ const activeSchema = z.object({
   serial,
   acceptedAt: z.number(),
   // The manifest stays the signed envelope; it is verified again on every resume.
-  models: z.array(z.object({ name, version, labels: z.array(z.string()), manifest: z.unknown() })),
+  models: z.array(z.object({ name, version, labels: z.array(z.string()), manifest: z.unknown(), shadow: shadowSchema.optional() })),
 });
 
 const servingSchema = z.array(z.object({ name, version, isDefault: z.boolean() }));
@@ -122,6 +123,13 @@ export class RolloutState {
   /** sha256 of the last document accepted from a target, so its retained re-delivery is a no-op. */
   desiredHash(target: string): string | undefined {
     return this.read(KEYS.desiredHash(target), z.string());
+  }
+  /**
+   * A target's document was removed (section 10): forget its hash, keep its
+   * serial, so the same document published again is a replay, not a re-delivery.
+   */
+  forgetDesiredHash(target: string): void {
+    if (this.desiredHash(target) !== undefined) this.record(KEYS.desiredHash(target), DELETED);
   }
   /** The last serial accepted from a target; a document must be above it. */
   desiredSerial(target: string): number | undefined {

@@ -3,15 +3,16 @@ import type { Desired } from '../../protocol/desired.js';
 import { verifyDesired } from '../../protocol/desired.js';
 import { ProtocolError, isProtocolError } from '../../protocol/errors.js';
 import { verifyManifest, type Manifest } from '../../protocol/manifest.js';
-import { parseTopic, topics } from '../../protocol/names.js';
+import { parseTopic, topics, type Target } from '../../protocol/names.js';
 import type { AgentConfig } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import type { VersionLoader } from '../serving/loader.js';
 import type { ModelRegistry } from '../serving/registry.js';
+import type { ShadowTap } from '../serving/shadow/tap.js';
 import type { AgentDatabase, KvStore } from '../store/database.js';
 import { NoSpaceError } from '../store/no-space.js';
 import { agentVersion } from '../version.js';
-import { DesiredSource, type Candidate } from './desired-source.js';
+import { DesiredSource, targetKey, type Candidate } from './desired-source.js';
 import type { DesiredOrigin, RolloutEvents } from './events.js';
 import { RolloutError, classify, failureCode } from './errors.js';
 import { StepExecutor } from './executor.js';
@@ -36,6 +37,8 @@ export interface RolloutOptions {
   store: ModelStore;
   loader: VersionLoader;
   registry: ModelRegistry;
+  /** Where shadow evaluations run (section 11); without it versions switch without one. */
+  shadows?: ShadowTap | undefined;
   logger: Logger;
 }
 
@@ -71,6 +74,8 @@ export class Rollout {
   private waiting = false;
   /** Accepting a document found no room: evaluated again after this timer, with capped backoff. */
   private evaluateRetry: { timer: NodeJS.Timeout; tries: number } | undefined;
+  /** Evaluates again when a fallback's wait ends (deferFallback). */
+  private fallbackTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: RolloutOptions) {
     this.log = o.logger;
@@ -82,6 +87,7 @@ export class Rollout {
       store: o.store,
       loader: o.loader,
       registry: o.registry,
+      shadows: o.shadows,
       events: o.events,
       database: o.database,
       state: this.state,
@@ -126,6 +132,7 @@ export class Rollout {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.evaluateRetry?.timer);
+    clearTimeout(this.fallbackTimer);
     this.unsubscribe?.();
     this.unlistenRefused?.();
     await this.trustChain.stop();
@@ -192,10 +199,23 @@ export class Rollout {
       this.trustChain.offerHead(payload);
     } else if (parsed?.kind === 'desired') {
       this.source.offer(parsed.target, payload);
+      if (payload.length === 0) this.removed(parsed.target);
       // Verified under the trust the walk reaches, not refused under the one it is leaving.
       if (this.trustChain.walking) this.evaluationDeferred = true;
       else this.evaluate();
     }
+  }
+
+  /**
+   * A zero-length retained message removed a target's document (section 10).
+   * Its serial stays; its hash goes, so only a higher serial brings it back.
+   * evaluate() then falls back to the next document in order, if any.
+   */
+  private removed(target: Target): void {
+    const key = targetKey(target);
+    this.state.forgetDesiredHash(key);
+    const next = this.source.counting();
+    this.log.info({ target: key, fallback: next?.key ?? null }, next ? 'desired document removed; the next one in order counts' : 'desired document removed; no other document for this device, what serves keeps serving');
   }
 
   /** A desired or trust message too big to read: the fleet hears why the device ignores it. */
@@ -234,7 +254,12 @@ export class Rollout {
   /** Verifies the document that counts now; accepted ones replace the active one. */
   private evaluate(): void {
     const candidate = this.source.counting();
-    if (!candidate || this.state.desiredHash(candidate.key) === candidate.hash) return;
+    if (!candidate || this.deferFallback(candidate)) return;
+    // The document last accepted from this target, byte for byte: a retained re-delivery changes
+    // nothing, but after the document that counted instead was removed (section 10) it is the
+    // fallback and comes back into force. Its serial is the one recorded: not a replay.
+    const known = this.state.desiredHash(candidate.key) === candidate.hash;
+    if (known && (this.active === undefined || this.active.key === candidate.key)) return;
     const origin: DesiredOrigin = candidate.target.group !== undefined ? { source: 'group', group: candidate.target.group } : { source: 'device' };
     let desired: Desired;
     let manifests: Map<string, Manifest>;
@@ -245,7 +270,7 @@ export class Rollout {
         topicTarget: candidate.target,
         deviceId: this.o.config.deviceId,
         groups: this.o.config.groups,
-        lastSerial: this.state.desiredSerial(candidate.key),
+        lastSerial: known ? undefined : this.state.desiredSerial(candidate.key),
         now,
       });
       manifests = this.verifyAll(desired.models, now);
@@ -253,7 +278,7 @@ export class Rollout {
       this.reject(candidate, origin, err);
       return;
     }
-    const active: ActiveDesired = { key: candidate.key, ...origin, serial: desired.serial, acceptedAt: now, models: desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], manifest: m.manifest })) };
+    const active: ActiveDesired = { key: candidate.key, ...origin, serial: desired.serial, acceptedAt: now, models: desired.models.map((m) => ({ name: m.name, version: m.version, labels: [...m.labels], manifest: m.manifest, ...(m.shadow && { shadow: m.shadow }) })) };
     if (!this.acceptDurably(candidate.key, candidate.hash, active, manifests)) return;
     this.active = active;
     this.manifests = manifests;
@@ -269,6 +294,25 @@ export class Rollout {
     const running = this.inProgress?.step;
     void this.freeStaging(running?.kind === 'fetch' ? [running.sha256] : []);
     this.wake?.();
+  }
+
+  /** Section 10's fallback may have to wait (DesiredSource.fallbackWaitMs); evaluated again when the wait ends. */
+  private deferFallback(candidate: Candidate): boolean {
+    const waitMs = this.source.fallbackWaitMs(candidate, this.active?.key);
+    if (waitMs === 0) {
+      clearTimeout(this.fallbackTimer);
+      this.fallbackTimer = undefined;
+      return false;
+    }
+    if (this.fallbackTimer === undefined) {
+      this.log.info({ target: candidate.key, inForce: this.active?.key, waitMs }, 'the document in force is absent from the broker; falling back to the next one unless it comes');
+      this.fallbackTimer = setTimeout(() => {
+        this.fallbackTimer = undefined;
+        if (this.trustChain.walking) this.evaluationDeferred = true;
+        else this.evaluate();
+      }, waitMs);
+    }
+    return true;
   }
 
   /**
@@ -378,7 +422,7 @@ export class Rollout {
   }
 
   private desiredVersions(): DesiredVersion[] {
-    return (this.active?.models ?? []).map((m) => ({ name: m.name, version: m.version, labels: m.labels, sha256: this.manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? '' }));
+    return (this.active?.models ?? []).map((m) => ({ name: m.name, version: m.version, labels: m.labels, sha256: this.manifests.get(`${m.name}@${m.version}`)?.artifact.sha256 ?? '', shadow: m.shadow }));
   }
 
   /** Plan → run the first step → plan again, until nothing is left; retryable failures back off. */

@@ -14,6 +14,12 @@ export interface LoadOptions {
   selfTest?: (servable: Servable) => Promise<void>;
   /** Real input to warm up with; without any, a generated input whose failure only warns. */
   warmup?: WarmupSource | undefined;
+  /**
+   * Loaded, self-tested and warmed, but kept out of the registry: no request
+   * reaches it until the caller activates it in the registry (a shadow
+   * candidate), or retires it.
+   */
+  detached?: boolean;
 }
 
 /**
@@ -27,7 +33,8 @@ export class VersionLoader {
   async load(name: string, version: number, bytes: Uint8Array, options: LoadOptions = {}): Promise<Servable> {
     const { registry, metrics, runtime } = this.deps;
     const log = this.deps.logger.child({ model: name, version });
-    registry.setState(name, version, 'LOADING');
+    const detached = options.detached === true;
+    if (!detached) registry.setState(name, version, 'LOADING');
     let servable: Servable | undefined;
     try {
       const loaded = await runtime.load(bytes, log);
@@ -37,7 +44,7 @@ export class VersionLoader {
       const warm = await this.warmUp(loaded.session, options.warmup, log);
       metrics.loadSeconds.set({ model: name, version: String(version), provider: loaded.session.executionProvider }, loaded.loadMs / 1000);
       metrics.warmupSeconds.set({ model: name, version: String(version) }, warm.ms / 1000);
-      registry.activate(servable);
+      if (!detached) registry.activate(servable);
       log.info(
         {
           executionProvider: loaded.session.executionProvider,
@@ -46,13 +53,13 @@ export class VersionLoader {
           warmedUpOn: warm.on,
           batching: servable.runner.batcher !== undefined,
         },
-        'model version available',
+        detached ? 'model version loaded beside the serving one, taking no requests' : 'model version available',
       );
       return servable;
     } catch (err) {
       await servable?.retire();
       const message = errorMessage(err);
-      registry.setState(name, version, 'END', message);
+      if (!detached) registry.setState(name, version, 'END', message);
       metrics.loadFailures.inc({ model: name });
       log.error({ err: message }, 'model version failed to load; versions already serving keep serving');
       throw err;
@@ -70,6 +77,13 @@ export class VersionLoader {
       'warm-up on a generated input failed; the version serves anyway, as real requests may well run (give it real warm-up input: warmup.json beside the model, or a selfTest in its manifest)',
     );
     return { ms: warm.ms, on: 'a generated input (failed)' };
+  }
+
+  /** Frees a detached servable (a shadow candidate not switched to) once its runs in flight finish. */
+  async release(servable: Servable): Promise<void> {
+    await servable.retire();
+    this.deps.metrics.forgetVersion(servable.name, servable.version);
+    this.deps.logger.info({ model: servable.name, version: servable.version }, 'model version released without serving');
   }
 
   /** Takes a version out of service once its requests in flight finish. */

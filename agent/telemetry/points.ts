@@ -1,4 +1,4 @@
-import type { HealthPoint, InferencePoint } from '../../protocol/index.js';
+import type { HealthPoint, InferencePoint, ShadowPoint } from '../../protocol/index.js';
 
 /**
  * Telemetry points as the agent builds them (docs/protocol.md section 7). The
@@ -33,7 +33,13 @@ export type AgentInferencePoint = InferencePoint & { clientErrors: number };
 /** Extra health fields: the host's uptime (uptimeS is the agent's), and what timed out. outboxRows/outboxBytes are section 13's. */
 export type AgentHealthPoint = HealthPoint & { systemUptimeS: number; timedOut?: string[] };
 
-export type AgentPoint = AgentInferencePoint | AgentHealthPoint | DroppedPoint;
+/**
+ * Extra shadow fields (PROTOCOL.md section 11 is the rest): sampled requests not run because
+ * the candidate was busy, and candidate runs that failed (each a disagreement).
+ */
+export type AgentShadowPoint = ShadowPoint & { skipped: number; candidateErrors: number };
+
+export type AgentPoint = AgentInferencePoint | AgentHealthPoint | DroppedPoint | AgentShadowPoint;
 
 type WithoutSeq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 /** A point before the outbox has numbered it. */

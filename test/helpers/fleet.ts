@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import mqtt, { type MqttClient } from 'mqtt';
-import { desiredSchema } from '../../protocol/desired.js';
+import { desiredSchema, type Shadow } from '../../protocol/desired.js';
 import { signEnvelope, type Envelope } from '../../protocol/dsse.js';
 import { generateKeyPair, type KeyPair } from '../../protocol/keys.js';
 import { manifestSchema, type Manifest } from '../../protocol/manifest.js';
@@ -76,6 +76,8 @@ export interface DesiredEntry {
   version: number;
   labels?: string[];
   manifest: Envelope;
+  /** Section 11; fields left out take their defaults. */
+  shadow?: Partial<Shadow>;
 }
 
 export function signDesired(
