@@ -92,6 +92,7 @@ function help(words: readonly string[], io: CommandIo): number {
     io.out(globalHelp());
     return EXIT_OK;
   }
+  if (words[0] === 'version') return version(['--help'], io);
   try {
     io.out(findCommand(words).command.help);
     return EXIT_OK;

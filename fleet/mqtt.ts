@@ -37,7 +37,8 @@ export const BROKER_OPTIONS = {
 export type MqttProtocolVersion = 4 | 5;
 
 export const BROKER_HELP = `Broker options (each may come from a profile instead):
-  --broker URL            mqtt://, mqtts://, ws:// or wss:// URL (default: the profile's, else $EDGEFLEET_BROKER)
+  --broker URL            mqtt://, mqtts://, ws:// or wss:// URL
+                          (default: the profile's, else $EDGEFLEET_BROKER)
   --topic-root R          topic root (default ${DEFAULT_TOPIC_ROOT})
   --ca FILE               CA certificate (PEM) to verify the broker
   --client-cert FILE      TLS client certificate (PEM) for mutual TLS (was --cert)

@@ -52,7 +52,7 @@ export type ProfileSettings = z.infer<typeof settingsSchema>;
 
 const fileSchema = z.strictObject({
   default: z.string().optional(),
-  profiles: z.record(z.string().regex(PROFILE_NAME_RE, 'profile names are 1-64 letters, digits, "_", ".", "-"'), settingsSchema),
+  profiles: z.record(z.string(), settingsSchema),
 });
 
 export interface Profile {
@@ -117,9 +117,11 @@ export function parseProfileFile(text: string, file: string): z.infer<typeof fil
   const problems = result.success ? [] : formatIssues(result.error.issues);
   // Checked apart from the schema, so it is reported together with any other problem.
   const { default: name, profiles } = (typeof value === 'object' && value !== null ? value : {}) as { default?: unknown; profiles?: unknown };
-  if (typeof name === 'string' && (typeof profiles !== 'object' || profiles === null || !Object.hasOwn(profiles, name))) {
-    problems.push(`default: "${name}" names no profile in "profiles"`);
+  const names = typeof profiles === 'object' && profiles !== null ? Object.keys(profiles) : [];
+  for (const bad of names.filter((n) => !PROFILE_NAME_RE.test(n))) {
+    problems.push(`profiles: "${bad}" is not a profile name (1-64 letters, digits, '_', '.', '-', starting with a letter or digit)`);
   }
+  if (typeof name === 'string' && !names.includes(name)) problems.push(`default: "${name}" names no profile in "profiles"`);
   if (!result.success || problems.length > 0) throw new FailureError(`profile file ${file} is invalid: ${problems.join('; ')}`);
   return result.data;
 }

@@ -115,6 +115,8 @@ describe('profiles, ages (no broker)', () => {
     }
     expect(message).toMatch(/colour/);
     expect(() => parseProfileFile('{"profiles": ', '/p.json')).toThrow(/^profile file \/p\.json is not valid JSON: /);
+    expect(() => parseProfileFile('{"profiles": {"a b": {}}}', '/p.json')).toThrow(/^profile file \/p\.json is invalid: profiles: "a b" is not a profile name/);
+    expect(() => parseProfileFile('[]', '/p.json')).toThrow(/^profile file \/p\.json is invalid: \(document\): .*expected object/);
   });
 
   it('relative paths are relative to the profile file; the file\'s default applies when none is named', async () => {
