@@ -8,7 +8,7 @@ import { FLEET_PAGE_SORTS, MAX_FLEET_PAGE } from '../collector/store.js';
 import type { FleetFilters, FleetPageSort, FleetRow } from '../collector/store.js';
 import type { Command } from '../command.js';
 import { UsageError } from '../errors.js';
-import { PROFILE_HELP, PROFILE_OPTIONS, loadProfile } from '../profile.js';
+import { PROFILE_OPTIONS, loadProfile } from '../profile.js';
 import { formatTextTable, terminalSafe } from '../terminal-text.js';
 
 const OPTIONS = {
@@ -54,7 +54,8 @@ ${DB_HELP}
                 --sort p99 --desc --limit 20 for the 20 slowest devices
   --all         every device (a table of thousands of rows; default with --json)
   --json        print the rows as a JSON array instead
-${PROFILE_HELP} (its "db")`,
+  --profile N   take --db from profile N's "db" (default: $EDGEFLEET_PROFILE, else
+                the profile file's "default"; see docs/operator-guide.md)`,
 
   async run(args, io) {
     const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
