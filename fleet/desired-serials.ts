@@ -24,6 +24,8 @@ export interface TargetSerials {
   retained: number | undefined;
   /** The highest serial a device reports from this target; undefined when none does. */
   reported: SerialFloor | undefined;
+  /** For a device target: the other document it reports going by (e.g. "group:lab"), whose serial says nothing of its own. */
+  followsOther?: string;
 }
 
 /** "device:pi-001" or "group:lab", as the messages name a target. */
@@ -54,26 +56,34 @@ export async function readTargetSerials(broker: Broker, target: Target, waitMs: 
     if (retained === undefined) throw new FailureError(`the message retained on ${topic} is not a desired-state envelope; pass --serial N`);
   }
   let reported: SerialFloor | undefined;
+  let followsOther: string | undefined;
   for (const [t, bytes] of got) {
     const parsed = parseTopic(root, t);
     if (parsed?.kind !== 'state') continue;
-    const floor = reportedFloor(parsed.deviceId, bytes, target);
+    const state = readState(parsed.deviceId, bytes);
+    const floor = state && reportedFloor(state, target);
     if (floor !== undefined && (reported === undefined || floor.serial > reported.serial)) reported = floor;
+    if (target.device !== undefined && state?.desired?.source === 'group') followsOther = `group:${state.desired.group ?? '?'}`;
   }
-  return { topic, retained, reported };
+  return { topic, retained, reported, ...(followsOther !== undefined && { followsOther }) };
 }
 
-/** What one device's state says it accepted from `target`; unreadable states say nothing. */
-function reportedFloor(deviceId: string, bytes: Buffer, target: Target): SerialFloor | undefined {
-  let state: ReportedState;
+/** A device's retained state, or undefined when unreadable or not its own ('edgefleet devices' names those). */
+function readState(deviceId: string, bytes: Buffer): ReportedState | undefined {
   try {
-    state = parseReportedState(bytes);
+    const state = parseReportedState(bytes);
+    return state.device === deviceId ? state : undefined;
   } catch {
-    return undefined; // 'edgefleet devices' names states it cannot read
+    return undefined;
   }
+}
+
+/** What one device's state says it accepted from `target`. */
+function reportedFloor(state: ReportedState, target: Target): SerialFloor | undefined {
+  const deviceId = state.device;
   const d = state.desired;
   // A rejected document was never accepted: its serial is not remembered.
-  if (state.device !== deviceId || d === null || d.status === 'rejected') return undefined;
+  if (d === null || d.status === 'rejected') return undefined;
   const from = d.source === 'device' ? { device: deviceId } : d.group !== undefined ? { group: d.group } : undefined;
   if (from === undefined || targetName(from) !== targetName(target)) return undefined;
   const how = d.status === 'applied' ? 'applied' : `accepted (${d.status})`;
@@ -102,7 +112,10 @@ export function chooseSerial(s: TargetSerials, explicit: number | undefined, not
     return explicit;
   }
   if (top === undefined) {
-    note(`no desired state retained on ${s.topic} and no device reports one from it; starting at serial 1 (pass --serial if its devices applied higher serials before)`);
+    const why = s.followsOther === undefined
+      ? 'pass --serial if its devices applied higher serials before'
+      : `the device goes by ${s.followsOther} now: if it had a document of its own before, pass --serial above the one 'deploy --clear' printed`;
+    note(`no desired state retained on ${s.topic} and no device reports one from it; starting at serial 1 (${why})`);
     return 1;
   }
   return top.serial + 1;

@@ -323,6 +323,14 @@ describe.skipIf(skip)('edgefleet CLI for operators', () => {
     expect(twice.code, twice.stderr).toBe(0);
     expect(JSON.parse(twice.stdout)).toEqual({ target: { device: 'pi-020' }, topic, cleared: true, removedSerial: null, lastSerial: null });
 
+    // Following its group now, the device reports the group's serial, not its own: the default says so.
+    await publishRetained(broker.url, 'edgefleet/devices/pi-020/state', reportState('pi-020', ['lab'], { source: 'group', group: 'lab', serial: 9, status: 'applied' }));
+    const guess = await cli(env, 'deploy', '--device', 'pi-020', 'mlp:1=stable', '--manifests', manifests, '--wait-ms', '300');
+    expect(guess.code, guess.stderr).toBe(0);
+    expect(guess.stderr).toContain("starting at serial 1 (the device goes by group:lab now: if it had a document of its own before, pass --serial above the one 'deploy --clear' printed)");
+    const after = await cli(env, 'deploy', '--device', 'pi-020', 'mlp:1=stable', '--manifests', manifests, '--serial', '5');
+    expect(after.code, after.stderr).toBe(0);
+
     const groupClear = await cli(env, 'deploy', '--group', 'lab', '--clear', '--wait-ms', '300');
     expect(groupClear.code, groupClear.stderr).toBe(0);
     expect(groupClear.stderr).toMatch(/^warning: removing the document of group lab: its devices without a document of their own fall back to their next group's document, and those with none keep serving what they serve now$/m);
