@@ -58,13 +58,13 @@ export async function publishAndDeploy(paths: FleetPaths, opts: PublishOptions, 
   const manifest = join(paths.manifestsDir, `${opts.name}-${opts.version}.manifest.json`);
   const published = await run(
     modelPublish,
-    [opts.modelFile, '--name', opts.name, '--version', String(opts.version), '--quantization', 'int8', '--key', join(paths.keysDir, 'models.key'),
+    [opts.modelFile, '--name', opts.name, '--version', String(opts.version), '--quantization', 'int8', '--signing-key', join(paths.keysDir, 'models.key'),
       '--out-manifest', manifest, '--trust', paths.trust, '--wait-ms', '200', ...broker],
     cwd,
   );
   const deployed = await run(
     deploy,
-    ['--device', opts.deviceId, `${opts.name}:${opts.version}`, '--manifests', manifest, '--key', join(paths.keysDir, 'rollout.key'),
+    ['--device', opts.deviceId, `${opts.name}:${opts.version}`, '--manifests', manifest, '--signing-key', join(paths.keysDir, 'rollout.key'),
       '--trust', paths.trust, '--wait-ms', '200', ...broker],
     cwd,
   );

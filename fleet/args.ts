@@ -73,3 +73,18 @@ export function expiryOption(value: string, flag: string, from: number): string 
   if (at <= from) throw new UsageError(`--${flag} ${value} is not in the future`);
   return value;
 }
+
+/**
+ * The value of an option that has a new name and an old one kept working:
+ * the old name warns, and both together are a usage error.
+ */
+export function renamedOption<T>(
+  values: Readonly<Record<string, unknown>>, current: string, old: string, warn: (line: string) => void,
+): T | undefined {
+  const now = values[current] as T | undefined;
+  const before = values[old] as T | undefined;
+  if (before === undefined) return now;
+  if (now !== undefined) throw new UsageError(`--${old} is the old name of --${current}; pass only --${current}`);
+  warn(`warning: --${old} is deprecated; use --${current}`);
+  return before;
+}

@@ -32,7 +32,8 @@ Publishes signed models and rollouts to an edgefleet fleet over MQTT.
 Commands:
 ${lines.join('\n')}
 
-Run 'edgefleet <command> --help' for a command's options.
+Run 'edgefleet <command> --help' for a command's options, 'edgefleet version'
+(or --version) for the version; --json prints a command's result as JSON.
 Exit status: 0 done, 1 failed, 2 bad usage.`;
 }
 
@@ -63,9 +64,8 @@ export async function runCli(argv: readonly string[], io: CommandIo): Promise<nu
     io.note(globalHelp());
     return EXIT_USAGE;
   }
-  if (first === '--version') {
-    io.out(agentVersion());
-    return EXIT_OK;
+  if (first === '--version' || first === 'version') {
+    return version(argv.slice(1), io);
   }
   if (first === '--help' || first === '-h' || first === 'help') {
     return help(argv.slice(1), io);
@@ -93,6 +93,7 @@ function help(words: readonly string[], io: CommandIo): number {
     io.out(globalHelp());
     return EXIT_OK;
   }
+  if (words[0] === 'version') return version(['--help'], io);
   try {
     io.out(findCommand(words).command.help);
     return EXIT_OK;
@@ -100,4 +101,19 @@ function help(words: readonly string[], io: CommandIo): number {
     io.note(`edgefleet: ${errorMessage(err)}`);
     return EXIT_USAGE;
   }
+}
+
+/** `edgefleet version [--json]`, also `edgefleet --version`: the package version. */
+function version(rest: readonly string[], io: CommandIo): number {
+  if (rest.includes('--help') || rest.includes('-h')) {
+    io.out('usage: edgefleet version [--json]\n\nPrints the version of edgefleet (also: edgefleet --version).');
+    return EXIT_OK;
+  }
+  const extra = rest.filter((a) => a !== '--json');
+  if (extra.length > 0) {
+    io.note(`edgefleet version: unexpected "${extra[0] ?? ''}"; usage: edgefleet version [--json]`);
+    return EXIT_USAGE;
+  }
+  io.out(rest.includes('--json') ? JSON.stringify({ version: agentVersion() }) : agentVersion());
+  return EXIT_OK;
 }

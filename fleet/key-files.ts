@@ -7,8 +7,31 @@ import type { KeyObject } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { SigningKey } from '../protocol/index.js';
 import { keyIdOf, privateKeyFromPem, publicKeyFromBase64 } from '../protocol/index.js';
-import { FailureError } from './errors.js';
+import { listOf, renamedOption } from './args.js';
+import { FailureError, UsageError } from './errors.js';
 import { readInput } from './files.js';
+import type { Profile } from './profile.js';
+
+/** parseArgs options of the commands that sign: --signing-key, and --key, its old name. */
+export const SIGNING_KEY_OPTIONS = {
+  'signing-key': { type: 'string', multiple: true },
+  key: { type: 'string', multiple: true },
+} as const;
+
+/**
+ * The private key files of `role` a command signs with: --signing-key (or the
+ * deprecated --key), else the profile's `signingKeys.<role>`.
+ */
+export function signingKeyPaths(
+  values: { 'signing-key'?: string[] | undefined; key?: string[] | undefined }, role: 'models' | 'rollout', profile: Profile, warn: (line: string) => void,
+): string[] {
+  const flagged = listOf(renamedOption<string[]>(values, 'signing-key', 'key', warn));
+  if (flagged.length > 0) return flagged;
+  const fromProfile = profile.settings.signingKeys?.[role];
+  if (fromProfile !== undefined) return fromProfile;
+  const KEY = role.toUpperCase();
+  throw new UsageError(`missing --signing-key ${KEY}.key (the ${role} role's private key), or "signingKeys.${role}" in a profile`);
+}
 
 const looksLikePem = (text: string): boolean => text.includes('-----BEGIN');
 

@@ -9,7 +9,10 @@ import { ReasonCodes, connect } from 'mqtt';
 import type { IClientOptions, IConnackPacket, MqttClient } from 'mqtt';
 import { isBrokerUrl, mutualTlsProblem, readBrokerFiles, safeUrl } from '../lib/broker.js';
 import { DEFAULT_TOPIC_ROOT, checkTopicRoot } from '../protocol/index.js';
+import { renamedOption } from './args.js';
 import { FailureError, UsageError, errorMessage } from './errors.js';
+import type { Profile } from './profile.js';
+import { PROFILE_HELP, PROFILE_OPTIONS, loadProfile, settingName } from './profile.js';
 
 const CONNECT_TIMEOUT_MS = 10_000;
 const CLOSE_TIMEOUT_MS = 5_000;
@@ -19,25 +22,31 @@ export const BROKER_OPTIONS = {
   broker: { type: 'string' },
   'topic-root': { type: 'string' },
   ca: { type: 'string' },
+  'client-cert': { type: 'string' },
+  'client-key': { type: 'string' },
+  // The old names of --client-cert and --client-key: --key-file was too easily taken for a signing key.
   cert: { type: 'string' },
   'key-file': { type: 'string' },
   username: { type: 'string' },
   'password-file': { type: 'string' },
   'mqtt-version': { type: 'string' },
+  ...PROFILE_OPTIONS,
 } as const;
 
 /** MQTT protocol levels the tools speak: 5 (MQTT 5) and 4 (MQTT 3.1.1). */
 export type MqttProtocolVersion = 4 | 5;
 
-export const BROKER_HELP = `Broker options:
-  --broker URL            mqtt://, mqtts://, ws:// or wss:// URL (default: $EDGEFLEET_BROKER)
+export const BROKER_HELP = `Broker options (each may come from a profile instead):
+  --broker URL            mqtt://, mqtts://, ws:// or wss:// URL
+                          (default: the profile's, else $EDGEFLEET_BROKER)
   --topic-root R          topic root (default ${DEFAULT_TOPIC_ROOT})
   --ca FILE               CA certificate (PEM) to verify the broker
-  --cert FILE             client certificate (PEM) for mutual TLS
-  --key-file FILE         client private key (PEM) for mutual TLS
+  --client-cert FILE      TLS client certificate (PEM) for mutual TLS (was --cert)
+  --client-key FILE       TLS client private key (PEM) for mutual TLS (was --key-file)
   --username NAME         MQTT user name
   --password-file FILE    file whose first line is the MQTT password
-  --mqtt-version 4|5      MQTT 5 (default) or 4 for MQTT 3.1.1 brokers`;
+  --mqtt-version 4|5      MQTT 5 (default) or 4 for MQTT 3.1.1 brokers
+${PROFILE_HELP}`;
 
 export interface BrokerSettings {
   url: string;
@@ -51,35 +60,62 @@ export interface BrokerSettings {
 
 type BrokerValues = { [K in keyof typeof BROKER_OPTIONS]?: string | undefined };
 
-/** The flags naming files, as errors name them. */
-const FILE_FLAGS = { ca: '--ca', cert: '--cert', key: '--key-file', passwordFile: '--password-file' } as const;
+const stderrWarn = (line: string): void => void process.stderr.write(`${line}\n`);
 
-/** Validates the broker options and reads the files they name. */
-export async function brokerSettings(values: BrokerValues): Promise<BrokerSettings> {
-  const url = values.broker ?? process.env.EDGEFLEET_BROKER;
-  if (url === undefined || url === '') throw new UsageError('missing --broker URL (or set EDGEFLEET_BROKER)');
+/**
+ * Validates the broker options and reads the files they name. Each setting is
+ * the flag's, else the profile's (`--profile`, $EDGEFLEET_PROFILE; loaded here
+ * unless given), else the default. `warn` gets deprecation notes.
+ */
+export async function brokerSettings(
+  values: BrokerValues, opts: { profile?: Profile; warn?: (line: string) => void } = {},
+): Promise<BrokerSettings> {
+  const warn = opts.warn ?? stderrWarn;
+  const profile = opts.profile ?? (await loadProfile(values.profile));
+  const p = profile.settings;
+  const url = values.broker ?? p.broker ?? (process.env.EDGEFLEET_BROKER || undefined);
+  if (url === undefined || url === '') throw new UsageError('missing --broker URL (or set EDGEFLEET_BROKER, or "broker" in a profile)');
   if (!isBrokerUrl(url)) {
     throw new UsageError(`--broker must be a URL such as mqtt://host:1883 or mqtts://host:8883, got "${safeUrl(url)}"`);
   }
-  const topicRoot = values['topic-root'] ?? DEFAULT_TOPIC_ROOT;
+  const topicRoot = values['topic-root'] ?? p.topicRoot ?? DEFAULT_TOPIC_ROOT;
   try {
     checkTopicRoot(topicRoot);
   } catch (err) {
     throw new UsageError(`--topic-root: ${errorMessage(err)}`);
   }
-  const version = values['mqtt-version'];
+  const version = values['mqtt-version'] ?? (p.mqttVersion === undefined ? undefined : String(p.mqttVersion));
   if (version !== undefined && version !== '4' && version !== '5') {
     throw new UsageError(`--mqtt-version must be 5 (MQTT 5) or 4 (MQTT 3.1.1), got "${version}"`);
   }
-  const files = { ca: values.ca, cert: values.cert, key: values['key-file'], passwordFile: values['password-file'] };
-  const unpaired = mutualTlsProblem(files, FILE_FLAGS);
+  const flagged = {
+    ca: values.ca,
+    cert: renamedOption<string>(values, 'client-cert', 'cert', warn),
+    key: renamedOption<string>(values, 'client-key', 'key-file', warn),
+    passwordFile: values['password-file'],
+  };
+  const files = {
+    ca: flagged.ca ?? p.ca,
+    cert: flagged.cert ?? p.clientCert,
+    key: flagged.key ?? p.clientKey,
+    passwordFile: flagged.passwordFile ?? p.passwordFile,
+  };
+  const named = (key: keyof typeof files, flag: string, field: string): string => (flagged[key] !== undefined ? `--${flag}` : settingName(profile, flag, field));
+  const names = {
+    ca: named('ca', 'ca', 'ca'),
+    cert: named('cert', 'client-cert', 'clientCert'),
+    key: named('key', 'client-key', 'clientKey'),
+    passwordFile: named('passwordFile', 'password-file', 'passwordFile'),
+  };
+  const unpaired = mutualTlsProblem(files, names);
   if (unpaired !== undefined) throw new UsageError(unpaired);
-  const { password, ...tls } = await readBrokerFiles(files, { names: FILE_FLAGS, error: (message) => new FailureError(message) });
+  const { password, ...tls } = await readBrokerFiles(files, { names, error: (message) => new FailureError(message) });
+  const username = values.username ?? p.username;
   return {
     url,
     topicRoot,
     tls,
-    ...(values.username !== undefined && { username: values.username }),
+    ...(username !== undefined && { username }),
     ...(password !== undefined && { password }),
     ...(version !== undefined && { protocolVersion: Number(version) as MqttProtocolVersion }),
   };

@@ -198,4 +198,15 @@ describe.skipIf(skip)('edgefleet ca', () => {
     await expect(run(caServerCert, ['--ca', 'ca', '--out', 'broker', '--san', 'localhost'])).rejects.toThrow(/already exists/);
     await expect(run(caServerCert, ['--ca', 'ca', '--out', 'broker2'])).rejects.toThrow(/missing --san/);
   });
+
+  it('--json prints the fingerprint, the files and the expiry of what each command made', async () => {
+    const init = JSON.parse((await run(caInit, ['--out', 'ca-json', '--days', '30', '--json'])).out.join('\n')) as Record<string, string>;
+    const made = await cert(join(dir, 'ca-json', 'ca.pem'));
+    expect(init).toEqual({ fingerprint256: made.fingerprint256, key: join(dir, 'ca-json', 'ca.key'), cert: join(dir, 'ca-json', 'ca.pem'), validTo: made.validTo });
+    const csr = makeCsr('pi-json', '/CN=pi-json');
+    const signed = JSON.parse((await run(caSign, ['--ca', 'ca-json', '--csr', csr, '--out', 'pi-json.pem', '--json'])).out.join('\n')) as Record<string, string>;
+    expect(signed).toEqual({ fingerprint256: (await cert(join(dir, 'pi-json.pem'))).fingerprint256, cn: 'pi-json', cert: join(dir, 'pi-json.pem'), validTo: expect.any(String) });
+    const server = JSON.parse((await run(caServerCert, ['--ca', 'ca-json', '--out', 'broker-json', '--san', 'localhost', '--json'])).out.join('\n')) as Record<string, unknown>;
+    expect(server).toMatchObject({ key: join(dir, 'broker-json', 'server.key'), cert: join(dir, 'broker-json', 'server.pem'), subjectAltNames: ['DNS:localhost'] });
+  });
 });

@@ -185,7 +185,7 @@ function storeSuite(name: string, backend: () => Backend, skip: string | false):
       const table = await statusCli(db, []);
       const lines = table.out.split('\n');
       expect(lines[0]).toMatch(/^DEVICE\s+ONLINE\s+GROUPS\s+DESIRED\s+MODELS\s+P50 MS\s+P99 MS\s+ERRORS\s+CPU %\s+TEMP C\s+DROPPED\s+OUTBOX\s+LAST SEEN$/);
-      expect(lines[1]).toMatch(/^pi-1\s+yes\s+lab\s+7 applied\s+mnist:3 serving\s+0\.40\s+1\.10\s+0\s+33\.3\s+48\.0\s+0\s+-\s+2026-03-01T12:00:02\.000Z$/);
+      expect(lines[1]).toMatch(/^pi-1\s+yes\s+lab\s+7 applied\s+mnist:3 serving\s+0\.40\s+1\.10\s+0\s+33\.3\s+48\.0\s+0\s+-\s+\d+ d ago$/);
       expect(lines[2]).toMatch(/^pi-2\s+\?\s+field\s+7 applied\s+ocr:1 serving\s+-\s+-\s+-\s+-\s+-/);
       const fieldTable = (await statusCli(db, ['--group', 'field'])).out.split('\n\n')[0] ?? '';
       expect(fieldTable.split('\n').slice(1).map((l) => l.split(/\s+/)[0])).toEqual(['pi-2']);

@@ -79,7 +79,7 @@ describe('edgefleet devices', () => {
     const table = formatTable(rows);
     const lines = table.split('\n');
     expect(lines).toHaveLength(3);
-    expect(lines[1]).toMatch(/^pi-001\s+yes\s+lab\s+3 failed\s+v1 error\s+mnist:1 failed boom\\npi-999 {2}yes {2}lab {2}1 applied\\r\\e\[31mRED/);
+    expect(lines[1]).toMatch(/^pi-001\s+yes\s+lab\s+3 failed\s+own\s+v1 error\s+mnist:1 failed boom\\npi-999 {2}yes {2}lab {2}1 applied\\r\\e\[31mRED/);
     expect(lines[2]).toMatch(/^pi-002\s+no\s/);
     expectSafeLines(table, ['pi-001', 'pi-002']);
     const said = problems(rows);

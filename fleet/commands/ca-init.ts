@@ -7,6 +7,7 @@ import { parseOrUsage, required } from '../args.js';
 import type { Command } from '../command.js';
 import { UsageError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
+import { JSON_OPTION, printResult } from '../result.js';
 import { CA_CERT, CA_KEY, daysOption, newEcKeyPem, newSerial, openssl, refuseExisting, withScratch } from './ca-openssl.js';
 
 const OPTIONS = {
@@ -14,6 +15,7 @@ const OPTIONS = {
   days: { type: 'string' },
   name: { type: 'string' },
   force: { type: 'boolean' },
+  ...JSON_OPTION,
 } as const;
 
 const CA_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$/;
@@ -39,6 +41,7 @@ Options:
   --days N      validity in days (default 3650)
   --name NAME   the CA's common name (default "edgefleet CA")
   --force       replace existing files (every certificate it signed stops verifying)
+  --json        print the fingerprint, paths and expiry as JSON instead
 
 Needs the openssl command (Node cannot issue certificates).`,
 
@@ -74,6 +77,6 @@ Needs the openssl command (Node cannot issue certificates).`,
       return new X509Certificate(pem);
     });
     io.note(`wrote ${keyPath} (private: keep it secret and offline) and ${certPath}, valid until ${cert.validTo}`);
-    io.out(cert.fingerprint256);
+    printResult(io, values.json === true, cert.fingerprint256, { fingerprint256: cert.fingerprint256, key: keyPath, cert: certPath, validTo: cert.validTo });
   },
 };

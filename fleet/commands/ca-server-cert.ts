@@ -7,6 +7,7 @@ import { parseOrUsage, required, requiredList } from '../args.js';
 import type { Command } from '../command.js';
 import { UsageError } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
+import { JSON_OPTION, printResult } from '../result.js';
 import { daysOption, issue, leafExtensions, loadCa, newEcKeyPem, openssl, refuseExisting, withScratch, writeCert } from './ca-openssl.js';
 
 const OPTIONS = {
@@ -16,6 +17,7 @@ const OPTIONS = {
   san: { type: 'string', multiple: true },
   days: { type: 'string' },
   force: { type: 'boolean' },
+  ...JSON_OPTION,
 } as const;
 
 const FILE_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
@@ -50,7 +52,8 @@ Options:
                   repeatable or comma-separated; the first one is also the CN
   --name NAME     file name stem (default server)
   --days N        validity in days (default 825)
-  --force         replace existing files`,
+  --force         replace existing files
+  --json          print the fingerprint, paths, names and expiry as JSON instead`,
 
   async run(args, io) {
     const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
@@ -82,6 +85,6 @@ Options:
     });
     await writeCert(certPath, cert, force);
     io.note(`wrote ${keyPath} (private) and ${certPath} for ${sans.join(', ')}, valid until ${cert.validTo}`);
-    io.out(cert.fingerprint256);
+    printResult(io, values.json === true, cert.fingerprint256, { fingerprint256: cert.fingerprint256, key: keyPath, cert: certPath, subjectAltNames: sans, validTo: cert.validTo });
   },
 };

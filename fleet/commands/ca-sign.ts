@@ -6,6 +6,7 @@ import { parseOrUsage, required } from '../args.js';
 import type { Command } from '../command.js';
 import { FailureError } from '../errors.js';
 import { readInput } from '../files.js';
+import { JSON_OPTION, printResult } from '../result.js';
 import { checkLeafKey, daysOption, issue, leafExtensions, loadCa, openssl, opensslOutput, refuseExisting, withScratch, writeCert } from './ca-openssl.js';
 
 const OPTIONS = {
@@ -16,6 +17,7 @@ const OPTIONS = {
   operator: { type: 'boolean' },
   collector: { type: 'boolean' },
   force: { type: 'boolean' },
+  ...JSON_OPTION,
 } as const;
 
 /** The broker's ACL (provisioning/mosquitto/acl) gives this name every topic. */
@@ -57,7 +59,8 @@ Options:
   --collector   allow CN=${COLLECTOR_CN}, the collectors' identity, which
                 reads every device's telemetry and writes its acknowledgements;
                 refused without it
-  --force       replace an existing --out file`,
+  --force       replace an existing --out file
+  --json        print the fingerprint, CN, path and expiry as JSON instead`,
 
   async run(args, io) {
     const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
@@ -95,6 +98,6 @@ Options:
     const cert = await withScratch(dirname(outPath), (scratch) => issue({ ca, csrPath, days, extensions: leafExtensions('client', keyType), scratch }));
     await writeCert(outPath, cert, force);
     io.note(`signed ${cn}: wrote ${outPath}, valid until ${cert.validTo}`);
-    io.out(cert.fingerprint256);
+    printResult(io, values.json === true, cert.fingerprint256, { fingerprint256: cert.fingerprint256, cn, cert: outPath, validTo: cert.validTo });
   },
 };

@@ -18,6 +18,7 @@ import { readSigningKeys } from '../key-files.js';
 import { RolloutController } from '../rollout/controller.js';
 import { UsageError, errorMessage } from '../errors.js';
 import { BROKER_HELP, BROKER_OPTIONS, brokerSettings } from '../mqtt.js';
+import { loadProfile } from '../profile.js';
 
 const OPTIONS = {
   db: { type: 'string' },
@@ -106,7 +107,11 @@ is dropped, acknowledged and counted per device, never stored.
 ${BROKER_HELP}`,
 
   async run(args, io) {
-    const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
+    const { values: given } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
+    const profile = await loadProfile(given.profile);
+    // The MQTT version may come from the profile; the checks below need the one in force.
+    const profileVersion = profile.settings.mqttVersion === undefined ? undefined : String(profile.settings.mqttVersion);
+    const values = { ...given, 'mqtt-version': given['mqtt-version'] ?? profileVersion };
     const settings = checkOptions(values);
     if (values['mqtt-version'] === '4' && values['share-group'] !== undefined) {
       throw new UsageError('--share-group needs MQTT 5 shared subscriptions; leave it out with --mqtt-version 4');
@@ -114,9 +119,9 @@ ${BROKER_HELP}`,
     if (values['mqtt-version'] === '4' && values.connections !== undefined && values.connections !== '1') {
       throw new UsageError('--connections above 1 needs MQTT 5 shared subscriptions; leave it out with --mqtt-version 4');
     }
-    const broker = await brokerSettings(values);
+    const broker = await brokerSettings(given, { profile, warn: io.note });
     const log = createLogger({ level: settings.level });
-    const db = resolveDb(values.db);
+    const db = resolveDb(values.db ?? profile.settings.db);
     const store = openStore(db, { cwd: io.cwd, onError: (err) => log.warn({ err: errorMessage(err) }, 'database connection problem') });
     const collector = new Collector({ broker, store, log, ...settings.collector });
     const rolloutKeys = listOf(values['rollout-key']);

@@ -1,31 +1,36 @@
 /** `edgefleet deploy`: sign and publish the desired state of a device or a group. */
 import { parseArgs } from 'node:util';
 import type { z } from 'zod';
-import type { Envelope, Target } from '../../protocol/index.js';
+import type { Target } from '../../protocol/index.js';
 import {
   DEVICE_ID_RE, GROUP_RE, MODEL_NAME_RE, PAYLOAD_TYPES, describeTarget, desiredSchema, encodeDocument, formatTime, isProtocolError,
-  labelSchema, openEnvelope, parseTime, signEnvelope, topics,
+  labelSchema, parseTime, signEnvelope,
 } from '../../protocol/index.js';
 import { expiryOption, intOption, parseOrUsage, requiredList } from '../args.js';
-import type { Command } from '../command.js';
+import type { Command, CommandIo } from '../command.js';
+import { chooseSerial, readTargetSerials, targetName } from '../desired-serials.js';
 import { FailureError, UsageError, errorMessage } from '../errors.js';
-import { readSigningKeys } from '../key-files.js';
+import { SIGNING_KEY_OPTIONS, readSigningKeys, signingKeyPaths } from '../key-files.js';
 import type { ManifestFile } from '../manifests.js';
 import { collectManifests, manifestKey } from '../manifests.js';
-import type { Broker } from '../mqtt.js';
+import type { BrokerSettings } from '../mqtt.js';
 import { BROKER_HELP, BROKER_OPTIONS, brokerSettings, withBroker } from '../mqtt.js';
+import { loadProfile } from '../profile.js';
+import { JSON_HELP, JSON_OPTION, printResult } from '../result.js';
 import { checkAgainstTrust } from '../trust-roles.js';
 
 const OPTIONS = {
   device: { type: 'string' },
   group: { type: 'string' },
   manifests: { type: 'string', multiple: true },
-  key: { type: 'string', multiple: true },
+  ...SIGNING_KEY_OPTIONS,
   expires: { type: 'string' },
   serial: { type: 'string' },
   none: { type: 'boolean' },
+  clear: { type: 'boolean' },
   trust: { type: 'string' },
   'wait-ms': { type: 'string' },
+  ...JSON_OPTION,
   ...BROKER_OPTIONS,
 } as const;
 
@@ -33,13 +38,25 @@ export const deploy: Command = {
   name: 'deploy',
   summary: 'sign and publish what a device or group must serve',
   help: `usage: edgefleet deploy (--device ID | --group NAME) NAME:VERSION[=LABEL[,LABEL...]] ...
-                  --manifests DIR|FILE[,...] --key ROLLOUT.key --broker URL [options]
+                  --manifests DIR|FILE[,...] --signing-key ROLLOUT.key --broker URL [options]
+       edgefleet deploy (--device ID | --group NAME) --clear --broker URL [options]
 
 Builds the desired-state document (PROTOCOL.md section 6) listing exactly the model
 versions the target must serve, embeds their signed manifests, signs it with the
 rollout role's key(s) and publishes it retained (QoS 1) on
 {root}/devices/{id}/desired or {root}/groups/{group}/desired. Versions not listed are
 unloaded by the devices; listing an older version is an explicit rollback.
+
+A device's own document replaces its group's entirely: list every version the
+group serves, with the group's labels, beside the one being tried.
+
+The serial must be above the one retained on the topic and above every serial the
+target's devices report having accepted from it (their retained state): devices
+reject any other as a replay, so the command refuses it.
+
+--clear removes the target's document (a zero-length retained message, PROTOCOL.md
+section 10): a device then follows its group's document again. Clearing a group's
+document leaves its devices on their next group's document, or on what they serve.
 
 Arguments:
   NAME:VERSION[=LABELS]  e.g. mnist:3=stable mnist:4=canary
@@ -48,44 +65,79 @@ Options:
   --device ID            target one device, or
   --group NAME           target a group
   --manifests PATH[,...] manifest files, or directories searched for *.manifest.json
-  --key FILE[,FILE...]   private key(s) of the rollout role
+  --signing-key FILE[,FILE...]
+                         private key(s) of the rollout role (was --key; default: the
+                         profile's signingKeys.rollout)
   --expires 30d|TIME     expiry of the document (default 30d)
-  --serial N             serial to use (default: one above the serial retained on the topic)
+  --serial N             serial to use (default: one above the retained document's and
+                         every serial the target's devices report)
   --none                 list no models: the target unloads everything
+  --clear                remove the target's document instead of publishing one
   --trust FILE           check the signatures against this trust document first
-  --wait-ms MS           how long to wait for the retained document (default 1000)
+  --wait-ms MS           how long to wait for retained messages (default 1000)
+${JSON_HELP}
 
 ${BROKER_HELP}`,
 
   async run(args, io) {
     const { values, positionals } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: true }));
     const target = targetOf(values.device, values.group);
+    const waitMs = intOption(values['wait-ms'], 'wait-ms', 0, 600_000) ?? 1000;
+    const profile = await loadProfile(values.profile);
+    if (values.clear) {
+      const given = ['none', 'serial', 'manifests', 'expires', 'trust', 'signing-key', 'key'].filter((k) => values[k as keyof typeof values] !== undefined);
+      if (positionals.length > 0 || given.length > 0) {
+        throw new UsageError(`--clear publishes nothing to sign: leave out ${positionals.length > 0 ? 'NAME:VERSION' : `--${given[0] ?? ''}`}`);
+      }
+      await clear(target, await brokerSettings(values, { profile, warn: io.note }), waitMs, values.json === true, io);
+      return;
+    }
     const refs = positionals.map(parseRef);
-    if (refs.length === 0 && !values.none) throw new UsageError('name at least one NAME:VERSION to serve (or --none to unload everything)');
+    if (refs.length === 0 && !values.none) throw new UsageError('name at least one NAME:VERSION to serve (or --none to unload everything, or --clear to remove the document)');
     if (refs.length > 0 && values.none) throw new UsageError('--none and NAME:VERSION exclude each other');
     const manifestPaths = refs.length > 0 ? requiredList(values.manifests, 'manifests', 'DIR|FILE') : [];
-    const keyFiles = requiredList(values.key, 'key', 'ROLLOUT.key');
+    const keyFiles = signingKeyPaths(values, 'rollout', profile, io.note);
     const explicitSerial = intOption(values.serial, 'serial', 0);
-    const waitMs = intOption(values['wait-ms'], 'wait-ms', 0, 600_000) ?? 1000;
     const now = Date.now();
     const expiresAt = expiryOption(values.expires ?? '30d', 'expires', now);
-    const broker = await brokerSettings(values);
+    const broker = await brokerSettings(values, { profile, warn: io.note });
 
     const found = await collectManifests(manifestPaths);
     const models = refs.map((ref) => ({ ...ref, manifest: manifestFor(ref, found, manifestPaths, now).envelope }));
     const keys = await readSigningKeys(keyFiles, io.note);
-    const topic = topics.desired(broker.topicRoot, target);
     await withBroker(broker, async (b) => {
-      const serial = explicitSerial ?? (await nextSerial(b, topic, waitMs, io.note));
+      const known = await readTargetSerials(b, target, waitMs);
+      const serial = chooseSerial(known, explicitSerial, io.note);
       const doc = { schema: 1 as const, target, serial, issuedAt: formatTime(now), expiresAt, models };
       const envelope = signEnvelope(PAYLOAD_TYPES.desired, encodeDesired(doc), keys);
       await checkAgainstTrust(values.trust, 'rollout', envelope, PAYLOAD_TYPES.desired);
-      await b.publish(topic, Buffer.from(JSON.stringify(envelope)), true);
+      await b.publish(known.topic, Buffer.from(JSON.stringify(envelope)), true);
       const listed = models.map((m) => `${m.name}:${m.version}${m.labels.length ? `=${m.labels.join(',')}` : ''}`).join(' ') || 'no models';
-      io.out(`deployed to ${describeTarget(target)}: serial ${serial}, ${listed} (${topic})`);
+      printResult(io, values.json === true, `deployed to ${describeTarget(target)}: serial ${serial}, ${listed} (${known.topic})`, {
+        target, serial, topic: known.topic, issuedAt: doc.issuedAt, expiresAt, models: refs,
+      });
     });
   },
 };
+
+/** Publishes the zero-length retained message that removes the target's document, saying what it removed. */
+async function clear(target: Target, broker: BrokerSettings, waitMs: number, json: boolean, io: CommandIo): Promise<void> {
+  await withBroker(broker, async (b) => {
+    const known = await readTargetSerials(b, target, waitMs);
+    if (target.group !== undefined) {
+      io.note(`warning: removing the document of group ${target.group}: its devices without a document of their own fall back to ` +
+        'their next group\'s document, and those with none keep serving what they serve now');
+    }
+    await b.publish(known.topic, Buffer.alloc(0), true);
+    const last = Math.max(known.retained ?? -1, known.reported?.serial ?? -1);
+    if (last >= 0) io.note(`devices remember serial ${last} from ${targetName(target)}: a later document for it needs a serial above ${last}`);
+    const what = known.retained === undefined ? 'no document was retained there' : `removed serial ${known.retained}`;
+    const then = target.device !== undefined ? `; ${target.device} follows its groups' documents again` : '';
+    printResult(io, json, `cleared ${describeTarget(target)} (${known.topic}): ${what}${then}`, {
+      target, topic: known.topic, cleared: true, removedSerial: known.retained ?? null, lastSerial: last >= 0 ? last : null,
+    });
+  });
+}
 
 function targetOf(device: string | undefined, group: string | undefined): Target {
   if ((device === undefined) === (group === undefined)) throw new UsageError('pass exactly one of --device ID and --group NAME');
@@ -139,32 +191,5 @@ function encodeDesired(doc: z.input<typeof desiredSchema>): Buffer {
   } catch (err) {
     if (isProtocolError(err, 'MALFORMED')) throw new UsageError(errorMessage(err));
     throw err;
-  }
-}
-
-/**
- * One above the serial of the document retained on `topic`, read without
- * checking its signature: only the number matters, and devices refuse any
- * document whose serial is not above the last one they applied.
- */
-async function nextSerial(broker: Broker, topic: string, waitMs: number, note: (line: string) => void): Promise<number> {
-  const got = await broker.collectRetained([topic], { quietMs: waitMs, complete: (m) => m.size > 0 });
-  const payload = got.get(topic);
-  if (payload === undefined) {
-    note(`no desired state retained on ${topic}; starting at serial 1 (pass --serial if its devices applied higher serials before)`);
-    return 1;
-  }
-  const serial = retainedSerial(payload);
-  if (serial === undefined) throw new FailureError(`the message retained on ${topic} is not a desired-state envelope; pass --serial N`);
-  return serial + 1;
-}
-
-function retainedSerial(payload: Buffer): number | undefined {
-  try {
-    const envelope = JSON.parse(payload.toString('utf8')) as Envelope;
-    const doc = JSON.parse(openEnvelope(envelope, PAYLOAD_TYPES.desired).payload.toString('utf8')) as { serial?: unknown };
-    return Number.isSafeInteger(doc.serial) && (doc.serial as number) >= 0 ? (doc.serial as number) : undefined;
-  } catch {
-    return undefined;
   }
 }

@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import type { ReportedState, Status } from '../../protocol/index.js';
 import { applyReportedState, byDevice, emptySummary, type DeviceSummary } from '../device-summary.js';
 import { GROUP_RE, parseReportedState, parseStatus, parseTopic, parseTime, topics } from '../../protocol/index.js';
+import { formatAge } from '../age.js';
 import { intOption, parseOrUsage } from '../args.js';
 import type { Command } from '../command.js';
 import { UsageError, errorMessage } from '../errors.js';
@@ -30,9 +31,11 @@ export const devices: Command = {
 
 Reads the retained {root}/devices/+/state and {root}/devices/+/status messages
 (PROTOCOL.md section 7) and prints one row per device: online, groups, the
-desired state's serial and status, the trust version in force (with "expired"
+desired state's serial and status, whether the device follows its own document
+("own") or a group's ("group:NAME"), the trust version in force (with "expired"
 or "error" when so), each model's version, state and execution provider, and
-when it last reported. Problems devices report follow the table, trust
+how long ago it last reported. --json gives the times as RFC 3339 and the
+source as desired.source and desired.group. Problems devices report follow the table, trust
 problems first: a device that cannot update its trust refuses new rollouts.
 
 Options:
@@ -47,7 +50,7 @@ ${BROKER_HELP}`,
     const waitMs = intOption(values['wait-ms'], 'wait-ms', 0, 600_000) ?? 1000;
     const group = values.group;
     if (group !== undefined && !GROUP_RE.test(group)) throw new UsageError(`--group "${group}" is not a group name`);
-    const broker = await brokerSettings(values);
+    const broker = await brokerSettings(values, { warn: io.note });
     const root = broker.topicRoot;
     const filters = [topics.allDevices(root, 'state'), topics.allDevices(root, 'status')];
     const retained = await withBroker(broker, (b) => b.collectRetained(filters, { quietMs: waitMs, maxMs: waitMs }));
@@ -105,9 +108,15 @@ function applyState(row: DeviceRow, state: ReportedState): void {
   row.ts = state.ts;
 }
 
-function lastSeen(row: DeviceRow): string {
+function lastSeen(row: DeviceRow): string | null {
   const times = [row.ts, row.statusTs].filter((t): t is string => t !== null);
-  return times.sort((a, b) => (parseTime(b) ?? 0) - (parseTime(a) ?? 0))[0] ?? '-';
+  return times.sort((a, b) => (parseTime(b) ?? 0) - (parseTime(a) ?? 0))[0] ?? null;
+}
+
+/** Which document the device's desired status is about: its own, or a group's. */
+export function followsCell(desired: DeviceRow['desired']): string {
+  if (desired === null) return '-';
+  return desired.source === 'device' ? 'own' : `group:${desired.group ?? '?'}`;
 }
 
 function trustCell(trust: DeviceRow['trust'], now: number): string {
@@ -122,15 +131,16 @@ function modelCell(m: ReportedState['models'][number]): string {
 }
 
 export function formatTable(rows: readonly DeviceRow[], now = Date.now()): string {
-  const header = ['DEVICE', 'ONLINE', 'GROUPS', 'DESIRED', 'TRUST', 'MODELS', 'LAST SEEN'];
+  const header = ['DEVICE', 'ONLINE', 'GROUPS', 'DESIRED', 'FOLLOWS', 'TRUST', 'MODELS', 'LAST SEEN'];
   const cells = rows.map((r) => [
     r.device,
     r.online === null ? '?' : r.online ? 'yes' : 'no',
     r.groups.join(',') || '-',
     r.desired ? `${r.desired.serial} ${r.desired.status}` : '-',
+    followsCell(r.desired),
     trustCell(r.trust, now),
     r.models.map(modelCell).join(', ') || '-',
-    lastSeen(r),
+    formatAge(lastSeen(r), now),
   ]);
   return formatTextTable(header, cells);
 }

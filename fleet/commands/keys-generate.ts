@@ -7,11 +7,13 @@ import { parseOrUsage, required } from '../args.js';
 import type { Command } from '../command.js';
 import { FailureError, UsageError } from '../errors.js';
 import { exists, writeFileAtomic } from '../files.js';
+import { JSON_OPTION, printResult } from '../result.js';
 
 const OPTIONS = {
   out: { type: 'string' },
   name: { type: 'string' },
   force: { type: 'boolean' },
+  ...JSON_OPTION,
 } as const;
 
 // Used as a file name: no separators, no leading dot.
@@ -30,7 +32,8 @@ and prints the keyid (hex SHA-256 of the public key) on stdout.
 Options:
   --out DIR     directory for the two files (created with mode 0700 if missing)
   --name NAME   file name stem, e.g. root-1, models, rollout
-  --force       replace existing files (the old private key is lost)`,
+  --force       replace existing files (the old private key is lost)
+  --json        print the keyid and both paths as JSON instead`,
 
   async run(args, io) {
     const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
@@ -53,6 +56,6 @@ Options:
     await writeFileAtomic(keyPath, privateKeyToPem(pair.privateKey), { mode: 0o600, overwrite: force });
     await writeFileAtomic(pubPath, `${publicKeyToBase64(pair.publicKey)}\n`, { mode: 0o644, overwrite: force });
     io.note(`wrote ${keyPath} (private: keep it secret and offline) and ${pubPath}`);
-    io.out(pair.keyid);
+    printResult(io, values.json === true, pair.keyid, { keyid: pair.keyid, privateKey: keyPath, publicKey: pubPath });
   },
 };

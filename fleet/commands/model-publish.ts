@@ -5,22 +5,24 @@ import type { Manifest, NodeArch } from '../../protocol/index.js';
 import {
   MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, MODEL_NAME_RE, NODE_ARCHES, PAYLOAD_TYPES, encodeDocument, manifestSchema, semverSchema, signEnvelope,
 } from '../../protocol/index.js';
-import { intOption, listOf, parseOrUsage, required, requiredList } from '../args.js';
+import { intOption, listOf, parseOrUsage, required } from '../args.js';
 import { splitArtifact } from '../artifact.js';
 import type { Command } from '../command.js';
 import { UsageError } from '../errors.js';
 import { readInput, writeFileAtomic } from '../files.js';
-import { readSigningKeys } from '../key-files.js';
+import { SIGNING_KEY_OPTIONS, readSigningKeys, signingKeyPaths } from '../key-files.js';
 import { BROKER_HELP, BROKER_OPTIONS, brokerSettings, withBroker } from '../mqtt.js';
+import { loadProfile } from '../profile.js';
 import type { ManifestOptions } from '../publish.js';
 import { buildManifest, previousManifest, reusableCreatedAt, uploadArtifact } from '../publish.js';
+import { JSON_OPTION, printResult } from '../result.js';
 import { buildSelfTest } from '../self-test.js';
 import { checkAgainstTrust } from '../trust-roles.js';
 
 const OPTIONS = {
   name: { type: 'string' },
   version: { type: 'string' },
-  key: { type: 'string', multiple: true },
+  ...SIGNING_KEY_OPTIONS,
   'block-size': { type: 'string' },
   expires: { type: 'string' },
   quantization: { type: 'string' },
@@ -37,13 +39,14 @@ const OPTIONS = {
   trust: { type: 'string' },
   'max-in-flight': { type: 'string' },
   'wait-ms': { type: 'string' },
+  ...JSON_OPTION,
   ...BROKER_OPTIONS,
 } as const;
 
 export const modelPublish: Command = {
   name: 'model publish',
   summary: 'sign a model version and publish its blocks to the broker',
-  help: `usage: edgefleet model publish FILE.onnx --name N --version V --key MODELS.key --broker URL [options]
+  help: `usage: edgefleet model publish FILE.onnx --name N --version V --signing-key MODELS.key --broker URL [options]
 
 Computes the file's SHA-256 and per-block SHA-256 (PROTOCOL.md sections 4-5), runs the
 model on a sample input with ONNX Runtime (CPU) to record a self-test, signs the
@@ -55,7 +58,8 @@ broker already holds are not resent and the manifest comes out identical.
 Options:
   --name N                   model name (a-z, 0-9, '_', '-')
   --version V                model version, an integer >= 1
-  --key FILE[,FILE...]       private key(s) of the models role
+  --signing-key FILE[,FILE...]  private key(s) of the models role (was --key;
+                             default: the profile's signingKeys.models)
   --block-size BYTES         ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE} (default 65536)
   --expires 365d|TIME|never  manifest expiry from its creation (default 365d)
   --quantization Q           e.g. int8, fp16, fp32 (default fp32)
@@ -72,6 +76,7 @@ Options:
   --trust FILE               check the signature against this trust document first
   --max-in-flight N          unacknowledged block messages at a time (default 8)
   --wait-ms MS               how long to wait for the broker's retained blocks (default 1000)
+  --json                     print the result as JSON instead
 
 ${BROKER_HELP}`,
 
@@ -80,13 +85,14 @@ ${BROKER_HELP}`,
     if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing FILE.onnx' : `expected one FILE.onnx, got ${positionals.length}`);
     const file = positionals[0] as string;
     const opts = manifestOptions(values);
-    const keyFiles = requiredList(values.key, 'key', 'MODELS.key');
+    const profile = await loadProfile(values.profile);
+    const keyFiles = signingKeyPaths(values, 'models', profile, io.note);
     const blockSize = intOption(values['block-size'], 'block-size', MIN_BLOCK_SIZE, MAX_BLOCK_SIZE) ?? 65536;
     const maxInFlight = intOption(values['max-in-flight'], 'max-in-flight', 1, 1000) ?? 8;
     const waitMs = intOption(values['wait-ms'], 'wait-ms', 0, 600_000) ?? 1000;
     const selfTestOpts = values['no-self-test'] ? undefined : { inputFile: values['self-test-input'], atol: tolerance(values.atol, 'atol', 1e-4), rtol: tolerance(values.rtol, 'rtol', 1e-3) };
     if (selfTestOpts === undefined && values['self-test-input'] !== undefined) throw new UsageError('--self-test-input and --no-self-test exclude each other');
-    const broker = await brokerSettings(values);
+    const broker = await brokerSettings(values, { profile, warn: io.note });
     const outManifest = values['out-manifest'] ?? join(io.cwd, `${opts.name}-${opts.version}.manifest.json`);
 
     const bytes = await readInput(file, 'model file');
@@ -103,12 +109,18 @@ ${BROKER_HELP}`,
     const unchanged = prev !== undefined && JSON.stringify(prev.envelope) === JSON.stringify(envelope);
     if (!unchanged) await writeFileAtomic(outManifest, text, { overwrite: true });
     const id = `${opts.name} version ${opts.version}`;
+    const result = {
+      name: opts.name, version: opts.version, sha256: artifact.sha256, size: artifact.size, manifest: outManifest, manifestUnchanged: unchanged,
+      blocks: upload.total, uploaded: upload.uploaded, alreadyThere: upload.alreadyThere,
+    };
     if (unchanged && upload.uploaded === 0) {
-      io.out(`${id} is already published: same bytes (sha256 ${artifact.sha256}), all ${upload.total} blocks on the broker, manifest ${outManifest} unchanged`);
+      const line = `${id} is already published: same bytes (sha256 ${artifact.sha256}), all ${upload.total} blocks on the broker, manifest ${outManifest} unchanged`;
+      printResult(io, values.json === true, line, result);
       return;
     }
     const blocks = upload.alreadyThere > 0 ? `${upload.uploaded} of ${upload.total} blocks uploaded, ${upload.alreadyThere} already there` : `${upload.total} blocks uploaded`;
-    io.out(`published ${id}: sha256 ${artifact.sha256}, ${artifact.size} bytes, ${blocks}; manifest ${outManifest}${unchanged ? ' (unchanged)' : ''}`);
+    const line = `published ${id}: sha256 ${artifact.sha256}, ${artifact.size} bytes, ${blocks}; manifest ${outManifest}${unchanged ? ' (unchanged)' : ''}`;
+    printResult(io, values.json === true, line, result);
   },
 };
 

@@ -7,12 +7,14 @@ import type { Command } from '../command.js';
 import { UsageError } from '../errors.js';
 import { readManifestFile } from '../manifests.js';
 import { BROKER_HELP, BROKER_OPTIONS, brokerSettings, withBroker } from '../mqtt.js';
+import { JSON_OPTION, printResult } from '../result.js';
 
 const OPTIONS = {
   sha256: { type: 'string' },
   blocks: { type: 'string' },
   manifest: { type: 'string' },
   'max-in-flight': { type: 'string' },
+  ...JSON_OPTION,
   ...BROKER_OPTIONS,
 } as const;
 
@@ -31,6 +33,7 @@ Options:
   --sha256 HEX          the artifact's SHA-256 (instead of --manifest)
   --blocks N            its number of blocks (with --sha256)
   --max-in-flight N     unacknowledged messages at a time (default 8)
+  --json                print the result as JSON instead
 
 ${BROKER_HELP}`,
 
@@ -39,7 +42,7 @@ ${BROKER_HELP}`,
     const byHash = values.sha256 !== undefined || values.blocks !== undefined;
     if (byHash === (values.manifest !== undefined)) throw new UsageError('pass either --manifest FILE or --sha256 HEX --blocks N');
     const maxInFlight = intOption(values['max-in-flight'], 'max-in-flight', 1, 1000) ?? 8;
-    const broker = await brokerSettings(values);
+    const broker = await brokerSettings(values, { warn: io.note });
     let sha: string;
     let count: number;
     if (values.manifest !== undefined) {
@@ -55,6 +58,6 @@ ${BROKER_HELP}`,
     const empty = Buffer.alloc(0);
     const messages = blockTopics(broker.topicRoot, sha, count).map((topic) => ({ topic, payload: empty }));
     await withBroker(broker, (b) => b.publishAllRetained(messages, maxInFlight));
-    io.out(`retired artifact ${sha}: cleared ${count} block topic(s)`);
+    printResult(io, values.json === true, `retired artifact ${sha}: cleared ${count} block topic(s)`, { sha256: sha, blocks: count, topics: messages.map((m) => m.topic) });
   },
 };

@@ -1,12 +1,14 @@
 /** `edgefleet status`: the fleet table from the collector's store (what `edgefleet collect` wrote). */
 import { parseArgs } from 'node:util';
 import { GROUP_RE, MODEL_NAME_RE } from '../../protocol/index.js';
+import { formatAge } from '../age.js';
 import { intOption, parseOrUsage } from '../args.js';
 import { DB_HELP, openStore, resolveDb } from '../collector/open-store.js';
 import { FLEET_PAGE_SORTS, MAX_FLEET_PAGE } from '../collector/store.js';
 import type { FleetFilters, FleetPageSort, FleetRow } from '../collector/store.js';
 import type { Command } from '../command.js';
 import { UsageError } from '../errors.js';
+import { PROFILE_OPTIONS, loadProfile } from '../profile.js';
 import { formatTextTable, terminalSafe } from '../terminal-text.js';
 
 const OPTIONS = {
@@ -18,6 +20,7 @@ const OPTIONS = {
   desc: { type: 'boolean' },
   limit: { type: 'string' },
   all: { type: 'boolean' },
+  ...PROFILE_OPTIONS,
 } as const;
 
 /** Rows the table shows unless --limit or --all says otherwise: a screenful or two, read in milliseconds. */
@@ -32,11 +35,12 @@ Reads what 'edgefleet collect' stored and prints one row per device: online,
 groups, desired serial and status, each model's version and state, p50 and
 p99 latency (ms) and errors of the last inference interval per model, CPU %,
 temperature, points the device reported dropping (protocol section 13), its
-outbox (points waiting to be sent / their bytes) and when it was last heard
-from. After the table: a fleet line, and one line per device whose points
-were dropped, or whose messages the collector quarantined, refused over quota
-or stored with the arrival time for a clock too far off, and the errors
-devices report for their desired state and models. Text from devices is
+outbox (points waiting to be sent / their bytes) and how long ago it was last
+heard from ("3 min ago"; --json gives RFC 3339 times). After the table: a
+fleet line, and one line per device whose points were dropped, or whose
+messages the collector quarantined, refused over quota or stored with the
+arrival time for a clock too far off, and the errors devices report for
+their desired state and models. Text from devices is
 printed with control characters escaped (\\n, \\e, \\u202e).
 
 Options:
@@ -49,7 +53,9 @@ ${DB_HELP}
   --limit N     only the first N rows (1-${MAX_FLEET_PAGE}; default ${DEFAULT_STATUS_ROWS}), e.g.
                 --sort p99 --desc --limit 20 for the 20 slowest devices
   --all         every device (a table of thousands of rows; default with --json)
-  --json        print the rows as a JSON array instead`,
+  --json        print the rows as a JSON array instead
+  --profile N   take --db from profile N's "db" (default: $EDGEFLEET_PROFILE, else
+                the profile file's "default"; see docs/operator-guide.md)`,
 
   async run(args, io) {
     const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
@@ -70,7 +76,8 @@ ${DB_HELP}
     if (values.all && values.limit !== undefined) throw new UsageError('--all and --limit do not go together');
     // A table is read by a person: one page unless asked for all; --json is for scripts and takes all.
     const limit = intOption(values.limit, 'limit', 1, MAX_FLEET_PAGE) ?? (values.all || values.json ? undefined : DEFAULT_STATUS_ROWS);
-    const store = openStore(resolveDb(values.db), { cwd: io.cwd, mustExist: true });
+    const profile = await loadProfile(values.profile);
+    const store = openStore(resolveDb(values.db ?? profile.settings.db), { cwd: io.cwd, mustExist: true });
     let rows: FleetRow[];
     let total: number | undefined;
     let online = 0;
@@ -118,7 +125,7 @@ const num = (v: number | null | undefined, digits: number): string => (v === nul
 const perModel = (row: FleetRow, pick: (i: FleetRow['inference'][number]) => string): string =>
   row.inference.map(pick).join(',') || '-';
 
-export function formatStatusTable(rows: readonly FleetRow[]): string {
+export function formatStatusTable(rows: readonly FleetRow[], now = Date.now()): string {
   const header = ['DEVICE', 'ONLINE', 'GROUPS', 'DESIRED', 'MODELS', 'P50 MS', 'P99 MS', 'ERRORS', 'CPU %', 'TEMP C', 'DROPPED', 'OUTBOX', 'LAST SEEN'];
   const cells = rows.map((r) => [
     r.device,
@@ -133,7 +140,7 @@ export function formatStatusTable(rows: readonly FleetRow[]): string {
     num(r.health?.tempC, 1),
     String(r.dropped.count),
     r.outbox === null ? '-' : `${r.outbox.rows}/${bytes(r.outbox.bytes)}`,
-    r.lastSeen ?? '-',
+    formatAge(r.lastSeen, now),
   ]);
   return formatTextTable(header, cells);
 }

@@ -4,6 +4,7 @@ import { buildTrustDocument } from '../../protocol/index.js';
 import { expiryOption, parseOrUsage, required } from '../args.js';
 import type { Command } from '../command.js';
 import { writeFileAtomic } from '../files.js';
+import { JSON_OPTION, printResult } from '../result.js';
 import { THRESHOLD_HELP, THRESHOLD_OPTIONS, roleKeysFrom, warnSharedRootKeys } from '../trust-roles.js';
 
 const OPTIONS = {
@@ -14,6 +15,7 @@ const OPTIONS = {
   expires: { type: 'string' },
   out: { type: 'string' },
   force: { type: 'boolean' },
+  ...JSON_OPTION,
 } as const;
 
 export const trustInit: Command = {
@@ -32,7 +34,8 @@ Options:
 ${THRESHOLD_HELP} (default 1)
   --expires 10y|TIME    a duration (s, m, h, d, w, y) from now or an RFC 3339 UTC time (default 10y)
   --out FILE            where to write the document
-  --force               replace an existing --out file`,
+  --force               replace an existing --out file
+  --json                print the result as JSON instead`,
 
   async run(args, io) {
     const { values } = parseOrUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
@@ -43,6 +46,7 @@ ${THRESHOLD_HELP} (default 1)
     const doc = buildTrustDocument({ version: 1, expiresAt, roles });
     await writeFileAtomic(out, `${JSON.stringify(doc, null, 2)}\n`, { overwrite: values.force === true });
     const summary = (['root', 'models', 'rollout'] as const).map((r) => `${r} ${doc.roles[r].threshold} of ${doc.roles[r].keyids.length}`);
-    io.out(`wrote ${out}: trust version 1, expires ${expiresAt}; ${summary.join(', ')}`);
+    const roleFigures = Object.fromEntries((['root', 'models', 'rollout'] as const).map((r) => [r, { threshold: doc.roles[r].threshold, keyids: doc.roles[r].keyids }]));
+    printResult(io, values.json === true, `wrote ${out}: trust version 1, expires ${expiresAt}; ${summary.join(', ')}`, { out, version: 1, expiresAt, roles: roleFigures });
   },
 };

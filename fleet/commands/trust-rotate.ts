@@ -10,6 +10,7 @@ import { FailureError, UsageError, errorMessage } from '../errors.js';
 import { writeFileAtomic } from '../files.js';
 import { readSigningKeys } from '../key-files.js';
 import { BROKER_HELP, BROKER_OPTIONS, brokerSettings, withBroker } from '../mqtt.js';
+import { JSON_OPTION, printResult } from '../result.js';
 import { THRESHOLD_HELP, THRESHOLD_OPTIONS, readTrustFile, roleKeysFrom, warnSharedRootKeys } from '../trust-roles.js';
 
 const OPTIONS = {
@@ -25,6 +26,7 @@ const OPTIONS = {
   'out-document': { type: 'string' },
   force: { type: 'boolean' },
   publish: { type: 'boolean' },
+  ...JSON_OPTION,
   ...BROKER_OPTIONS,
 } as const;
 
@@ -54,6 +56,7 @@ ${THRESHOLD_HELP} (default: unchanged)
   --publish             publish the envelope retained (QoS 1) on {root}/trust/{version},
                         then on {root}/trust; the versioned copies are never cleared, so
                         devices offline through several rotations walk the chain
+  --json                print the result as JSON instead
 
 ${BROKER_HELP}`,
 
@@ -65,7 +68,7 @@ ${BROKER_HELP}`,
     const oldKeyFiles = requiredList(values['sign-old'], 'sign-old', 'OLDROOT.key[,...]');
     const newKeyFiles = requiredList(values['sign-new'], 'sign-new', 'NEWROOT.key[,...]');
     if (!values.publish && values.broker !== undefined) throw new UsageError('--broker is used only with --publish');
-    const broker = values.publish ? await brokerSettings(values) : undefined;
+    const broker = values.publish ? await brokerSettings(values, { warn: io.note }) : undefined;
     const expiresAt = expiryOption(values.expires ?? '10y', 'expires', Date.now());
 
     const current = await readTrustFile(currentPath);
@@ -79,7 +82,9 @@ ${BROKER_HELP}`,
     const force = values.force === true;
     await writeFileAtomic(out, `${JSON.stringify(envelope, null, 2)}\n`, { overwrite: force });
     await writeFileAtomic(outDocument, `${JSON.stringify(next, null, 2)}\n`, { overwrite: force });
-    io.out(`wrote ${out} (signed trust version ${next.version}, expires ${expiresAt}) and ${outDocument} (plain document)`);
+    const written = `wrote ${out} (signed trust version ${next.version}, expires ${expiresAt}) and ${outDocument} (plain document)`;
+    const result = { version: next.version, expiresAt, out, outDocument, published: [] as string[] };
+    if (values.json !== true) io.out(written);
     if (broker !== undefined) {
       const payload = Buffer.from(JSON.stringify(envelope));
       // The versioned copy first: a device that sees the new head can then always find the link to it.
@@ -89,8 +94,10 @@ ${BROKER_HELP}`,
         await b.publish(linkTopic, payload, true);
         await b.publish(headTopic, payload, true);
       });
-      io.out(`published trust version ${next.version} retained on ${linkTopic} and ${headTopic}`);
+      result.published = [linkTopic, headTopic];
+      if (values.json !== true) io.out(`published trust version ${next.version} retained on ${linkTopic} and ${headTopic}`);
     }
+    if (values.json === true) printResult(io, true, written, result);
   },
 };
 
