@@ -5,7 +5,7 @@
  * the controller, and `edgefleet rollout` from the command line:
  * - a good version goes through every wave and ends on the group document,
  *   the device documents removed;
- * - a version made slow (same answers, ~10x the latency) stops at the first
+ * - a version made slow (same answers, tens of ms more) stops at the first
  *   wave on the p99 gate and that wave is put back;
  * - SIGKILL of the collector mid-rollout: a new one continues at the same
  *   step and no serial is published twice;
@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Rollout } from '../fleet/rollout/planner.js';
-import { scaleModel } from '../models/onnx/zoo.js';
+import { fragileScaleModel, scaleModel } from '../models/onnx/zoo.js';
 import { waitFor } from './helpers/agent.js';
 import { REPO, spawnAgent, type ChildAgent } from './helpers/child.js';
 import { buildManifest, publishBlocks, publishDesired, signDesired, signManifest } from './helpers/fleet.js';
@@ -103,7 +103,9 @@ function publications(): { rollout: string; target: string; serial: number | nul
   }
 }
 
-const START = ['--manifests', '', '--waves', '1,100%', '--soak', '5s', '--apply-timeout', '60s', '--min-requests', '20', '--max-p99-increase', '100%'];
+// Gates loose enough for a 2-core test machine running other suites at the same time (an unchanged version's p99 was seen
+// to go +3.7 ms there); the slow version adds tens of milliseconds. Thresholds for real fleets: docs/operator-guide.md.
+const START = ['--manifests', '', '--waves', '1,100%', '--soak', '5s', '--apply-timeout', '60s', '--min-requests', '20', '--max-p99-increase', '100%', '--p99-slack-ms', '10'];
 const start = (id: string, version: number, ...extra: string[]) =>
   cli('rollout', 'start', '--group', 'lab', `scale:${version}=stable`, '--db', db, '--name', id, ...START.map((a) => (a === '' ? join(dir, 'manifests') : a)), ...extra);
 
@@ -130,10 +132,12 @@ beforeAll(async () => {
   const v1 = signManifest(buildManifest('scale', 1, scaleModel(1)), [h.keys.models]);
   await publishDesired(h.fleet, ROOT, { group: 'lab' }, signDesired({ target: { group: 'lab' }, serial: 1, models: [{ name: 'scale', version: 1, labels: ['stable'], manifest: v1 }] }, [h.keys.rollout]));
   await waitFor(() => DEVICES.every((d) => serving(d) === 'scale:1'), 30_000, 'every device serving scale:1');
-  // Live traffic on every device, all along.
+  // Live traffic on every device, all along; one request in 20 carries values a fragile version fails on.
+  let sent = 0;
   traffic = setInterval(() => {
+    const row = ++sent % 20 === 0 ? [9, 9, 9] : [1, 2, 3];
     for (const a of agents) {
-      void fetch(`${a.url}/v1/models/scale:predict`, { method: 'POST', body: JSON.stringify({ instances: [[1, 2, 3]] }) }).then((r) => r.arrayBuffer(), () => undefined);
+      void fetch(`${a.url}/v1/models/scale:predict`, { method: 'POST', body: JSON.stringify({ instances: [row] }) }).then((r) => r.arrayBuffer(), () => undefined);
     }
   }, 40);
   startCollector();
@@ -180,11 +184,11 @@ describe.skipIf(skip)('staged rollouts with real agents', () => {
   }, 150_000);
 
   it('a version 10x slower stops at the first wave on the p99 gate and that wave is put back', async () => {
-    await release(3, slowScaleModel(3));
+    await release(3, slowScaleModel(3, 6));
     expect((await start('slow', 3)).code).toBe(0);
     const r = await until('slow', 'failed', (x) => x.status !== 'running');
     expect(r.status, JSON.stringify(r.waves.map((w) => w.gates))).toBe('failed');
-    expect(r.reason).toMatch(/^wave 1: p99 gate: scale:3: \+\d+(\.\d)?% \(\+\d+\.\d\d ms\), at most \+100% or \+1 ms; /);
+    expect(r.reason).toMatch(/^wave 1: p99 gate: scale:3: \+\d+(\.\d)?% \(\+\d+\.\d\d ms\), at most \+100% or \+10 ms; /);
     const p99 = r.waves[0]?.gates.find((g) => g.name === 'p99');
     expect(p99?.value).toBeGreaterThan(1);
     console.log(`slow version: ${r.reason}`);
@@ -235,5 +239,29 @@ describe.skipIf(skip)('staged rollouts with real agents', () => {
     await waitFor(() => serving(canary) === 'scale:4', 30_000, 'canary back on scale:4');
     const list = await cli('rollout', 'list', '--db', db);
     expect(list.stdout).toMatch(/held +lab +scale:5 +aborted/);
+  }, 150_000);
+
+  it('a version whose answers differ is rejected by shadow evaluation on the canary, with nothing switched', async () => {
+    await release(6, scaleModel(-6));
+    expect((await start('shadowed', 6, '--shadow-rate', '1', '--shadow-samples', '20', '--min-agreement', '98%')).code).toBe(0);
+    const r = await until('shadowed', 'failed', (x) => x.status !== 'running');
+    expect(r.status).toBe('failed');
+    const canary = r.waves[0]?.devices[0] as string;
+    expect(r.reason).toMatch(new RegExp(`^wave 1: ${canary}: .*agreement`));
+    console.log(`shadow: ${r.reason}`);
+    // The candidate never served: no activation of version 6 anywhere, every device still on 4.
+    expect(h.events.filter((e) => e.type === 'activated' && e.version === 6)).toEqual([]);
+    await waitFor(() => DEVICES.every((d) => serving(d) === 'scale:4'), 30_000, 'every device on scale:4');
+  }, 150_000);
+
+  it('a version that fails on real inputs stops on the error gate and the wave is put back', async () => {
+    await release(7, fragileScaleModel(7));
+    expect((await start('fragile', 7)).code).toBe(0);
+    const r = await until('fragile', 'failed', (x) => x.status !== 'running');
+    expect(r.status).toBe('failed');
+    expect(r.reason).toMatch(/^wave 1: error-rate gate: \d+ errors in \d+ requests \((\d|\.)+%, at most 1%\)/);
+    console.log(`errors: ${r.reason}`);
+    const canary = r.waves[0]?.devices[0] as string;
+    await waitFor(() => serving(canary) === 'scale:4', 30_000, 'canary back on scale:4');
   }, 150_000);
 });

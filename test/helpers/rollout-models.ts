@@ -1,13 +1,13 @@
 /**
  * Models for the rollout tests: `scale` (y = x * factor) as the zoo has it,
- * and the same answers made slow: a 512x512 matrix product that depends on
+ * and the same answers made slow: 512x512 matrix products that depend on
  * the input (so nothing folds it away) and is multiplied by zero into the
  * answer, so the slow version answers exactly what the fast one does.
  */
 import { attr, buildModel } from '../../models/onnx/builder.js';
 import { mulberry32 } from '../../models/onnx/zoo.js';
 
-export function slowScaleModel(factor: number, size = 512): Uint8Array {
+export function slowScaleModel(factor: number, rounds = 2, size = 512): Uint8Array {
   const rand = mulberry32(5);
   const w = new Float32Array(size * size).map(() => rand() * 2 - 1);
   const shape = ['batch', 'n'];
@@ -24,9 +24,9 @@ export function slowScaleModel(factor: number, size = 512): Uint8Array {
     nodes: [
       { op: 'ReduceSum', inputs: ['x'], outputs: ['s'], attrs: { keepdims: attr.int(0) } },
       { op: 'Mul', inputs: ['w', 's'], outputs: ['ws'] },
-      { op: 'MatMul', inputs: ['ws', 'w'], outputs: ['p1'] },
-      { op: 'MatMul', inputs: ['p1', 'w'], outputs: ['p2'] },
-      { op: 'ReduceSum', inputs: ['p2'], outputs: ['t'], attrs: { keepdims: attr.int(0) } },
+      // Each round a size^3 product on the same weights: slower without a bigger file to download.
+      ...Array.from({ length: rounds }, (_, i) => ({ op: 'MatMul', inputs: [i === 0 ? 'ws' : `p${i}`, 'w'], outputs: [`p${i + 1}`] })),
+      { op: 'ReduceSum', inputs: [`p${rounds}`], outputs: ['t'], attrs: { keepdims: attr.int(0) } },
       { op: 'Mul', inputs: ['t', 'zero'], outputs: ['t0'] },
       { op: 'Mul', inputs: ['x', 'factor'], outputs: ['xf'] },
       { op: 'Add', inputs: ['xf', 't0'], outputs: ['y'] },
