@@ -1,7 +1,7 @@
 /**
  * The dashboard's rollouts (issue 14 item 7): /api/rollouts and
- * /api/rollouts/{id} on a real SQLite store (records written as the
- * controller writes them), their 400s and 404s, no manifest bytes ever in
+ * /api/rollouts/{id} on real SQLite and PostgreSQL stores (records written
+ * as the controller writes them), their 400s and 404s, no manifest bytes ever in
  * the JSON, and headless Chromium (Debian's /usr/bin/chromium through
  * playwright-core) rendering the list, a wave's gates and its devices'
  * states, with an operator's hostile reason and a device's hostile error
@@ -17,13 +17,17 @@ import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DashboardServer, parseListen } from '../fleet/collector/http-server.js';
 import type { RolloutDetail, RolloutListItem } from '../fleet/collector/rollout-view.js';
+import { PostgresStore } from '../fleet/collector/postgres-store.js';
 import { SqliteStore } from '../fleet/collector/sqlite-store.js';
+import type { FleetStore } from '../fleet/collector/store.js';
 import type { Rollout, RolloutSpec } from '../fleet/rollout/planner.js';
 import { newRollout, parseWaves } from '../fleet/rollout/planner.js';
 import { reportedStateSchema } from '../protocol/index.js';
+import { freshDatabase, postgresBin, postgresSkipReason, startPostgres, type PostgresServer } from './helpers/postgres.js';
 
 const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update'];
+const SCREENSHOT = join(tmpdir(), 'edgefleet-dashboard-rollouts.png');
 const HOSTILE = '<img src=x onerror=alert(1)>';
 /** The manifest's payload: it must never reach the browser. */
 const MANIFEST_BYTES = 'TUFOSUZFU1QtQllURVMtTVVTVC1OT1QtTEVBSw';
@@ -48,7 +52,7 @@ function spec(over: Partial<RolloutSpec> = {}): RolloutSpec {
 
 type Desired = { source: 'device' | 'group'; serial: number; status: 'applied' | 'failed'; error: string | null; group?: string };
 
-async function report(store: SqliteStore, device: string, online: boolean, desired: Desired, mnist: { version: number; state: string; error?: string }[]): Promise<void> {
+async function report(store: FleetStore, device: string, online: boolean, desired: Desired, mnist: { version: number; state: string; error?: string }[]): Promise<void> {
   const ts = new Date(NOW).toISOString();
   await store.upsertStatus(device, { online }, NOW);
   await store.upsertState(reportedStateSchema.parse({
@@ -59,7 +63,7 @@ async function report(store: SqliteStore, device: string, online: boolean, desir
 }
 
 /** r1: canary wave passed its apply but failed p99 (paused, a hostile reason); wave 2 waiting. r0: an older one that succeeded. */
-async function fill(store: SqliteStore): Promise<Rollout> {
+async function fill(store: FleetStore): Promise<Rollout> {
   const group = { source: 'group', group: 'lab', serial: 7, status: 'applied', error: null } as const;
   await report(store, 'pi-01', true, { source: 'device', serial: 12, status: 'applied', error: null }, [{ version: 4, state: 'serving' }]);
   await report(store, 'pi-02', true, { source: 'device', serial: 13, status: 'failed', error: HOSTILE }, [{ version: 3, state: 'serving' }, { version: 4, state: 'rejected', error: HOSTILE }]);
@@ -91,9 +95,27 @@ async function fill(store: SqliteStore): Promise<Rollout> {
   return r;
 }
 
-describe('dashboard rollouts', () => {
-  let dir: string;
-  let store: SqliteStore;
+let dir: string;
+let server: PostgresServer | undefined;
+const pgSkip = postgresSkipReason();
+const chromiumSkip = chromiumSkipReason();
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'edgefleet-dash-rollouts-'));
+  if (pgSkip === false) server = await startPostgres(postgresBin() as string);
+}, 90_000);
+afterAll(async () => {
+  await server?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const backends: { name: string; skip: string | false; open(): Promise<FleetStore> }[] = [
+  { name: 'SQLite', skip: false, open: async () => new SqliteStore(join(dir, 'fleet.db')) },
+  { name: 'PostgreSQL', skip: pgSkip, open: async () => new PostgresStore(await freshDatabase(server as PostgresServer)) },
+];
+
+for (const backend of backends) describe.skipIf(backend.skip)(`dashboard rollouts (${backend.name})`, () => {
+  let store: FleetStore;
   let dashboard: DashboardServer;
   let r1: Rollout;
   const get = async (path: string): Promise<{ status: number; body: any; text: string }> => {
@@ -103,8 +125,7 @@ describe('dashboard rollouts', () => {
   };
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'edgefleet-dash-rollouts-'));
-    store = new SqliteStore(join(dir, 'fleet.db'));
+    store = await backend.open();
     await store.init();
     r1 = await fill(store);
     dashboard = new DashboardServer({ store, listen: parseListen('127.0.0.1:0'), log: pino({ level: 'silent' }) });
@@ -114,7 +135,6 @@ describe('dashboard rollouts', () => {
   afterAll(async () => {
     await dashboard?.stop();
     await store?.close();
-    if (dir) await rm(dir, { recursive: true, force: true });
   });
 
   it('lists rollouts newest first, without manifests', async () => {
@@ -181,8 +201,8 @@ describe('dashboard rollouts', () => {
     expect(state('pi-09')).toEqual({ device: 'pi-09', inGroup: false, online: null, desired: null, documentSerial: null, applied: false, servesNew: false, models: [] });
   });
 
-  const skip = chromiumSkipReason();
-
+  // The page reads the same JSON whichever the store: rendered once.
+  const skip = backend.name === 'SQLite' ? chromiumSkip : 'rendered on SQLite';
   describe.skipIf(skip !== false)(`in Chromium${skip ? ` (skipped: ${skip})` : ''}`, () => {
     let browser: Browser;
     beforeAll(async () => {
@@ -226,6 +246,8 @@ describe('dashboard rollouts', () => {
       expect(await device(1, 'pi-03').allTextContents()).toEqual(['pi-03', 'no', 'group 7 applied', '14', 'no', 'no', 'mnist:3 serving']);
       expect(await device(1, 'pi-09').allTextContents()).toEqual(['pi-09', '?', 'not reporting in the group', 'not yet', 'no', 'no', '-']);
       expect(await detail.locator('section[data-wave="1"] h3').textContent()).toMatch(/^Wave 2 of 2: running, 3 device\(s\), 0 applied, 0 serving the new versions, 1 failed, 1 offline/);
+
+      await page.screenshot({ path: SCREENSHOT, fullPage: true });
 
       // The hostile strings stayed text: no element was made of them, nothing ran.
       expect(await page.locator('img').count()).toBe(0);
