@@ -16,10 +16,11 @@ import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DashboardServer, parseListen } from '../fleet/collector/http-server.js';
+import { MAX_WAVE_DEVICES, rolloutDetail } from '../fleet/collector/rollout-view.js';
 import type { RolloutDetail, RolloutListItem } from '../fleet/collector/rollout-view.js';
 import { PostgresStore } from '../fleet/collector/postgres-store.js';
 import { SqliteStore } from '../fleet/collector/sqlite-store.js';
-import type { FleetStore } from '../fleet/collector/store.js';
+import type { DeviceState, FleetStore } from '../fleet/collector/store.js';
 import type { Rollout, RolloutSpec } from '../fleet/rollout/planner.js';
 import { newRollout, parseWaves } from '../fleet/rollout/planner.js';
 import { reportedStateSchema } from '../protocol/index.js';
@@ -52,15 +53,17 @@ function spec(over: Partial<RolloutSpec> = {}): RolloutSpec {
 
 type Desired = { source: 'device' | 'group'; serial: number; status: 'applied' | 'failed'; error: string | null; group?: string };
 
-async function report(store: FleetStore, device: string, online: boolean, desired: Desired, mnist: { version: number; state: string; error?: string }[]): Promise<void> {
+async function report(store: FleetStore, device: string, online: boolean, desired: Desired, mnist: { version: number; state: string; error?: string }[], groups = ['lab']): Promise<void> {
   const ts = new Date(NOW).toISOString();
   await store.upsertStatus(device, { online }, NOW);
   await store.upsertState(reportedStateSchema.parse({
-    schema: 1, device, groups: ['lab'], ts, desired,
+    schema: 1, device, groups, ts, desired,
     models: mnist.map((m) => ({ name: 'mnist', version: m.version, state: m.state, labels: [], executionProvider: 'cpu', sha256: null, progress: 1, error: m.error ?? null })),
     agent: { version: '0.1.0', arch: 'arm64', startedAt: ts, executionProviders: { available: ['cpu'], unavailable: {} } },
   }), NOW);
 }
+
+const PLAN = ['pi-01', 'pi-02', 'pi-03', 'pi-04', 'pi-09'];
 
 /** r1: canary wave passed its apply but failed p99 (paused, a hostile reason); wave 2 waiting. r0: an older one that succeeded. */
 async function fill(store: FleetStore): Promise<Rollout> {
@@ -68,12 +71,15 @@ async function fill(store: FleetStore): Promise<Rollout> {
   await report(store, 'pi-01', true, { source: 'device', serial: 12, status: 'applied', error: null }, [{ version: 4, state: 'serving' }]);
   await report(store, 'pi-02', true, { source: 'device', serial: 13, status: 'failed', error: HOSTILE }, [{ version: 3, state: 'serving' }, { version: 4, state: 'rejected', error: HOSTILE }]);
   await report(store, 'pi-03', false, group, [{ version: 3, state: 'serving' }]);
+  // Planned, then moved to another group; pi-09 planned and never heard from since (its rows pruned, say).
+  await report(store, 'pi-04', true, { source: 'group', group: 'field', serial: 3, status: 'applied', error: null }, [{ version: 3, state: 'serving' }], ['field']);
+  await store.upsertStatus('pi-05', { online: true }, NOW);
 
-  const old = newRollout('r0', spec({ models: [{ name: 'mnist', version: 3, labels: [], manifest: envelope }] }), ['pi-01', 'pi-02', 'pi-03', 'pi-09'], NOW - 86_400_000);
+  const old = newRollout('r0', spec({ models: [{ name: 'mnist', version: 3, labels: [], manifest: envelope }] }), PLAN, NOW - 86_400_000);
   Object.assign(old, { status: 'succeeded', phase: 'done', wave: 2, previous: [] });
   await store.rollouts.save(old, null);
 
-  const r = newRollout('r1', spec(), ['pi-01', 'pi-02', 'pi-03', 'pi-09'], NOW - 30 * MIN);
+  const r = newRollout('r1', spec(), PLAN, NOW - 30 * MIN);
   r.previous = [{ name: 'mnist', version: 3, labels: ['stable'], manifest: envelope }];
   Object.assign(r, { status: 'paused', phase: 'soak', wave: 0, reason: `wave 1: p99 gate: ${HOSTILE}` });
   const [canary, rest] = r.waves;
@@ -94,6 +100,23 @@ async function fill(store: FleetStore): Promise<Rollout> {
   ]);
   return r;
 }
+
+describe('rolloutDetail', () => {
+  it('tallies every device of a wave and lists the first MAX_WAVE_DEVICES', () => {
+    const plan = Array.from({ length: 1200 }, (_, i) => `d-${String(i).padStart(4, '0')}`);
+    const r = newRollout('big', spec({ canary: [] }), plan, NOW);
+    const serving = (device: string): DeviceState => ({
+      device, online: true, groups: ['lab'], desired: { source: 'device', serial: 5, status: 'applied', error: null },
+      models: [{ name: 'mnist', version: 4, state: 'serving', labels: [], executionProvider: 'cpu', sha256: null, progress: 1, error: null }],
+    });
+    const detail = rolloutDetail(r, plan.slice(0, 900).map(serving), new Map(plan.map((d) => [d, 5])));
+    const [wave] = detail.waves;
+    expect(wave?.states).toHaveLength(MAX_WAVE_DEVICES);
+    expect(wave?.states.map((x) => x.device)).toEqual(wave?.devices.slice(0, MAX_WAVE_DEVICES));
+    expect(wave?.tally).toEqual({ devices: 1200, applied: 900, servesNew: 900, offline: 0, failed: 0 });
+    expect(JSON.stringify(detail)).not.toContain(MANIFEST_BYTES);
+  });
+});
 
 let dir: string;
 let server: PostgresServer | undefined;
@@ -189,16 +212,27 @@ for (const backend of backends) describe.skipIf(backend.skip)(`dashboard rollout
     expect(canary?.gates.map((g) => [g.name, g.ok])).toEqual([['applied', true], ['requests', true], ['error-rate', true], ['p99', false]]);
     expect(canary?.tally).toEqual({ devices: 1, applied: 1, servesNew: 1, offline: 0, failed: 0 });
     expect(canary?.states).toEqual([{
-      device: 'pi-01', inGroup: true, online: true, desired: { source: 'device', serial: 12, status: 'applied', error: null }, documentSerial: 12,
+      device: 'pi-01', reported: true, inGroup: true, online: true, desired: { source: 'device', serial: 12, status: 'applied', error: null }, documentSerial: 12,
       applied: true, servesNew: true, models: [expect.objectContaining({ name: 'mnist', version: 4, state: 'serving' })],
     }]);
-    expect([...(rest?.devices ?? [])].sort()).toEqual(['pi-02', 'pi-03', 'pi-09']);
-    expect(rest?.tally).toEqual({ devices: 3, applied: 0, servesNew: 0, offline: 1, failed: 1 });
+    expect([...(rest?.devices ?? [])].sort()).toEqual(['pi-02', 'pi-03', 'pi-04', 'pi-09']);
+    expect(rest?.tally).toEqual({ devices: 4, applied: 0, servesNew: 0, offline: 1, failed: 1 });
     const state = (d: string) => rest?.states.find((s) => s.device === d);
     expect(state('pi-02')).toMatchObject({ inGroup: true, applied: false, servesNew: false, documentSerial: 13, desired: { status: 'failed', error: HOSTILE } });
     expect(state('pi-03')).toMatchObject({ inGroup: true, online: false, applied: false, documentSerial: 14, desired: { source: 'group', serial: 7 } });
-    // A device of the plan that reports nothing (or left the group): known to be unknown.
-    expect(state('pi-09')).toEqual({ device: 'pi-09', inGroup: false, online: null, desired: null, documentSerial: null, applied: false, servesNew: false, models: [] });
+    expect(state('pi-04')).toMatchObject({ reported: true, inGroup: false, online: true, desired: { group: 'field', serial: 3 }, documentSerial: null, servesNew: false });
+    // A device of the plan the collector has nothing of: known to be unknown.
+    expect(state('pi-09')).toEqual({
+      device: 'pi-09', reported: false, inGroup: false, online: null, desired: null, documentSerial: null, applied: false, servesNew: false, models: [],
+    });
+  });
+
+  it('reads only the devices asked for, without telemetry', async () => {
+    const states = await store.deviceStates(['pi-05', 'pi-01', 'pi-09', 'pi-04']);
+    expect(states.map((s) => s.device)).toEqual(['pi-01', 'pi-04', 'pi-05']);
+    expect(states[2]).toEqual({ device: 'pi-05', online: true, groups: [], desired: null, models: [] });
+    expect(states[0]).toMatchObject({ online: true, groups: ['lab'], desired: { source: 'device', serial: 12 } });
+    expect(await store.deviceStates([])).toEqual([]);
   });
 
   // The page reads the same JSON whichever the store: rendered once.
@@ -244,8 +278,9 @@ for (const backend of backends) describe.skipIf(backend.skip)(`dashboard rollout
       expect(await device(1, 'pi-02').allTextContents()).toEqual(['pi-02', 'yes', 'device 13 failed', '13', 'no', 'no', 'mnist:3 servingmnist:4 rejected']);
       expect(await device(1, 'pi-02').nth(2).locator('span').getAttribute('title')).toBe(HOSTILE);
       expect(await device(1, 'pi-03').allTextContents()).toEqual(['pi-03', 'no', 'group 7 applied', '14', 'no', 'no', 'mnist:3 serving']);
-      expect(await device(1, 'pi-09').allTextContents()).toEqual(['pi-09', '?', 'not reporting in the group', 'not yet', 'no', 'no', '-']);
-      expect(await detail.locator('section[data-wave="1"] h3').textContent()).toMatch(/^Wave 2 of 2: running, 3 device\(s\), 0 applied, 0 serving the new versions, 1 failed, 1 offline/);
+      expect(await device(1, 'pi-04').allTextContents()).toEqual(['pi-04', 'yes', 'group 3 applied not in the group', 'not yet', 'no', 'no', 'mnist:3 serving']);
+      expect(await device(1, 'pi-09').allTextContents()).toEqual(['pi-09', '?', 'never heard from', 'not yet', 'no', 'no', '-']);
+      expect(await detail.locator('section[data-wave="1"] h3').textContent()).toMatch(/^Wave 2 of 2: running, 4 device\(s\), 0 applied, 0 serving the new versions, 1 failed, 1 offline/);
 
       await page.screenshot({ path: SCREENSHOT, fullPage: true });
 

@@ -88,19 +88,19 @@ export const ROLLOUTS_SCRIPT = String.raw`
 
   function deviceRow(s) {
     var d = s.desired;
-    var desired = '-';
-    if (!s.inGroup) desired = 'not reporting in the group';
-    else if (d) {
-      desired = tag(d.source + ' ' + d.serial + ' ' + d.status, 's-' + d.status);
-      if (d.error) desired.setAttribute('title', d.error);
+    var desired = [s.reported ? '-' : 'never heard from'];
+    if (d) {
+      desired = [tag(d.source + ' ' + d.serial + ' ' + d.status, 's-' + d.status)];
+      if (d.error) desired[0].setAttribute('title', d.error);
     }
+    if (s.reported && !s.inGroup) desired.push(el('span', { class: 'muted' }, [' not in the group']));
     var models = s.models.map(function (m) {
       var t = tag(m.name + ':' + m.version + ' ' + m.state, 's-' + m.state);
       if (m.error) t.setAttribute('title', m.error);
       return t;
     });
     return el('tr', { 'data-device': s.device }, [
-      el('td', {}, [s.device]), el('td', {}, [s.online === null ? '?' : s.online ? 'yes' : 'no']), el('td', { class: 'desired' }, [desired]),
+      el('td', {}, [s.device]), el('td', {}, [s.online === null ? '?' : s.online ? 'yes' : 'no']), el('td', { class: 'desired' }, desired),
       el('td', {}, [s.documentSerial === null ? 'not yet' : String(s.documentSerial)]),
       el('td', { class: 'applied' }, [yesNo(s.applied, true)]), el('td', { class: 'serves' }, [yesNo(s.servesNew, true)]),
       el('td', {}, models.length ? models : ['-']),

@@ -198,7 +198,7 @@ export class DashboardServer {
     return { rollouts: (await this.options.store.rollouts.list({ limit, active })).map(rolloutListItem) };
   }
 
-  /** One rollout with its wave devices' states: the group's rows, as the controller reads them to judge. */
+  /** One rollout with its wave devices' states: status and reported state of the plan's devices only, no telemetry. */
   private async rollout(id: string, q: URLSearchParams): Promise<RolloutDetail> {
     // Rollout ids need no percent-encoding either, so anything else is not one.
     if (!ROLLOUT_ID_RE.test(id)) throw new BadRequest(`"${id.slice(0, 80)}" is not a rollout id (1-64 of letters, digits, '_', '.', '-')`);
@@ -206,7 +206,7 @@ export class DashboardServer {
     const { store } = this.options;
     const r = await store.rollouts.load(id);
     if (r === undefined) throw new NotFound(`no rollout "${id}"`);
-    const [rows, serials] = await Promise.all([store.fleetStatus({ group: r.spec.group }), store.rollouts.deviceSerials(id)]);
+    const [rows, serials] = await Promise.all([store.deviceStates(r.waves.flatMap((w) => w.devices)), store.rollouts.deviceSerials(id)]);
     return rolloutDetail(r, rows, serials);
   }
 }

@@ -4,11 +4,11 @@
  * manifest), a compact line per rollout for the list, and per wave device
  * what it reports: its desired-state status, whether it applied this
  * rollout's document, whether it serves the new versions. Pure: the HTTP
- * server reads the store and hands the rows in.
+ * server reads the store and hands the states in.
  */
 import type { ReportedState } from '../../protocol/index.js';
 import type { Rollout, RolloutModel, RolloutPhase, RolloutSpec, RolloutStatus, WaveRecord } from '../rollout/planner.js';
-import type { FleetRow } from './store.js';
+import type { DeviceState } from './store.js';
 
 /** A rollout id (`rollout start --name`). */
 export const ROLLOUT_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -58,7 +58,9 @@ export function rolloutListItem(r: Rollout): RolloutListItem {
 /** A wave device as the collector last heard of it. */
 export interface WaveDevice {
   device: string;
-  /** Whether it reports being in the rollout's group (the devices the controller judges); false: nothing below is known. */
+  /** Whether the collector has its status or reported state; false: nothing below is known. */
+  reported: boolean;
+  /** Whether its reported state lists the rollout's group (the devices the controller judges). */
   inGroup: boolean;
   online: boolean | null;
   desired: ReportedState['desired'];
@@ -91,12 +93,12 @@ export type RolloutDetail = Omit<RolloutSummary, 'waves'> & { waves: WaveView[] 
 
 const BAD_MODEL_STATES = new Set(['rejected', 'failed', 'rolled_back']);
 
-function waveDevice(r: Rollout, device: string, row: FleetRow | undefined, serial: number | undefined): WaveDevice {
+function waveDevice(r: Rollout, device: string, row: DeviceState | undefined, serial: number | undefined): WaveDevice {
   const models = (row?.models ?? []).filter((m) => r.spec.models.some((n) => n.name === m.name));
   const servesNew = row !== undefined && r.spec.models.every((n) => models.some((m) => m.version === n.version && m.name === n.name && m.state === 'serving'));
   const d = row?.desired ?? null;
   const applied = servesNew && serial !== undefined && d !== null && d.source === 'device' && d.serial >= serial && d.status === 'applied';
-  return { device, inGroup: row !== undefined, online: row?.online ?? null, desired: d, documentSerial: serial ?? null, applied, servesNew, models };
+  return { device, reported: row !== undefined, inGroup: row?.groups.includes(r.spec.group) ?? false, online: row?.online ?? null, desired: d, documentSerial: serial ?? null, applied, servesNew, models };
 }
 
 function failed(r: Rollout, s: WaveDevice): boolean {
@@ -107,10 +109,10 @@ function failed(r: Rollout, s: WaveDevice): boolean {
 
 /**
  * The record with, per wave, its devices' reported states. `rows`: the
- * group's fleet rows (as the controller reads them); `serials`: the device
- * documents this rollout published, per device.
+ * plan's devices as the store has them; `serials`: the device documents
+ * this rollout published, per device.
  */
-export function rolloutDetail(r: Rollout, rows: readonly FleetRow[], serials: ReadonlyMap<string, number>): RolloutDetail {
+export function rolloutDetail(r: Rollout, rows: readonly DeviceState[], serials: ReadonlyMap<string, number>): RolloutDetail {
   const byDevice = new Map(rows.map((row) => [row.device, row]));
   const summary = rolloutSummary(r);
   return {
