@@ -5,6 +5,7 @@
  * through textContent. The script avoids template literals so it can live
  * in this one.
  */
+import { ROLLOUTS_SCRIPT } from './dashboard-rollouts-script.js';
 import { DASHBOARD_SCRIPT } from './dashboard-script.js';
 
 const STYLE = `
@@ -49,6 +50,14 @@ svg.chart polyline { fill: none; stroke-width: 1.6; stroke-linejoin: round; }
 .legend { display: flex; gap: 12px; flex-wrap: wrap; font-size: 12px; }
 .swatch { display: inline-block; width: 10px; height: 3px; vertical-align: middle; margin-right: 4px; }
 ul.events { margin: 8px 0 0; padding-left: 16px; color: var(--muted); font-size: 12px; }
+#rollouts tr.selected td { background: #1c2530; }
+button.link { background: none; border: 0; padding: 0; color: #58a6ff; text-decoration: underline; }
+#rollout-detail { padding: 10px 20px 0; }
+#rollout-detail .card { overflow-x: auto; }
+#rollout-detail h3 { font-size: 13px; margin: 14px 0 6px; font-weight: 600; }
+#rollout-detail .table-wrap { margin: 0 0 8px; }
+td.reason, td.detail, p.reason { white-space: normal; overflow-wrap: anywhere; }
+td.result.ok { color: var(--ok); } td.result.bad { color: var(--bad); font-weight: 600; } td.result.wait { color: var(--warn); }
 `;
 
 export const DASHBOARD_HTML = `<!doctype html>
@@ -98,10 +107,21 @@ export const DASHBOARD_HTML = `<!doctype html>
     <label>rows per page <select id="pagesize"><option>50</option><option selected>100</option><option>250</option><option>500</option></select></label>
   </div>
   <p id="empty" class="muted" style="margin: 8px 20px" hidden>No device has reported yet.</p>
+  <h2>Rollouts</h2>
+  <span id="rollouts-error" style="color: var(--bad); margin: 0 20px"></span>
+  <div class="table-wrap">
+    <table id="rollouts">
+      <thead><tr><th>Rollout</th><th>Group</th><th>Models (old -&gt; new)</th><th>Status</th><th>Wave</th><th>Reason</th><th>Started (UTC)</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </div>
+  <p id="rollouts-empty" class="muted" style="margin: 8px 20px" hidden>No rollout recorded yet.</p>
+  <div id="rollout-detail"></div>
   <h2>Latency, health and rollout</h2>
   <div id="cards" class="cards"></div>
 </main>
 <script>${DASHBOARD_SCRIPT}</script>
+<script>${ROLLOUTS_SCRIPT}</script>
 </body>
 </html>
 `;

@@ -16,6 +16,9 @@
  *                                           {total, online, offset, limit, sort, desc, rows: FleetRow[]}
  *   GET /api/devices/{id}/series?from=&to=  latency and health samples
  *   GET /api/devices/{id}/events?from=&to=  events, oldest first
+ *   GET /api/rollouts?limit=&active=        staged rollouts, newest first: {rollouts: RolloutListItem[]}
+ *   GET /api/rollouts/{id}                  one rollout, its waves' gates and devices (rollout-view.ts);
+ *                                           404 for an unknown id. Never a manifest's bytes.
  *
  * from and to are RFC 3339 UTC times or epoch milliseconds; the default is the last hour.
  */
@@ -29,6 +32,8 @@ import { UsageError, errorMessage } from '../errors.js';
 import { DASHBOARD_HTML } from './dashboard-page.js';
 import { FleetQueryError, parseFleetQuery } from './fleet-query.js';
 import type { FleetPage, FleetQuery } from './fleet-query.js';
+import { ROLLOUT_ID_RE, RolloutQueryError, parseRolloutQuery, rolloutDetail, rolloutListItem } from './rollout-view.js';
+import type { RolloutDetail, RolloutListItem } from './rollout-view.js';
 import type { FleetStore, TimeRange } from './store.js';
 
 const DEFAULT_WINDOW_MS = 3_600_000;
@@ -81,6 +86,8 @@ export function hostAllowed(header: string | undefined, names: ReadonlySet<strin
 }
 
 class BadRequest extends Error {}
+/** A well-formed path naming something the store does not have. */
+class NotFound extends Error {}
 
 export interface DashboardOptions {
   store: FleetStore;
@@ -157,7 +164,8 @@ export class DashboardServer {
       if (body === undefined) return send(res, 404, { error: `no such resource: ${url.pathname}` });
       send(res, 200, body);
     } catch (err) {
-      if (err instanceof BadRequest || err instanceof FleetQueryError) return send(res, 400, { error: err.message });
+      if (err instanceof BadRequest || err instanceof FleetQueryError || err instanceof RolloutQueryError) return send(res, 400, { error: err.message });
+      if (err instanceof NotFound) return send(res, 404, { error: err.message });
       this.options.log.error({ err: errorMessage(err), path: url.pathname }, 'dashboard request failed');
       send(res, 500, { error: 'the store could not answer; see the collector log' });
     }
@@ -168,6 +176,8 @@ export class DashboardServer {
     const { store } = this.options;
     const q = url.searchParams;
     if (url.pathname === '/api/devices') return this.fleetPage(parseFleetQuery(q));
+    if (url.pathname === '/api/rollouts') return this.rollouts(q);
+    if (url.pathname.startsWith('/api/rollouts/')) return this.rollout(url.pathname.slice('/api/rollouts/'.length), q);
     const m = /^\/api\/devices\/([^/]+)\/(series|events)$/.exec(url.pathname);
     // Device ids need no percent-encoding (docs/protocol.md section 1), so the path segment is the id.
     const device = m?.[1];
@@ -181,6 +191,23 @@ export class DashboardServer {
     const { offset, limit, sort, desc, ...filters } = q;
     const page = await this.options.store.fleetPage({ offset, limit, sort, desc, ...filters });
     return { total: page.total, online: page.online, offset, limit, sort, desc, rows: page.rows };
+  }
+
+  private async rollouts(q: URLSearchParams): Promise<{ rollouts: RolloutListItem[] }> {
+    const { limit, active } = parseRolloutQuery(q);
+    return { rollouts: (await this.options.store.rollouts.list({ limit, active })).map(rolloutListItem) };
+  }
+
+  /** One rollout with its wave devices' states: status and reported state of the plan's devices only, no telemetry. */
+  private async rollout(id: string, q: URLSearchParams): Promise<RolloutDetail> {
+    // Rollout ids need no percent-encoding either, so anything else is not one.
+    if (!ROLLOUT_ID_RE.test(id)) throw new BadRequest(`"${id.slice(0, 80)}" is not a rollout id (1-64 of letters, digits, '_', '.', '-')`);
+    if ([...q.keys()].length > 0) throw new BadRequest(`/api/rollouts/{id} takes no parameters, got "${[...q.keys()].join('", "')}"`);
+    const { store } = this.options;
+    const r = await store.rollouts.load(id);
+    if (r === undefined) throw new NotFound(`no rollout "${id}"`);
+    const [rows, serials] = await Promise.all([store.deviceStates(r.waves.flatMap((w) => w.devices)), store.rollouts.deviceSerials(id)]);
+    return rolloutDetail(r, rows, serials);
   }
 }
 

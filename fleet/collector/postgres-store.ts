@@ -10,6 +10,7 @@ import type {
   AckPoint,
   DeviceCountsRecord,
   DeviceSeries,
+  DeviceState,
   FleetFilters,
   FleetPageQuery,
   FleetPageResult,
@@ -25,7 +26,7 @@ import type {
 } from './store.js';
 import { PgGroupWriter } from './pg-group-writer.js';
 import { POSTGRES_ROLLOUT_MIGRATION, postgresRollouts, type RolloutRecords } from './rollout-records.js';
-import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
+import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, deviceStatesOf, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the schema from version N to N+1. */
 export const POSTGRES_MIGRATIONS: readonly string[] = [
@@ -449,6 +450,15 @@ export class PostgresStore implements FleetStore {
       latest.rows.map((r): LatestRow => ({ ...r, ts: r.ts.getTime(), receivedAt: r.receivedAt.getTime(), data: JSON.stringify(r.data) })),
       counts.rows.map((r) => ({ ...r, droppedLastAt: r.droppedLastAt?.getTime() ?? null })),
     );
+  }
+
+  async deviceStates(devices: readonly string[]): Promise<DeviceState[]> {
+    if (devices.length === 0) return [];
+    const [statuses, states] = await Promise.all([
+      this.pool.query<{ device: string; online: boolean }>('SELECT device, online FROM fleet_status WHERE device = ANY($1)', [devices]),
+      this.pool.query<{ device: string; doc: ReportedState }>('SELECT device, doc FROM fleet_state WHERE device = ANY($1)', [devices]),
+    ]);
+    return deviceStatesOf(statuses.rows, states.rows.map((r) => ({ device: r.device, state: r.doc })));
   }
 
   async series(device: string, range: TimeRange): Promise<DeviceSeries> {

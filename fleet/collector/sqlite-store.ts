@@ -13,6 +13,7 @@ import type {
   AckPoint,
   DeviceCountsRecord,
   DeviceSeries,
+  DeviceState,
   FleetFilters,
   FleetPageQuery,
   FleetPageResult,
@@ -26,7 +27,7 @@ import type {
   StoredEvent,
   TimeRange,
 } from './store.js';
-import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, droppedOf, inPageOrder, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
+import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, deviceStatesOf, droppedOf, inPageOrder, eventHash, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
 /** Append-only: entry N takes the file from user_version N to N+1. */
 export const SQLITE_MIGRATIONS: readonly string[] = [
@@ -457,6 +458,18 @@ export class SqliteStore implements FleetStore {
       );
       return { total: totals.total, online: totals.online, rows: inPageOrder(devices, rows) };
     });
+  }
+
+  async deviceStates(devices: readonly string[]): Promise<DeviceState[]> {
+    if (devices.length === 0) return [];
+    const ids = JSON.stringify(devices);
+    const { statusesIn, statesIn } = this.sql;
+    return this.transaction(() =>
+      deviceStatesOf(
+        statusesIn.all(ids).map((r) => ({ device: r.device, online: r.online === 1 })),
+        statesIn.all(ids).map((r) => ({ device: r.device, state: JSON.parse(r.doc) as ReportedState })),
+      ),
+    );
   }
 
   async series(device: string, range: TimeRange): Promise<DeviceSeries> {

@@ -188,6 +188,18 @@ export function inPageOrder(devices: readonly string[], rows: readonly FleetRow[
   return devices.map((d) => byId.get(d)).filter((r): r is FleetRow => r !== undefined);
 }
 
+/** What the rollout views need of a device: its online flag and reported state, no telemetry. */
+export type DeviceState = Pick<DeviceSummary, 'device' | 'online' | 'groups' | 'desired' | 'models'>;
+
+/** Devices with a status or a state, by device id. */
+export function deviceStatesOf(statuses: readonly { device: string; online: boolean }[], states: readonly { device: string; state: ReportedState }[]): DeviceState[] {
+  const rows = new Map<string, DeviceSummary>();
+  const rowOf = (device: string): DeviceSummary => rows.get(device) ?? rows.set(device, emptySummary(device)).get(device) as DeviceSummary;
+  for (const s of statuses) rowOf(s.device).online = s.online;
+  for (const s of states) applyReportedState(rowOf(s.device), s.state);
+  return [...rows.values()].sort(byDevice).map(({ device, online, groups, desired, models }) => ({ device, online, groups, desired, models }));
+}
+
 export interface FleetStore {
   /** `sqlite` or `postgres`, for logs. */
   readonly kind: string;
@@ -232,6 +244,8 @@ export interface FleetStore {
    * over fleetStatus.
    */
   fleetPage(q: FleetPageQuery): Promise<FleetPageResult>;
+  /** These devices' online flag and reported state (devices never heard from left out): two indexed reads, no telemetry (the dashboard's rollout waves). */
+  deviceStates(devices: readonly string[]): Promise<DeviceState[]>;
   series(device: string, range: TimeRange): Promise<DeviceSeries>;
   events(device: string, range: TimeRange): Promise<StoredEvent[]>;
   /** Staged rollouts (rollout-records.ts); after init(). */

@@ -10,6 +10,7 @@ import { GROUP_RE, DEVICE_ID_RE, parseTime } from '../../protocol/index.js';
 import { parseOrUsage, requiredList } from '../args.js';
 import { DB_HELP, openStore, resolveDb } from '../collector/open-store.js';
 import { RevisionConflict } from '../collector/rollout-records.js';
+import { ROLLOUT_ID_RE as ID_RE, rolloutSummary as summaryOf } from '../collector/rollout-view.js';
 import type { FleetStore } from '../collector/store.js';
 import type { Command, CommandIo } from '../command.js';
 import { FailureError, UsageError } from '../errors.js';
@@ -18,8 +19,6 @@ import type { GateResult, Rollout, RolloutRequest, RolloutSpec, ShadowSpec } fro
 import { PERCENT_RE, formatDuration, formatPercent, newRollout, parseWaves } from '../rollout/planner.js';
 import { formatTextTable, terminalSafe } from '../terminal-text.js';
 import { parseRef } from './deploy.js';
-
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 /** `90s`, `15m`, `2h`. */
 export function durationOption(value: string, flag: string): number {
@@ -199,11 +198,6 @@ Durations take s, m, h.`,
     io.note("the collector run with --rollout-key carries it out; follow it with 'edgefleet rollout status --watch'");
   },
 };
-
-/** What `status --json` and `start --json` print: the record without the manifests' bytes. */
-function summaryOf(r: Rollout): object {
-  return { ...r, spec: { ...r.spec, models: r.spec.models.map(({ name, version, labels }) => ({ name, version, labels })) }, previous: r.previous?.map(({ name, version, labels }) => ({ name, version, labels })) ?? null };
-}
 
 const STATUS_OPTIONS = { db: { type: 'string' }, json: { type: 'boolean' }, watch: { type: 'boolean' }, 'interval-ms': { type: 'string' } } as const;
 
