@@ -264,4 +264,42 @@ describe.skipIf(skip)('staged rollouts with real agents', () => {
     const canary = r.waves[0]?.devices[0] as string;
     await waitFor(() => serving(canary) === 'scale:4', 30_000, 'canary back on scale:4');
   }, 150_000);
+
+  it('a device offline for the whole rollout gets the final group document when it returns; one that joins during it follows the group', async () => {
+    const config = (device: string) => ({ deviceId: device, groups: ['lab'], trust: h.trustFile, mqtt: { url: h.broker.url }, telemetry: { intervalS: 1 } });
+    // pi-e is known to the collector (it reported being in lab), then goes away before the rollout starts.
+    await mkdir(join(dir, 'pi-e'));
+    const away = await spawnAgent(join(dir, 'pi-e'), config('pi-e'));
+    await waitFor(() => serving('pi-e') === 'scale:4', 30_000, 'pi-e on scale:4');
+    await waitFor(async () => (await cli('status', '--db', db, '--json')).stdout.includes('"pi-e"'), 30_000, 'pi-e stored');
+    away.proc.kill('SIGTERM');
+    await away.exited;
+    await waitFor(() => h.statuses.get('pi-e')?.online === false, 10_000, 'pi-e offline');
+
+    await release(8, scaleModel(8));
+    expect((await start('absent', 8, '--canary', 'pi-a', '--waves', '100%', '--min-applied', '50%')).code).toBe(0);
+    await until('absent', 'wave 1 soaking', (x) => x.phase === 'soak' || x.wave > 0);
+    // pi-d joins the group mid-rollout: it follows the group document (version 4, then 8).
+    await mkdir(join(dir, 'pi-d'));
+    const joined = await spawnAgent(join(dir, 'pi-d'), config('pi-d'));
+    try {
+      const r = await until('absent', 'succeeded', (x) => x.status !== 'running');
+      expect(r.status, r.reason ?? '').toBe('succeeded');
+      expect(r.waves.flatMap((w) => w.devices)).toContain('pi-e');
+      expect(r.waves.flatMap((w) => w.devices)).not.toContain('pi-d');
+      expect(r.waves[1]?.gates.find((g) => g.name === 'applied')?.detail).toBe('2/3 devices applied (need 50%)');
+      await waitFor(() => serving('pi-d') === 'scale:8' && h.states.get('pi-d')?.desired?.source === 'group', 30_000, 'pi-d on scale:8 from the group');
+      // pi-e comes back: its device document was removed while it was away, so the group's final document counts.
+      const back = await spawnAgent(join(dir, 'pi-e'), config('pi-e'));
+      try {
+        await waitFor(() => serving('pi-e') === 'scale:8' && h.states.get('pi-e')?.desired?.source === 'group', 30_000, 'pi-e on scale:8 from the group');
+      } finally {
+        back.proc.kill('SIGTERM');
+        await back.exited;
+      }
+    } finally {
+      joined.proc.kill('SIGTERM');
+      await joined.exited;
+    }
+  }, 180_000);
 });
