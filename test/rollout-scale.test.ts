@@ -28,6 +28,7 @@ describe.skipIf(skip !== false)('rollout at scale, small', () => {
     expect(res.storedOnGroupDocument).toBe(DEVICES);
     expect(res.rejected).toBe(0);
     expect(res.waves.every((w) => w.toAppliedMs !== null && w.toPassedMs !== null)).toBe(true);
-    expect(res.tickMs.length).toBeGreaterThan(4);
+    expect(res.ticks.length).toBeGreaterThan(4);
+    expect(res.ticks.reduce((n, t) => n + t.documents, 0)).toBe(res.published);
   }, 60_000);
 });
