@@ -60,6 +60,8 @@ export interface RolloutScaleOptions {
   /** Longest the rollout may take before the run gives up (ms). */
   timeoutMs?: number;
   log?: Logger;
+  /** Told each step of the run as it happens (the benchmark prints them, so a long run shows where it is). */
+  progress?: (line: string) => void;
 }
 
 export interface WaveFigures {
@@ -106,11 +108,24 @@ async function until(check: () => boolean | Promise<boolean>, timeoutMs: number,
   }
 }
 
+/** `p`, or an error naming `what` once `ms` have passed: a setup that hangs fails the run instead. */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`rollout-scale: ${what} took more than ${ms / 1000} s`)), ms)));
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function runRolloutScale(options: RolloutScaleOptions): Promise<RolloutScaleResult> {
   const n = options.devices;
   const intervalMs = options.intervalMs ?? 10_000;
   const log = options.log ?? pino({ level: 'silent' });
   const quiet = pino({ level: 'silent' });
+  const t0 = Date.now();
+  const progress = (line: string): void => options.progress?.(`  [${((Date.now() - t0) / 1000).toFixed(1)} s] ${line}`);
   const broker: Mosquitto = await startMosquitto();
   const dir = await mkdtemp(join(tmpdir(), 'edgefleet-rollout-scale-'));
   const store = new SqliteStore(join(dir, 'fleet.db'));
@@ -141,13 +156,15 @@ export async function runRolloutScale(options: RolloutScaleOptions): Promise<Rol
       intervalMs, groups: [GROUP], answerDesired: true, healthEvery: 3,
     });
     stops.push(() => sim.stop());
-    await sim.connect();
+    await within(sim.connect(), 60_000 + n * 20, `connecting ${n} simulated devices`);
     sim.run();
+    progress(`${n} simulated devices connected`);
     // Every device stored on version 1, with two intervals of telemetry on it (the p99 gate's "before").
     await until(async () => {
       const rows = await store.fleetStatus({ group: GROUP });
       return rows.length === n && rows.every((r) => r.desired?.serial === 1 && r.models.some((m) => m.version === 1) && r.inference.length > 0);
     }, 60_000 + n * 20, 'every device stored on version 1');
+    progress('every device stored on version 1');
     await sleep(Math.min(2 * intervalMs, 10_000));
 
     const spec: RolloutSpec = {
@@ -184,10 +201,14 @@ export async function runRolloutScale(options: RolloutScaleOptions): Promise<Rol
     await until(async () => {
       r = (await store.rollouts.load(created.id)) ?? r;
       const key = `${r.wave}:${r.phase}`;
-      if (!seen.has(key)) seen.set(key, r.phaseSince);
+      if (!seen.has(key)) {
+        seen.set(key, r.phaseSince);
+        progress(`rollout ${r.status}, wave ${r.wave + 1}, ${r.phase}`);
+      }
       return r.status !== 'running';
     }, options.timeoutMs ?? 600_000, `rollout ${created.id} to finish`);
     const doneAt = Date.now();
+    progress(`rollout ${r.status}`);
     const newOnGroup = (): number =>
       sim.devices.filter((d) => d.desired?.desired?.source === 'group' && d.desired.desired.serial >= 2 && d.desired.served.map((m) => m.version).join() === '2').length;
     let doneToGroupMs: number | null = null;
@@ -197,6 +218,7 @@ export async function runRolloutScale(options: RolloutScaleOptions): Promise<Rol
     const stored = async (): Promise<number> =>
       (await store.fleetStatus({ group: GROUP })).filter((row) => row.desired?.source === 'group' && row.models.every((m) => m.version === 2) && row.models.length === 1).length;
     await until(async () => (await stored()) === n, 15_000, 'the collector to store every final state').catch(() => undefined);
+    progress('stopping');
 
     const waves = r.waves.map((w, i): WaveFigures => {
       const passedAt = seen.get(`${i + 1}:publish`) ?? seen.get(`${i + 1}:finalize`) ?? r.waves[i + 1]?.startedAt ?? null;
@@ -236,7 +258,7 @@ export async function runRolloutScaleBench(env: NodeJS.ProcessEnv = process.env)
   for (const [name, v] of [['ROLLOUT_SCALE_DEVICES', devices], ['ROLLOUT_SCALE_INTERVAL_MS', intervalMs], ['ROLLOUT_SCALE_CONNECTIONS', connections]] as const) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer, got ${env[name]}`);
   }
-  const res = await runRolloutScale({ devices, intervalMs, connections, log: pino({ level: 'warn' }) });
+  const res = await runRolloutScale({ devices, intervalMs, connections, log: pino({ level: 'warn' }), progress: (line) => console.log(line) });
   const r = res.rollout;
   const ms = res.ticks.map((t) => t.ms);
   const quiet = res.ticks.filter((t) => t.documents === 0).map((t) => t.ms);
