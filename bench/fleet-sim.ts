@@ -14,11 +14,19 @@
  * (the collector acknowledges after committing). With `resendAfterMs`, a
  * batch still unacknowledged that long is published again, as an agent with
  * `telemetry.delivery: collector` does.
+ *
+ * With `answerDesired` (the rollout benchmark), each device also behaves as a
+ * device towards desired documents (bench/sim-desired.ts): it subscribes to
+ * its own and its group's desired topics, applies what counts and publishes
+ * its new reported state, and its inference points are for the versions it
+ * serves, with no errors and a steady latency (the same for every version),
+ * so a rollout controller's gates have data that passes.
  */
 import { connectAsync } from 'mqtt';
 import type { MqttClient } from 'mqtt';
 import { formatTime, parseTelemetryAck, parseTopic, topics } from '../protocol/index.js';
 import { mulberry32 } from '../models/onnx/zoo.js';
+import { SimDesiredState } from './sim-desired.js';
 
 export interface FleetSimOptions {
   url: string;
@@ -40,6 +48,8 @@ export interface FleetSimOptions {
   acks?: boolean;
   /** With acks: publish a batch again when it has no ack this long (ms). */
   resendAfterMs?: number;
+  /** Answer desired documents as devices do (bench/sim-desired.ts); the devices start serving nothing. */
+  answerDesired?: boolean;
 }
 
 interface Pending {
@@ -49,13 +59,16 @@ interface Pending {
   body: string | undefined;
 }
 
-interface SimDevice {
+export interface SimDevice {
   id: string;
+  index: number;
   seq: number;
   batches: number;
   conn: MqttClient;
   pending: Pending[];
   acked: number;
+  /** With answerDesired: what it applied and serves. */
+  desired?: SimDesiredState;
 }
 
 export interface FleetSimStats {
@@ -65,6 +78,9 @@ export interface FleetSimStats {
   publishErrors: number;
   /** How late the simulator published its most late batch (ms): its own CPU starvation. */
   maxLagMs: number;
+  /** With answerDesired: desired documents applied and rejected, over all devices. */
+  applied: number;
+  rejected: number;
 }
 
 const MODEL_NAMES = ['mnist', 'ocr-rec', 'resnet50-int8', 'yolo-n', 'kws', 'anomaly', 'pose', 'depth'];
@@ -82,7 +98,8 @@ export class FleetSim {
   /** Index of the next batch to publish, counting over all devices and intervals. */
   private nextBatch = 0;
   private delaysMs: number[] = [];
-  readonly stats: FleetSimStats = { batchesPublished: 0, batchesAcked: 0, resent: 0, publishErrors: 0, maxLagMs: 0 };
+  readonly stats: FleetSimStats = { batchesPublished: 0, batchesAcked: 0, resent: 0, publishErrors: 0, maxLagMs: 0, applied: 0, rejected: 0 };
+  private readonly byId = new Map<string, SimDevice>();
 
   constructor(private readonly options: FleetSimOptions) {
     this.root = options.root ?? 'edgefleet';
@@ -111,7 +128,10 @@ export class FleetSim {
       this.ackConn = conn;
     }
     for (let i = 0; i < devices; i++) {
-      this.devices.push({ id: this.deviceId(i), seq: 0, batches: 0, conn: this.conns[i % connections] as MqttClient, pending: [], acked: 0 });
+      const d: SimDevice = { id: this.deviceId(i), index: i, seq: 0, batches: 0, conn: this.conns[i % connections] as MqttClient, pending: [], acked: 0 };
+      if (this.options.answerDesired) d.desired = new SimDesiredState(d.id, this.groupOf(i));
+      this.devices.push(d);
+      this.byId.set(d.id, d);
     }
     const now = Date.now();
     await this.inWaves(this.devices, async (d, i) => {
@@ -119,6 +139,46 @@ export class FleetSim {
       await d.conn.publishAsync(topics.device(this.root, d.id, 'state'), this.stateOf(d.id, i, now), { qos: 1, retain: true });
       await d.conn.publishAsync(topics.device(this.root, d.id, 'events'), this.eventOf(i, now), { qos: 1 });
     });
+    if (this.options.answerDesired) await this.subscribeDesired();
+  }
+
+  /**
+   * Each device's own desired topic and its group's, on the connection it
+   * shares: a group's document comes once per connection and goes to every
+   * device of that group on it. Retained documents arrive at once.
+   */
+  private async subscribeDesired(): Promise<void> {
+    for (const [k, conn] of this.conns.entries()) {
+      const mine = this.devices.filter((_, i) => i % this.conns.length === k);
+      conn.on('message', (topic, payload) => this.onDesired(conn, topic, payload));
+      const groups = [...new Set(mine.map((d) => (d.desired as SimDesiredState).group))];
+      const list = [...mine.map((d) => topics.desired(this.root, { device: d.id })), ...groups.map((g) => topics.groupDesired(this.root, g))];
+      for (let start = 0; start < list.length; start += 500) await conn.subscribeAsync(list.slice(start, start + 500), { qos: 1 });
+    }
+  }
+
+  private onDesired(conn: MqttClient, topic: string, payload: Buffer): void {
+    const parsed = parseTopic(this.root, topic);
+    if (parsed?.kind !== 'desired') return;
+    const target = parsed.target;
+    const devices = target.device !== undefined
+      ? [this.byId.get(target.device)].filter((d): d is SimDevice => d !== undefined)
+      : this.devices.filter((d) => d.conn === conn && d.desired?.group === target.group);
+    const now = Date.now();
+    for (const d of devices) {
+      const outcome = (d.desired as SimDesiredState).offer(target, payload, now);
+      if (outcome === 'none') continue;
+      if (outcome === 'applied') this.stats.applied++;
+      else this.stats.rejected++;
+      d.conn.publish(topics.device(this.root, d.id, 'state'), this.stateOf(d.id, d.index, now), { qos: 1, retain: true }, (err) => {
+        if (err) this.stats.publishErrors++;
+      });
+    }
+  }
+
+  private groupOf(i: number): string {
+    const groups = this.options.groups ?? ['lab', 'field', 'store-east', 'store-west'];
+    return groups[i % groups.length] as string;
   }
 
   /** Starts the batches: device i first at i/N of an interval from now. */
@@ -215,7 +275,8 @@ export class FleetSim {
     const r = this.rand;
     const points: unknown[] = [];
     const models = this.options.models ?? 2;
-    for (let m = 0; m < models; m++) {
+    if (d.desired !== undefined) points.push(...this.servedPoints(d, now));
+    for (let m = 0; d.desired === undefined && m < models; m++) {
       const p50 = Math.round((0.2 + r() * 2) * 1000) / 1000;
       const p99 = Math.round(p50 * (2 + r()) * 1000) / 1000;
       const count = 50 + Math.floor(r() * 2000);
@@ -236,14 +297,34 @@ export class FleetSim {
     return JSON.stringify({ schema: 1, device: d.id, points });
   }
 
+  /**
+   * With answerDesired: one inference point per version served, errors 0,
+   * ~20 requests a second, and a p99 near 1.1 ms that depends on neither the
+   * device nor the version (a few percent of jitter), as a healthy rollout.
+   */
+  private servedPoints(d: SimDevice, now: number): unknown[] {
+    const r = this.rand;
+    const ts = formatTime(now);
+    return (d.desired as SimDesiredState).served.map((m) => {
+      const p50 = Math.round(0.5 * (0.97 + r() * 0.06) * 1000) / 1000;
+      const p99 = Math.round(p50 * 2.2 * 1000) / 1000;
+      return {
+        seq: ++d.seq, ts, kind: 'inference', model: m.name, version: m.version, intervalS: this.intervalMs / 1000,
+        count: Math.max(1, Math.round((this.intervalMs / 1000) * (18 + r() * 4))), errors: 0, clientErrors: 0,
+        latencyMs: { p50, p90: Math.round(p50 * 1.5 * 1000) / 1000, p99, max: Math.round(p99 * 1.3 * 1000) / 1000, mean: Math.round(p50 * 1.1 * 1000) / 1000 },
+      };
+    });
+  }
+
   stateOf(device: string, i: number, now: number): string {
-    const groups = this.options.groups ?? ['lab', 'field', 'store-east', 'store-west'];
+    const group = this.groupOf(i);
     const models = this.options.models ?? 2;
+    const sim = this.byId.get(device)?.desired;
     return JSON.stringify({
-      schema: 1, device, groups: [groups[i % groups.length]], ts: formatTime(now),
-      desired: { source: 'group', group: groups[i % groups.length], serial: 12, status: 'applied', error: null },
-      models: Array.from({ length: models }, (_, m) => ({
-        name: MODEL_NAMES[m % MODEL_NAMES.length], version: 1 + (i % 3), state: 'serving', labels: ['stable'], executionProvider: 'cpu',
+      schema: 1, device, groups: [group], ts: formatTime(now),
+      desired: sim !== undefined ? sim.desired : { source: 'group', group, serial: 12, status: 'applied', error: null },
+      models: (sim !== undefined ? sim.served : Array.from({ length: models }, (_, m) => ({ name: MODEL_NAMES[m % MODEL_NAMES.length] as string, version: 1 + (i % 3), labels: ['stable'] }))).map((m) => ({
+        name: m.name, version: m.version, state: 'serving', labels: m.labels, executionProvider: 'cpu',
         sha256: 'ab'.repeat(32), progress: 1, error: null,
       })),
       agent: { version: '0.1.0', arch: 'arm64', startedAt: formatTime(now - 3_600_000), executionProviders: { available: ['cpu'], unavailable: {} } },

@@ -22,6 +22,7 @@ const benchmarks: Benchmark[] = [
   { name: 'telemetry', run: () => import('./telemetry.js').then((m) => m.runTelemetryBench()) },
   { name: 'shadow', run: () => import('./shadow.js').then((m) => m.runShadowBench()) },
   { name: 'fleet-scale', run: () => import('./fleet-scale.js').then((m) => m.runFleetScaleBench()) },
+  { name: 'rollout-scale', run: () => import('./rollout-scale.js').then((m) => m.runRolloutScaleBench()) },
 ];
 
 function ortVersion(): string {
