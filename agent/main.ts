@@ -2,6 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { AgentConfig } from './config/schema.js';
+import { GrpcServer, type GrpcAddress } from './grpc/server.js';
 import { HttpServer } from './http/server.js';
 import { MqttConnection } from './mqtt/connection.js';
 import { RolloutEvents } from './rollout/events.js';
@@ -12,6 +13,7 @@ import { Rollout } from './rollout/rollout.js';
 import { TrustStore } from './rollout/trust-store.js';
 import { ModelRuntime } from './runtime/model-runtime.js';
 import type { ProviderReport } from './runtime/providers.js';
+import { InferencePath } from './serving/inference-path.js';
 import { VersionLoader } from './serving/loader.js';
 import { ModelRegistry } from './serving/registry.js';
 import { ModelRepository } from './serving/repository.js';
@@ -34,6 +36,8 @@ export interface Agent {
   readonly registry: ModelRegistry;
   readonly providers: ProviderReport;
   readonly httpAddress: AddressInfo | undefined;
+  /** Present when `grpc` is configured and started. */
+  readonly grpcAddress: GrpcAddress | undefined;
   /** Present when `mqtt` is configured. */
   readonly reporter: Reporter | undefined;
   start(): Promise<void>;
@@ -60,7 +64,10 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   const telemetryLog = logger.child({ component: 'telemetry' });
   const outbox = config.mqtt ? new TelemetryOutbox({ database: () => database as AgentDatabase, ...config.telemetry.buffer, logger: telemetryLog }) : undefined;
   const recorder = outbox ? new InferenceRecorder({ sink: outbox, intervalS: config.telemetry.intervalS, logger: telemetryLog }) : undefined;
-  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
+  // One inference path for every API: the same batching, metrics and telemetry over HTTP and gRPC.
+  const inference = new InferencePath({ registry, metrics, telemetry: recorder, logger: logger.child({ component: 'inference' }) });
+  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, inference, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
+  const grpc = config.grpc && new GrpcServer({ config: config.grpc, registry, metrics, inference, logger: logger.child({ component: 'grpc' }), agentVersion: version, isReady: () => ready });
   // The lock comes before anything that touches the state directory or the broker.
   const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), new StateDirLock(config.stateDir), runtime];
   let reporter: Reporter | undefined;
@@ -113,6 +120,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
     components.push(new ModelRepository({ dir: config.models.dir, config: config.models, loader, registry, logger: logger.child({ component: 'repository' }) }));
   }
   components.push(http);
+  if (grpc) components.push(grpc);
   const started: Component[] = [];
 
   return {
@@ -125,6 +133,9 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
     },
     get httpAddress() {
       return http.address;
+    },
+    get grpcAddress() {
+      return grpc?.address;
     },
     async start() {
       logger.info({ version, deviceId: config.deviceId, arch: process.arch }, 'edgefleet agent starting');

@@ -3,11 +3,12 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.js';
 import { EdgefleetError, errorMessage, failureKind, notFound, unavailable } from '../errors.js';
+import { InferencePath } from '../serving/inference-path.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { InferenceRecorder } from '../telemetry/recorder.js';
 import { sendError, sendJson } from './errors.js';
-import { prepareV1, prepareV2, type PreparedInfer } from './infer.js';
+import { prepareV1, prepareV2, type InferAnswer } from './infer.js';
 import { v1Metadata, v1Status, v2Metadata, v2ModelReady } from './model-info.js';
 import { matchRoute, type Route } from './routes.js';
 import { WireServer, type WireRequest, type WireResponse } from './wire/server.js';
@@ -22,6 +23,8 @@ export interface HttpServerOptions {
   agentVersion: string;
   /** Whether the agent counts as ready (models in hand serve); false while starting or stopping. */
   isReady: () => boolean;
+  /** The inference path shared with the gRPC API; one of its own when absent. */
+  inference?: InferencePath;
 }
 
 /** Longest wait at stop for connections still sending a request. */
@@ -54,7 +57,11 @@ export class HttpServer {
   private readonly limitCounts = { evicted: 0, refused: 0 };
   private limitLoggedAt = -Infinity;
 
-  constructor(private readonly options: HttpServerOptions) {}
+  private readonly inference: InferencePath;
+
+  constructor(private readonly options: HttpServerOptions) {
+    this.inference = options.inference ?? new InferencePath(options);
+  }
 
   async start(): Promise<AddressInfo> {
     const { logger, config } = this.options;
@@ -209,55 +216,23 @@ export class HttpServer {
     }
   }
 
-  /**
-   * The inference path, in callbacks rather than async functions: it runs for
-   * every request, and each await layer costs a promise and a microtask turn.
-   * Acquiring may throw (unknown model or version: the caller's 404); after
-   * that, every outcome goes through finish() exactly once.
-   */
+  /** The inference path all APIs share (serving/inference-path.ts), answered over HTTP. */
   private infer(route: Extract<Route, { kind: 'v1-predict' | 'v2-infer' }>, req: WireRequest, res: WireResponse, started: number): void {
-    const { registry, metrics, config } = this.options;
-    const servable = registry.acquire(route.model, route.selector);
-    const series = metrics.forRequest(route.model, servable.version, route.kind === 'v1-predict' ? 'v1' : 'v2');
-    const finish = (err: unknown): void => {
-      // Never throws: it runs in stream and promise callbacks, where a throw would take the process down.
-      servable.release();
-      try {
-        let status = 200;
-        if (err !== undefined) status = sendError(res, err);
-        if (status === 200) series.ok.inc();
-        else series.status(status).inc();
-        const latencyMs = performance.now() - started;
-        series.duration.observe(latencyMs / 1000);
-        const outcome = err === undefined ? 'ok' : failureKind(err);
-        this.options.telemetry?.record(route.model, servable.version, outcome, latencyMs);
-        // Faults of the model or the agent are logged; a client's input and load (a full batch queue) would flood the log.
-        if (outcome === 'model-fault' || outcome === 'internal') this.options.logger.error({ url: req.url, err: errorMessage(err) }, 'inference request failed');
-      } catch (fatal) {
-        this.lastResort(res, fatal);
-      }
-      this.done();
-    };
-    if (req.bodyTooLarge) return finish(tooLarge(config.bodyLimitBytes));
-    let prepared: PreparedInfer;
-    try {
-      prepared = route.kind === 'v1-predict' ? prepareV1(servable, req.body) : prepareV2(servable, route.model, req.body, req.headers);
-    } catch (err) {
-      return finish(err);
-    }
-    servable.infer(prepared.inputs, prepared.outputs).then(
-      (result) => {
-        try {
-          const answer = prepared.answer(result.value);
-          series.queue.observe(result.queueMs / 1000);
-          series.compute.observe(result.computeMs / 1000);
-          res.send(200, answer.contentType, answer.body, answer.extra);
-        } catch (err) {
-          return finish(err);
-        }
-        finish(undefined);
+    const { bodyLimitBytes } = this.options.config;
+    this.inference.run<InferAnswer>({
+      model: route.model,
+      selector: route.selector,
+      api: route.kind === 'v1-predict' ? 'v1' : 'v2',
+      started,
+      where: req.url,
+      prepare: (servable) => {
+        if (req.bodyTooLarge) throw tooLarge(bodyLimitBytes);
+        return route.kind === 'v1-predict' ? prepareV1(servable, req.body) : prepareV2(servable, route.model, req.body, req.headers);
       },
-      (err: unknown) => finish(err),
-    );
+      send: (answer) => res.send(200, answer.contentType, answer.body, answer.extra),
+      fail: (err) => sendError(res, err),
+      done: () => this.done(),
+      lastResort: (fatal) => this.lastResort(res, fatal),
+    });
   }
 }
