@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import type { ServiceDefinition } from '@grpc/grpc-js';
 import { loadSync, type Options } from '@grpc/proto-loader';
 
-/** The .proto files the gRPC API serves, copied from TensorFlow Serving and KServe (see proto/README.md). */
+/** The .proto files the gRPC API serves, copied from TensorFlow Serving and KServe (agent/grpc/proto/README.md). */
 const FILES = [
   'tensorflow_serving/apis/prediction_service.proto',
   'tensorflow_serving/apis/model_service.proto',

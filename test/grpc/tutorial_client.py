@@ -61,7 +61,8 @@ def metadata(args):
     return [("authorization", "Bearer " + args["token"])] if args.get("token") else None
 
 
-def as_array(values, datatype):
+def as_array(values, datatype, repeat=1):
+    values = values * repeat
     if datatype == "BYTES":
         return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
     return np.array([int(v) if isinstance(v, str) else v for v in values], dtype=NUMPY[datatype])
@@ -119,10 +120,14 @@ def predict(target, args):
         request.model_spec.version_label = args["label"]
     request.model_spec.signature_name = args.get("signature", "serving_default")
     for name, t in args["inputs"].items():
-        array = as_array(t["values"], t["datatype"]).reshape(t["shape"])
+        array = as_array(t["values"], t["datatype"], t.get("repeat", 1)).reshape(t["shape"])
         proto = make_tensor_proto(array, t["datatype"], t.get("typed", False))
         if "dtype" in t:
             proto.dtype = types_pb2.DataType.Value(t["dtype"])
+        if "wireShape" in t:
+            # A client whose declared shape disagrees with its values.
+            del proto.tensor_shape.dim[:]
+            proto.tensor_shape.dim.extend([tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in t["wireShape"]])
         if "contentBytes" in t:
             proto.tensor_content = proto.tensor_content[: t["contentBytes"]]
         request.inputs[name].CopyFrom(proto)
@@ -198,8 +203,8 @@ def model_infer(target, args):
         tensor = request.inputs.add()
         tensor.name = t["name"]
         tensor.datatype = t.get("wireDatatype", t["datatype"])
-        tensor.shape.extend(t["shape"])
-        array = as_array(t["values"], t["datatype"]).reshape(t["shape"])
+        tensor.shape.extend(t.get("wireShape", t["shape"]))
+        array = as_array(t["values"], t["datatype"], t.get("repeat", 1)).reshape(t["shape"])
         if raw:
             if t["datatype"] == "BYTES":
                 # Each element: its 4-byte little-endian length, then the bytes (tritonclient's serialize_byte_tensor).
