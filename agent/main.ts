@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import { ApiAccess } from './access/api-access.js';
 import type { AgentConfig } from './config/schema.js';
 import { GrpcServer, type GrpcAddress } from './grpc/server.js';
 import { HttpServer } from './http/server.js';
@@ -42,6 +43,8 @@ export interface Agent {
   readonly reporter: Reporter | undefined;
   start(): Promise<void>;
   stop(): Promise<void>;
+  /** SIGHUP: reads the local API's TLS certificate and key and its bearer tokens again. */
+  reload(): Promise<void>;
 }
 
 /** A component from a start and a stop function, for the parts that are not classes. */
@@ -66,8 +69,10 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   const recorder = outbox ? new InferenceRecorder({ sink: outbox, intervalS: config.telemetry.intervalS, logger: telemetryLog }) : undefined;
   // One inference path for every API: the same batching, metrics and telemetry over HTTP and gRPC.
   const inference = new InferencePath({ registry, metrics, telemetry: recorder, logger: logger.child({ component: 'inference' }) });
-  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, inference, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
-  const grpc = config.grpc && new GrpcServer({ config: config.grpc, registry, metrics, inference, logger: logger.child({ component: 'grpc' }), agentVersion: version, isReady: () => ready });
+  // TLS and bearer tokens for both local APIs, off unless `api` says otherwise; read again on SIGHUP.
+  const access = new ApiAccess({ config: config.api, logger: logger.child({ component: 'access' }) });
+  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, inference, access, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
+  const grpc = config.grpc && new GrpcServer({ config: config.grpc, registry, metrics, inference, access, logger: logger.child({ component: 'grpc' }), agentVersion: version, isReady: () => ready });
   // The lock comes before anything that touches the state directory or the broker.
   const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), new StateDirLock(config.stateDir), runtime];
   let reporter: Reporter | undefined;
@@ -119,7 +124,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   if (config.models.dir) {
     components.push(new ModelRepository({ dir: config.models.dir, config: config.models, loader, registry, logger: logger.child({ component: 'repository' }) }));
   }
-  components.push(http);
+  components.push(access, http);
   if (grpc) components.push(grpc);
   const started: Component[] = [];
 
@@ -146,6 +151,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
       ready = true;
       logger.info('edgefleet agent ready');
     },
+    reload: () => access.reload(),
     async stop() {
       ready = false;
       // Reverse order: the HTTP API stops taking requests and drains first; MQTT says offline last.

@@ -111,6 +111,15 @@ export const configSchema = z.strictObject({
     })
     .refine((g) => g.port !== null || g.socket !== undefined, { message: 'with "port": null, "socket" must be set (the gRPC API needs somewhere to listen)', path: ['port'] })
     .optional(),
+  /** TLS and bearer tokens for the local APIs (HTTP and gRPC); each off unless set. Reloaded on SIGHUP. */
+  api: z
+    .strictObject({
+      /** Serve HTTPS and gRPC over TLS with this certificate chain and key (PEM files). */
+      tls: z.strictObject({ cert: path, key: path }).optional(),
+      /** A file of SHA-256 digests of the bearer tokens that may call the APIs (GET /v2/health/* stays open). */
+      tokensFile: path.optional(),
+    })
+    .prefault({}),
   models: z
     .strictObject({
       dir: path.optional(),

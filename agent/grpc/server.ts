@@ -1,6 +1,7 @@
 import { lstat, unlink } from 'node:fs/promises';
-import { Server, ServerCredentials, status as GrpcStatus, type sendUnaryData, type ServerUnaryCall, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Server, status as GrpcStatus, type ServerCredentials, type sendUnaryData, type ServerUnaryCall, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import type { ApiAccess } from '../access/api-access.js';
 import type { AgentConfig } from '../config/schema.js';
 import { errorMessage, failureKind, unavailable } from '../errors.js';
 import { statusOf } from '../http/errors.js';
@@ -9,6 +10,7 @@ import type { ModelRegistry, Selector } from '../serving/registry.js';
 import type { Servable } from '../serving/servable.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import * as kserve from './kserve.js';
+import { authInterceptors, serverCredentials } from './access.js';
 import { loadServices } from './protos.js';
 import { grpcError } from './status.js';
 import * as tf from './tf-serving.js';
@@ -19,6 +21,8 @@ export interface GrpcServerOptions {
   metrics: Metrics;
   /** The inference path the HTTP API uses too: same batching, metrics and telemetry. */
   inference: InferencePath;
+  /** TLS and bearer tokens (config `api`), shared with the HTTP API; absent: plaintext, open to all. */
+  access?: ApiAccess;
   logger: Logger;
   agentVersion: string;
   /** Whether the agent counts as ready (models in hand serve); false while starting or stopping. */
@@ -59,11 +63,12 @@ export class GrpcServer {
     const server = new Server({
       'grpc.max_receive_message_length': config.maxMessageBytes,
       'grpc.max_send_message_length': -1,
+      interceptors: authInterceptors(this.options.access),
     });
     server.addService(services.prediction, this.predictionService());
     server.addService(services.model, this.modelService());
     server.addService(services.inference, this.inferenceService());
-    const credentials = ServerCredentials.createInsecure();
+    const credentials = serverCredentials(this.options.access);
     let port: number | undefined;
     if (config.port !== null) port = await bind(server, `${hostPort(config.host, config.port)}`, credentials);
     if (config.socket !== undefined) {
@@ -72,7 +77,7 @@ export class GrpcServer {
     }
     this.server = server;
     this.bound = { port, socket: config.socket };
-    logger.info({ host: config.host, port, socket: config.socket }, 'gRPC API listening');
+    logger.info({ host: config.host, port, socket: config.socket, tls: this.options.access?.tls !== undefined }, 'gRPC API listening');
     return this.bound;
   }
 

@@ -10,6 +10,7 @@ import { EdgefleetError, type ErrorCode } from '../errors.js';
 export const GRPC_STATUS: Record<ErrorCode, GrpcStatus> = {
   BAD_REQUEST: GrpcStatus.INVALID_ARGUMENT,
   NOT_FOUND: GrpcStatus.NOT_FOUND,
+  UNAUTHENTICATED: GrpcStatus.UNAUTHENTICATED,
   PAYLOAD_TOO_LARGE: GrpcStatus.RESOURCE_EXHAUSTED,
   UNSUPPORTED: GrpcStatus.UNIMPLEMENTED,
   UNAVAILABLE: GrpcStatus.UNAVAILABLE,

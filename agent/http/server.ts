@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import type { ApiAccess } from '../access/api-access.js';
 import type { AgentConfig } from '../config/schema.js';
 import { EdgefleetError, errorMessage, failureKind, notFound, unavailable } from '../errors.js';
 import { InferencePath } from '../serving/inference-path.js';
@@ -23,9 +24,13 @@ export interface HttpServerOptions {
   agentVersion: string;
   /** Whether the agent counts as ready (models in hand serve); false while starting or stopping. */
   isReady: () => boolean;
+  /** TLS and bearer tokens (config `api`); absent: plain HTTP, open to all. */
+  access?: ApiAccess;
   /** The inference path shared with the gRPC API; one of its own when absent. */
   inference?: InferencePath;
 }
+
+const UNAUTHORIZED = JSON.stringify({ error: 'unauthorized: send a valid bearer token (Authorization: Bearer <token>)' });
 
 /** Longest wait at stop for connections still sending a request. */
 const DRAIN_MS = 5000;
@@ -56,6 +61,7 @@ export class HttpServer {
   private drained: (() => void) | undefined;
   private readonly limitCounts = { evicted: 0, refused: 0 };
   private limitLoggedAt = -Infinity;
+  private unsubscribeTls: (() => void) | undefined;
 
   private readonly inference: InferencePath;
 
@@ -65,6 +71,7 @@ export class HttpServer {
 
   async start(): Promise<AddressInfo> {
     const { logger, config } = this.options;
+    const tls = this.options.access?.tls;
     const server = new WireServer({
       bodyLimitBytes: config.bodyLimitBytes,
       maxConnections: config.maxConnections,
@@ -73,10 +80,13 @@ export class HttpServer {
       onHandlerError: (err) => logger.error({ err: errorMessage(err) }, 'request handler failed'),
       onConnectionLimit: (action) => this.connectionLimit(action),
       onAcceptError: (err) => logger.error({ err: errorMessage(err) }, 'could not accept an HTTP connection'),
+      ...(tls && { tls: tls.material }),
     });
+    // A reloaded certificate (SIGHUP) serves new connections.
+    this.unsubscribeTls = tls?.subscribe((material) => server.setSecureContext(material));
     const address = await server.listen(config.port, config.host);
     this.server = server;
-    logger.info({ host: address.address, port: address.port, maxConnections: config.maxConnections }, 'HTTP API listening');
+    logger.info({ host: address.address, port: address.port, maxConnections: config.maxConnections, tls: tls !== undefined }, 'HTTP API listening');
     const fdLimit = await openFileLimit();
     if (fdLimit !== undefined && fdLimit < config.maxConnections + OTHER_FDS) {
       logger.warn(
@@ -119,6 +129,7 @@ export class HttpServer {
     const server = this.server;
     if (!server) return;
     this.draining = true;
+    this.unsubscribeTls?.();
     const closed = server.close();
     const handled = this.inFlight > 0 ? new Promise<void>((resolve) => (this.drained = resolve)) : Promise.resolve();
     let timer: NodeJS.Timeout | undefined;
@@ -135,6 +146,12 @@ export class HttpServer {
     this.inFlight++;
     this.options.metrics.inFlight.inc();
     let route: Route | undefined;
+    if (!this.authorized(req)) {
+      // Nothing about why: no token, a wrong one and an unknown endpoint all look alike.
+      res.send(401, 'application/json', UNAUTHORIZED, { 'WWW-Authenticate': 'Bearer' });
+      this.done();
+      return;
+    }
     try {
       route = matchRoute(req.method, req.url);
       if (!route) throw notFound(`no such endpoint: ${req.method} ${req.url}`);
@@ -153,6 +170,15 @@ export class HttpServer {
       () => this.done(),
       (err: unknown) => this.fail(req, res, info, err),
     );
+  }
+
+  /** With bearer tokens configured, every request but the health probes (GET /v2/health/*) needs one. */
+  private authorized(req: WireRequest): boolean {
+    const access = this.options.access;
+    if (!access?.tokens) return true;
+    const path = req.url.split('?', 1)[0];
+    if (path === '/v2/health/live' || path === '/v2/health/ready') return true;
+    return access.allows(req.headers.authorization);
   }
 
   /** Every request ends here once answered, whatever the outcome. */

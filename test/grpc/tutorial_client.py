@@ -183,6 +183,12 @@ def v2_server(target, args):
             "name": server.name, "version": server.version, "extensions": list(server.extensions)}
 
 
+def v2_health(target, args):
+    stub = pb_grpc.GRPCInferenceServiceStub(channel(target, args))
+    return {"live": stub.ServerLive(pb.ServerLiveRequest(), 10.0, metadata=metadata(args)).live,
+            "ready": stub.ServerReady(pb.ServerReadyRequest(), 10.0, metadata=metadata(args)).ready}
+
+
 def v2_model(target, args):
     stub = pb_grpc.GRPCInferenceServiceStub(channel(target, args))
     ready = stub.ModelReady(pb.ModelReadyRequest(name=args["model"], version=args.get("version", "")), 10.0,
@@ -239,7 +245,7 @@ def model_infer(target, args):
             "raw": len(response.raw_output_contents) > 0, "outputs": outputs}
 
 
-SCENARIOS = {"predict": predict, "tf-metadata": tf_metadata, "tf-status": tf_status, "v2-server": v2_server,
+SCENARIOS = {"predict": predict, "tf-metadata": tf_metadata, "tf-status": tf_status, "v2-server": v2_server, "v2-health": v2_health,
              "v2-model": v2_model, "model-infer": model_infer}
 
 
