@@ -40,8 +40,12 @@ export function loadServices(): GrpcServices {
     if (!found || 'format' in found) throw new Error(`service ${name} is not in the .proto files`);
     return found;
   };
+  const prediction = service('tensorflow.serving.PredictionService');
+  const predict = prediction.Predict;
+  if (!predict) throw new Error('PredictionService has no Predict method');
   return {
-    prediction: service('tensorflow.serving.PredictionService'),
+    // Predict answers come already encoded (tf-response.ts): typed fields written as bytes, not element by element.
+    prediction: { ...prediction, Predict: { ...predict, responseSerialize: (bytes: Buffer) => bytes } },
     model: service('tensorflow.serving.ModelService'),
     inference: service('inference.GRPCInferenceService'),
   };

@@ -8,7 +8,8 @@ import { v1Metadata, v1Status } from '../http/model-info.js';
 import type { PreparedInfer } from '../serving/inference-path.js';
 import type { ModelRegistry, Selector } from '../serving/registry.js';
 import type { Servable } from '../serving/servable.js';
-import { decodeTensorProto, encodeTensorProto, type TensorProtoMessage } from './tf-tensor.js';
+import { encodePredictResponse } from './tf-response.js';
+import { decodeTensorProto, type TensorProtoMessage } from './tf-tensor.js';
 
 export interface ModelSpecMessage {
   name?: string;
@@ -23,10 +24,8 @@ export interface PredictRequestMessage {
   output_filter?: string[];
 }
 
-export interface PredictResponseMessage {
-  model_spec: { name: string; version: { value: string }; signature_name: string };
-  outputs: Record<string, TensorProtoMessage>;
-}
+/** A PredictResponse already in protobuf bytes (tf-response.ts); protos.ts passes it through. */
+export type PredictResponseBytes = Buffer;
 
 /** The only signature an ONNX model has, under TensorFlow's default name. */
 const SIGNATURE = 'serving_default';
@@ -53,7 +52,7 @@ function checkSignature(spec: ModelSpecMessage | undefined): void {
 const quoted = (names: readonly string[]): string => names.map((n) => `"${n}"`).join(', ');
 
 /** A Predict request read against the version it was given. */
-export function preparePredict(servable: Servable, request: PredictRequestMessage): PreparedInfer<PredictResponseMessage> {
+export function preparePredict(servable: Servable, request: PredictRequestMessage): PreparedInfer<PredictResponseBytes> {
   checkSignature(request.model_spec);
   const specs = servable.session.inputs;
   const given = request.inputs ?? {};
@@ -71,11 +70,10 @@ export function preparePredict(servable: Servable, request: PredictRequestMessag
     if (!known.includes(name)) throw badRequest(`output_filter names unknown output "${name}"; the model's outputs are ${quoted(known)}`);
     if (filter.indexOf(name) !== k) throw badRequest(`output_filter names output "${name}" more than once`);
   });
-  const modelSpec = { name: servable.name, version: { value: String(servable.version) }, signature_name: SIGNATURE };
   return {
     inputs,
     outputs: filter.length > 0 ? filter : undefined,
-    answer: (outputs) => ({ model_spec: modelSpec, outputs: Object.fromEntries(outputs.map((t) => [t.name, encodeTensorProto(t)])) }),
+    answer: (outputs) => encodePredictResponse(servable.name, servable.version, outputs),
   };
 }
 

@@ -3,9 +3,7 @@
  * the agent's tensors. A request tensor comes either as `tensor_content` (raw
  * little-endian bytes, what `tf.make_tensor_proto` writes for arrays) or in the
  * typed field of its dtype (`float_val`, `int_val`, ...; one value fills the
- * whole shape, as TensorFlow reads it). Answers use the typed fields, as
- * TensorFlow Serving's Predict does by default, so clients reading
- * `outputs[...].float_val` work as well as those calling `tf.make_ndarray`.
+ * whole shape, as TensorFlow reads it). Answers are written by tf-response.ts.
  */
 import { badRequest, unsupported } from '../errors.js';
 import { TF_DTYPE } from '../http/model-info.js';
@@ -105,15 +103,4 @@ function decodeTyped(t: TensorProtoMessage, datatype: Datatype, shape: number[],
     return out;
   }
   return decodeJson(values, datatype, { input }).data;
-}
-
-/** One output of a Predict answer, in the typed field of its dtype. */
-export function encodeTensorProto(t: HostTensor): TensorProtoMessage & { tensor_shape: { dim: { size: string }[] } } {
-  const message = { dtype: TF_DTYPE[t.datatype], tensor_shape: { dim: t.shape.map((d) => ({ size: String(d) })) } };
-  const data = t.data;
-  const field = FIELD[t.datatype];
-  if (t.datatype === 'BYTES') return { ...message, string_val: (data as string[]).map((s) => Buffer.from(s, 'utf8')) };
-  if (t.datatype === 'INT64' || t.datatype === 'UINT64') return { ...message, [field]: Array.from(data as BigInt64Array, String) };
-  if (t.datatype === 'BOOL') return { ...message, bool_val: Array.from(data as Uint8Array, Boolean) };
-  return { ...message, [field]: Array.from(data as Float32Array) };
 }
