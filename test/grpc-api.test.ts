@@ -226,6 +226,11 @@ describe.skipIf(skip)('gRPC API with a Python grpcio client', () => {
     expect(text).toMatch(/edgefleet_requests_total\{model="mlp",version="1",api="grpc-v2",code="200"\} [1-9]/);
   });
 
+  it('serves the standard health service: Check and Watch, NOT_FOUND for an unknown service', async () => {
+    const results = await py.call(target, 'health', [{}, { service: 'inference.GRPCInferenceService' }, { service: 'nope.Service' }, { watch: true }]);
+    expect(results).toEqual([{ ok: 'SERVING' }, { ok: 'SERVING' }, { code: 'NOT_FOUND', details: 'service "nope.Service" is not served here' }, { ok: 'SERVING' }]);
+  });
+
   it('serves the same API on the Unix socket', async () => {
     const [r] = await py.call(`unix:${socket}`, 'v2-server', [{}]);
     expect(r?.ok.live).toBe(true);

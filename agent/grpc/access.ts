@@ -2,8 +2,13 @@ import { Metadata, ServerCredentials, ServerInterceptingCall, ServerListenerBuil
 import type { ApiAccess } from '../access/api-access.js';
 import type { TlsMaterial } from '../access/tls-material.js';
 
-/** Methods open without a token, as GET /v2/health/* is over HTTP: liveness and readiness probes. */
-const OPEN = new Set(['/inference.GRPCInferenceService/ServerLive', '/inference.GRPCInferenceService/ServerReady']);
+/** Methods open without a token, as GET /v2/health/* is over HTTP: liveness, readiness and health probes. */
+const OPEN = new Set([
+  '/inference.GRPCInferenceService/ServerLive',
+  '/inference.GRPCInferenceService/ServerReady',
+  '/grpc.health.v1.Health/Check',
+  '/grpc.health.v1.Health/Watch',
+]);
 const UNAUTHORIZED = 'unauthorized: send a valid bearer token (metadata "authorization: Bearer <token>")';
 
 /** Hands grpc-js the agent's certificate and key, now and after every reload. */

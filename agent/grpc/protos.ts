@@ -8,6 +8,7 @@ const FILES = [
   'tensorflow_serving/apis/prediction_service.proto',
   'tensorflow_serving/apis/model_service.proto',
   'grpc_predict_v2.proto',
+  'grpc_health/v1/health.proto',
 ] as const;
 
 /**
@@ -30,6 +31,7 @@ export interface GrpcServices {
   prediction: ServiceDefinition;
   model: ServiceDefinition;
   inference: ServiceDefinition;
+  health: ServiceDefinition;
 }
 
 /** Reads the .proto files (once per server: a few milliseconds) into grpc-js service definitions. */
@@ -48,5 +50,6 @@ export function loadServices(): GrpcServices {
     prediction: { ...prediction, Predict: { ...predict, responseSerialize: (bytes: Buffer) => bytes } },
     model: service('tensorflow.serving.ModelService'),
     inference: service('inference.GRPCInferenceService'),
+    health: service('grpc.health.v1.Health'),
   };
 }

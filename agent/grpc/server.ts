@@ -11,6 +11,7 @@ import type { Servable } from '../serving/servable.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import * as kserve from './kserve.js';
 import { authInterceptors, serverCredentials } from './access.js';
+import { HealthService } from './health.js';
 import { loadServices } from './protos.js';
 import { grpcError } from './status.js';
 import * as tf from './tf-serving.js';
@@ -50,6 +51,7 @@ export class GrpcServer {
   private bound: GrpcAddress | undefined;
   private inFlight = 0;
   private draining = false;
+  private readonly health = new HealthService(() => this.options.isReady() && !this.draining);
 
   constructor(private readonly options: GrpcServerOptions) {}
 
@@ -63,17 +65,25 @@ export class GrpcServer {
     const server = new Server({
       'grpc.max_receive_message_length': config.maxMessageBytes,
       'grpc.max_send_message_length': -1,
+      // Channelz keeps per-call statistics nobody here reads (its service is not served): a cost on every call.
+      'grpc.enable_channelz': 0,
       interceptors: authInterceptors(this.options.access),
     });
     server.addService(services.prediction, this.predictionService());
     server.addService(services.model, this.modelService());
     server.addService(services.inference, this.inferenceService());
-    const credentials = serverCredentials(this.options.access);
+    server.addService(services.health, { Check: this.health.Check, Watch: this.health.Watch });
     let port: number | undefined;
-    if (config.port !== null) port = await bind(server, `${hostPort(config.host, config.port)}`, credentials);
-    if (config.socket !== undefined) {
-      await removeStaleSocket(config.socket);
-      await bind(server, `unix:${config.socket}`, credentials);
+    try {
+      if (config.port !== null) port = await bind(server, `${hostPort(config.host, config.port)}`, serverCredentials(this.options.access));
+      if (config.socket !== undefined) {
+        await removeStaleSocket(config.socket);
+        // Plaintext even with api.tls: the socket file's permissions guard it; bearer tokens still apply.
+        await bind(server, `unix:${config.socket}`, serverCredentials(undefined));
+      }
+    } catch (err) {
+      server.forceShutdown(); // a port already bound must not outlive the failed start
+      throw err;
     }
     this.server = server;
     this.bound = { port, socket: config.socket };
@@ -86,6 +96,7 @@ export class GrpcServer {
     const server = this.server;
     if (!server) return;
     this.draining = true;
+    this.health.endWatches();
     let timer: NodeJS.Timeout | undefined;
     const shutdown = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
     await Promise.race([shutdown, new Promise<void>((resolve) => (timer = setTimeout(resolve, DRAIN_MS)))]);

@@ -20,6 +20,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 import grpc_predict_v2_pb2 as pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 # numpy dtype, TensorFlow dtype and the TensorProto field of each v2 datatype.
@@ -183,6 +184,18 @@ def v2_server(target, args):
             "name": server.name, "version": server.version, "extensions": list(server.extensions)}
 
 
+def health(target, args):
+    """The standard health service, as grpc_health_probe asks it."""
+    stub = health_pb2_grpc.HealthStub(channel(target, args))
+    request = health_pb2.HealthCheckRequest(service=args.get("service", ""))
+    if args.get("watch"):
+        stream = stub.Watch(request, 10.0)
+        first = next(stream)
+        stream.cancel()
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(first.status)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(stub.Check(request, 10.0).status)
+
+
 def v2_health(target, args):
     stub = pb_grpc.GRPCInferenceServiceStub(channel(target, args))
     return {"live": stub.ServerLive(pb.ServerLiveRequest(), 10.0, metadata=metadata(args)).live,
@@ -245,7 +258,7 @@ def model_infer(target, args):
             "raw": len(response.raw_output_contents) > 0, "outputs": outputs}
 
 
-SCENARIOS = {"predict": predict, "tf-metadata": tf_metadata, "tf-status": tf_status, "v2-server": v2_server, "v2-health": v2_health,
+SCENARIOS = {"predict": predict, "tf-metadata": tf_metadata, "tf-status": tf_status, "v2-server": v2_server, "v2-health": v2_health, "health": health,
              "v2-model": v2_model, "model-infer": model_infer}
 
 
