@@ -38,6 +38,8 @@ export interface LoadOutcome {
   p99: number;
   ok: number;
   errors: number;
+  /** CPU the load generator used in the window, % of one core: near 100, it and not the server set the pace. */
+  genCpuPct: number;
   firstError?: string;
 }
 
@@ -127,8 +129,17 @@ async function main(): Promise<void> {
   const until = from + spec.windowMs;
   const latencies: number[] = [];
   // The parent samples the server's CPU time at these marks.
-  setTimeout(() => process.stdout.write('WINDOW_START\n'), from - performance.now());
-  setTimeout(() => process.stdout.write('WINDOW_END\n'), until - performance.now());
+  let cpuFrom = process.cpuUsage();
+  let cpuUsed = 0;
+  setTimeout(() => {
+    cpuFrom = process.cpuUsage();
+    process.stdout.write('WINDOW_START\n');
+  }, from - performance.now());
+  setTimeout(() => {
+    const d = process.cpuUsage(cpuFrom);
+    cpuUsed = (d.user + d.system) / 1000;
+    process.stdout.write('WINDOW_END\n');
+  }, until - performance.now());
   let errors = 0;
   let firstError: string | undefined;
   await Promise.all(
@@ -150,7 +161,7 @@ async function main(): Promise<void> {
   );
   close();
   const sorted = Float64Array.from(latencies).sort();
-  const outcome: LoadOutcome = { rps: latencies.length / (spec.windowMs / 1000), p50: percentile(sorted, 50), p99: percentile(sorted, 99), ok: latencies.length, errors, ...(firstError && { firstError }) };
+  const outcome: LoadOutcome = { rps: latencies.length / (spec.windowMs / 1000), p50: percentile(sorted, 50), p99: percentile(sorted, 99), ok: latencies.length, errors, genCpuPct: (cpuUsed / spec.windowMs) * 100, ...(firstError && { firstError }) };
   process.stdout.write(`${JSON.stringify(outcome)}\n`);
 }
 

@@ -1,4 +1,6 @@
+import type { EventEmitter } from 'node:events';
 import { lstat, unlink } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { Server, status as GrpcStatus, type ServerCredentials, type sendUnaryData, type ServerUnaryCall, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { ApiAccess } from '../access/api-access.js';
@@ -85,6 +87,7 @@ export class GrpcServer {
       server.forceShutdown(); // a port already bound must not outlive the failed start
       throw err;
     }
+    disableNagle(server);
     this.server = server;
     this.bound = { port, socket: config.socket };
     logger.info({ host: config.host, port, socket: config.socket, tls: this.options.access?.tls !== undefined }, 'gRPC API listening');
@@ -216,6 +219,22 @@ export class GrpcServer {
         this.leave();
       }
     };
+  }
+}
+
+/**
+ * grpc-js leaves Nagle's algorithm on for the connections it accepts (its client turns it
+ * off, as gRPC's C core does on both sides): a reply's headers, message and trailers are
+ * separate writes, and a small one may wait for the client's delayed ACK. grpc-js has no
+ * option for it, so the listeners it made are reached through its private map (there since
+ * 1.10); should that change, this does nothing rather than fail.
+ */
+function disableNagle(server: Server): void {
+  const listeners = (server as unknown as { http2Servers?: Map<EventEmitter, unknown> }).http2Servers;
+  for (const listener of listeners?.keys() ?? []) {
+    listener.on('connection', (socket: Socket) => {
+      if (typeof socket.setNoDelay === 'function') socket.setNoDelay(true);
+    });
   }
 }
 
