@@ -8,6 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../agent/config/load.js';
 import type { Datatype } from '../agent/runtime/tensor.js';
 import { agentVersion } from '../agent/version.js';
 import type { ElemType } from '../models/onnx/builder.js';
@@ -26,6 +27,16 @@ const DATATYPES = Object.keys(ELEM) as Datatype[];
 function expected(dt: Datatype): unknown[] {
   return SAMPLES[dt].map((v) => (dt === 'INT64' || dt === 'UINT64' ? String(v) : v));
 }
+
+describe('gRPC config', () => {
+  it('is off without the key, on 127.0.0.1:8500 with "grpc": {}, and needs a socket when the port is null', () => {
+    expect(parseConfig({ deviceId: 'pi-1' }).grpc).toBeUndefined();
+    expect(parseConfig({ deviceId: 'pi-1', grpc: {} }).grpc).toEqual({ host: '127.0.0.1', port: 8500, maxMessageBytes: 64 * 1024 * 1024, maxInFlight: 1024 });
+    expect(parseConfig({ deviceId: 'pi-1', grpc: { port: null, socket: '/run/edgefleet/grpc.sock' } }).grpc?.port).toBeNull();
+    expect(() => parseConfig({ deviceId: 'pi-1', grpc: { port: null } })).toThrow(/grpc\.port.*"socket" must be set/s);
+    expect(() => parseConfig({ deviceId: 'pi-1', api: { tls: { cert: '/a.pem' } } })).toThrow(/api\.tls\.key/);
+  });
+});
 
 const skip = pythonGrpcSkipReason();
 const MAX_MESSAGE = 1024 * 1024;
