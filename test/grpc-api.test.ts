@@ -7,6 +7,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { credentials, loadPackageDefinition, type ServiceClientConstructor } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../agent/config/load.js';
 import type { Datatype } from '../agent/runtime/tensor.js';
@@ -14,7 +16,7 @@ import { agentVersion } from '../agent/version.js';
 import type { ElemType } from '../models/onnx/builder.js';
 import { identityModel, mlpModel, multiIoModel, writeModelTree } from '../models/onnx/zoo.js';
 import { postJson, startTestAgent, type TestAgent } from './helpers/agent.js';
-import { pythonClient, pythonGrpc, pythonGrpcSkipReason, type PythonClient } from './helpers/python-grpc.js';
+import { PROTO_DIR, pythonClient, pythonGrpc, pythonGrpcSkipReason, type PythonClient } from './helpers/python-grpc.js';
 import { SAMPLES } from './helpers/tensor-samples.js';
 
 const ELEM: Record<Datatype, ElemType> = {
@@ -63,11 +65,12 @@ describe.skipIf(skip)('gRPC API with a Python grpcio client', () => {
     socketDir = await mkdtemp(join(tmpdir(), 'edgefleet-grpc-'));
     socket = join(socketDir, 'grpc.sock');
     t = await startTestAgent(
-      { grpc: { port: 0, socket, maxMessageBytes: MAX_MESSAGE }, models: { config: { mlp: { labels: { stable: 1 } } } } },
+      { grpc: { port: 0, socket, maxMessageBytes: MAX_MESSAGE }, models: { config: { mlp: { labels: { stable: 1 } }, mlp_batched: { batching: { maxBatchSize: 16, maxQueueDelayMs: 50 } } } } },
       async (dir) => {
         for (const dt of DATATYPES) await writeModelTree(dir, `id-${ELEM[dt]}`, 1, identityModel(ELEM[dt]));
         await writeModelTree(dir, 'multi', 1, multiIoModel());
         await writeModelTree(dir, 'mlp', 1, mlpModel());
+        await writeModelTree(dir, 'mlp_batched', 1, mlpModel());
       },
     );
     target = `127.0.0.1:${t.agent.grpcAddress?.port ?? 0}`;
@@ -240,6 +243,27 @@ describe.skipIf(skip)('gRPC API with a Python grpcio client', () => {
   it('serves the standard health service: Check and Watch, NOT_FOUND for an unknown service', async () => {
     const results = await py.call(target, 'health', [{}, { service: 'inference.GRPCInferenceService' }, { service: 'nope.Service' }, { watch: true }]);
     expect(results).toEqual([{ ok: 'SERVING' }, { ok: 'SERVING' }, { code: 'NOT_FOUND', details: 'service "nope.Service" is not served here' }, { ok: 'SERVING' }]);
+  });
+
+  it('concurrent gRPC calls share dynamic batches, as HTTP requests do', async () => {
+    // grpc-js here: the Python client calls one at a time.
+    const definition = loadSync(['grpc_predict_v2.proto'], { includeDirs: [PROTO_DIR], keepCase: true, longs: String });
+    const { inference } = loadPackageDefinition(definition) as unknown as { inference: { GRPCInferenceService: ServiceClientConstructor } };
+    const client = new inference.GRPCInferenceService(target, credentials.createInsecure()) as unknown as {
+      ModelInfer(request: object, callback: (err: Error | null, response: { raw_output_contents: Buffer[] }) => void): void;
+      close(): void;
+    };
+    const x = Buffer.from(new Float32Array(784).fill(0.25).buffer);
+    const call = (): Promise<{ raw_output_contents: Buffer[] }> =>
+      new Promise((resolve, reject) => client.ModelInfer({ model_name: 'mlp_batched', inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 784] }], raw_input_contents: [x] }, (err, r) => (err ? reject(err) : resolve(r))));
+    const answers = await Promise.all(Array.from({ length: 16 }, call));
+    client.close();
+    for (const a of answers) expect(a.raw_output_contents[0]?.length).toBe(40);
+    const text = await (await fetch(`${t.url}/metrics`)).text();
+    const count = Number(/edgefleet_batch_rows_count\{model="mlp_batched",version="1"\} (\d+)/.exec(text)?.[1]);
+    const rows = Number(/edgefleet_batch_rows_sum\{model="mlp_batched",version="1"\} (\d+)/.exec(text)?.[1]);
+    expect(rows).toBe(16);
+    expect(count).toBeLessThan(16);
   });
 
   it('serves the same API on the Unix socket', async () => {
