@@ -66,6 +66,11 @@ async function main(): Promise<number> {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+  // SIGHUP: a renewed TLS certificate or a changed token file takes effect without a restart.
+  process.on('SIGHUP', () => {
+    logger.info({ signal: 'SIGHUP' }, 'reloading the local API certificate and tokens');
+    void agent.reload();
+  });
   process.on('uncaughtException', (err) => {
     logger.fatal({ err: err.stack ?? err.message }, 'uncaught exception; exiting so systemd restarts the agent');
     logger.flush();

@@ -5,6 +5,7 @@
 export type ErrorCode =
   | 'BAD_REQUEST' // malformed body, wrong shape or type, ragged arrays, bad b64, an input the model rejects
   | 'NOT_FOUND' // unknown model, version or label
+  | 'UNAUTHENTICATED' // the local API wants a bearer token and got none or a wrong one
   | 'PAYLOAD_TOO_LARGE'
   | 'UNSUPPORTED' // unsupported datatype or feature
   | 'UNAVAILABLE' // not ready, overloaded, shutting down
@@ -23,6 +24,7 @@ export type FailureKind = 'client-input' | 'model-fault' | 'overload' | 'interna
 const KIND_OF: Record<ErrorCode, FailureKind> = {
   BAD_REQUEST: 'client-input',
   NOT_FOUND: 'client-input',
+  UNAUTHENTICATED: 'client-input',
   PAYLOAD_TOO_LARGE: 'client-input',
   UNSUPPORTED: 'client-input', // the request asks for what this server does not do
   UNAVAILABLE: 'overload',

@@ -1,7 +1,9 @@
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import { ApiAccess } from './access/api-access.js';
 import type { AgentConfig } from './config/schema.js';
+import { GrpcServer, type GrpcAddress } from './grpc/server.js';
 import { HttpServer } from './http/server.js';
 import { MqttConnection } from './mqtt/connection.js';
 import { RolloutEvents } from './rollout/events.js';
@@ -12,6 +14,7 @@ import { Rollout } from './rollout/rollout.js';
 import { TrustStore } from './rollout/trust-store.js';
 import { ModelRuntime } from './runtime/model-runtime.js';
 import type { ProviderReport } from './runtime/providers.js';
+import { InferencePath } from './serving/inference-path.js';
 import { VersionLoader } from './serving/loader.js';
 import { ModelRegistry } from './serving/registry.js';
 import { ModelRepository } from './serving/repository.js';
@@ -35,10 +38,14 @@ export interface Agent {
   readonly registry: ModelRegistry;
   readonly providers: ProviderReport;
   readonly httpAddress: AddressInfo | undefined;
+  /** Present when `grpc` is configured and started. */
+  readonly grpcAddress: GrpcAddress | undefined;
   /** Present when `mqtt` is configured. */
   readonly reporter: Reporter | undefined;
   start(): Promise<void>;
   stop(): Promise<void>;
+  /** SIGHUP: reads the local API's TLS certificate and key and its bearer tokens again. */
+  reload(): Promise<void>;
 }
 
 /** A component from a start and a stop function, for the parts that are not classes. */
@@ -61,9 +68,14 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   const telemetryLog = logger.child({ component: 'telemetry' });
   const outbox = config.mqtt ? new TelemetryOutbox({ database: () => database as AgentDatabase, ...config.telemetry.buffer, logger: telemetryLog }) : undefined;
   const recorder = outbox ? new InferenceRecorder({ sink: outbox, intervalS: config.telemetry.intervalS, logger: telemetryLog }) : undefined;
-  // Shadow evaluations (PROTOCOL.md section 11) see answered requests here; their points go to the outbox.
+  // One inference path for every API: the same batching, metrics and telemetry over HTTP and gRPC.
+  // Shadow evaluations (PROTOCOL.md section 11) see answered requests of every API here; their points go to the outbox.
   const shadows = new ShadowTap({ sink: outbox, intervalS: config.telemetry.intervalS, logger: logger.child({ component: 'shadow' }) });
-  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, shadows, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
+  const inference = new InferencePath({ registry, metrics, telemetry: recorder, shadows, logger: logger.child({ component: 'inference' }) });
+  // TLS and bearer tokens for both local APIs, off unless `api` says otherwise; read again on SIGHUP.
+  const access = new ApiAccess({ config: config.api, logger: logger.child({ component: 'access' }) });
+  const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, inference, access, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
+  const grpc = config.grpc && new GrpcServer({ config: config.grpc, registry, metrics, inference, access, logger: logger.child({ component: 'grpc' }), agentVersion: version, isReady: () => ready });
   // The lock comes before anything that touches the state directory or the broker.
   const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), new StateDirLock(config.stateDir), runtime];
   let reporter: Reporter | undefined;
@@ -115,7 +127,8 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   if (config.models.dir) {
     components.push(new ModelRepository({ dir: config.models.dir, config: config.models, loader, registry, logger: logger.child({ component: 'repository' }) }));
   }
-  components.push(http);
+  components.push(access, http);
+  if (grpc) components.push(grpc);
   const started: Component[] = [];
 
   return {
@@ -129,6 +142,9 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
     get httpAddress() {
       return http.address;
     },
+    get grpcAddress() {
+      return grpc?.address;
+    },
     async start() {
       logger.info({ version, deviceId: config.deviceId, arch: process.arch }, 'edgefleet agent starting');
       for (const c of components) {
@@ -138,6 +154,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
       ready = true;
       logger.info('edgefleet agent ready');
     },
+    reload: () => access.reload(),
     async stop() {
       ready = false;
       // Reverse order: the HTTP API stops taking requests and drains first; MQTT says offline last.

@@ -18,6 +18,7 @@ interface Benchmark {
 
 const benchmarks: Benchmark[] = [
   { name: 'serving', run: () => runServing() },
+  { name: 'grpc', run: () => import('./grpc.js').then((m) => m.runGrpcBench()) },
   { name: 'pull', run: () => import('./pull.js').then((m) => m.runPullBench()) },
   { name: 'telemetry', run: () => import('./telemetry.js').then((m) => m.runTelemetryBench()) },
   { name: 'shadow', run: () => import('./shadow.js').then((m) => m.runShadowBench()) },

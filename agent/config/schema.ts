@@ -93,6 +93,33 @@ export const configSchema = z.strictObject({
       maxConnections: z.number().int().min(1).max(1_000_000).default(1024),
     })
     .prefault({}),
+  /**
+   * The gRPC API (PROTOCOL.md section 8, revision 2): TensorFlow Serving's and KServe v2's
+   * services. Off unless the key is present; `"grpc": {}` serves on 127.0.0.1:8500.
+   */
+  grpc: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      /** null: no TCP listener (then `socket` must be set). */
+      port: z.number().int().min(0).max(65535).nullable().default(8500),
+      /** A Unix socket to listen on as well (or only, with `port` null). */
+      socket: path.optional(),
+      /** Largest request message; larger ones get RESOURCE_EXHAUSTED. */
+      maxMessageBytes: z.number().int().min(1024).max(2 ** 31 - 1).default(64 * 1024 * 1024),
+      /** Calls in flight beyond this get UNAVAILABLE. */
+      maxInFlight: z.number().int().min(1).default(1024),
+    })
+    .refine((g) => g.port !== null || g.socket !== undefined, { message: 'with "port": null, "socket" must be set (the gRPC API needs somewhere to listen)', path: ['port'] })
+    .optional(),
+  /** TLS and bearer tokens for the local APIs (HTTP and gRPC); each off unless set. Reloaded on SIGHUP. */
+  api: z
+    .strictObject({
+      /** Serve HTTPS and gRPC over TLS with this certificate chain and key (PEM files). */
+      tls: z.strictObject({ cert: path, key: path }).optional(),
+      /** A file of SHA-256 digests of the bearer tokens that may call the APIs (GET /v2/health/* stays open). */
+      tokensFile: path.optional(),
+    })
+    .prefault({}),
   models: z
     .strictObject({
       dir: path.optional(),

@@ -5,6 +5,7 @@ import type { WireResponse } from './wire/server.js';
 export const HTTP_STATUS: Record<ErrorCode, number> = {
   BAD_REQUEST: 400,
   NOT_FOUND: 404,
+  UNAUTHENTICATED: 401,
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED: 501,
   UNAVAILABLE: 503,

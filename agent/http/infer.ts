@@ -1,4 +1,4 @@
-import type { HostTensor } from '../runtime/tensor.js';
+import type { PreparedInfer as PreparedInferOf } from '../serving/inference-path.js';
 import type { Servable } from '../serving/servable.js';
 import { parseJson } from './body.js';
 import { parseV1Json } from '../codec/fast-json.js';
@@ -14,17 +14,10 @@ export interface InferAnswer {
 }
 
 /**
- * A request body read and checked against the model, ready to run: the
- * tensors to feed, the outputs to fetch, and how to answer with the results
- * in the request's own API and format. Reading is synchronous and running is
- * the caller's, so the hot path waits on nothing but the model.
+ * A request body read and checked against the model. Reading is synchronous and
+ * running is the caller's, so the hot path waits on nothing but the model.
  */
-export interface PreparedInfer {
-  inputs: readonly HostTensor[];
-  /** Undefined: every output. */
-  outputs: readonly string[] | undefined;
-  answer(outputs: readonly HostTensor[]): InferAnswer;
-}
+export type PreparedInfer = PreparedInferOf<InferAnswer>;
 
 /** POST /v1/models/...:predict, TensorFlow Serving's REST predict. */
 export function prepareV1(servable: Servable, body: Buffer): PreparedInfer {

@@ -2,7 +2,8 @@ import { unavailable } from '../errors.js';
 import type { ModelRegistry, Selector, VersionStatus } from '../serving/registry.js';
 import type { Datatype, TensorSpec } from '../runtime/tensor.js';
 
-const TF_DTYPE: Record<Datatype, string> = {
+/** TensorFlow DataType names of the datatypes (tensorflow/core/framework/types.proto). */
+export const TF_DTYPE: Record<Datatype, string> = {
   BOOL: 'DT_BOOL', UINT8: 'DT_UINT8', UINT16: 'DT_UINT16', UINT32: 'DT_UINT32', UINT64: 'DT_UINT64',
   INT8: 'DT_INT8', INT16: 'DT_INT16', INT32: 'DT_INT32', INT64: 'DT_INT64',
   FP16: 'DT_HALF', FP32: 'DT_FLOAT', FP64: 'DT_DOUBLE', BYTES: 'DT_STRING',

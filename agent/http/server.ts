@@ -1,14 +1,15 @@
 import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import type { ApiAccess } from '../access/api-access.js';
 import type { AgentConfig } from '../config/schema.js';
 import { EdgefleetError, errorMessage, failureKind, notFound, unavailable } from '../errors.js';
+import { InferencePath } from '../serving/inference-path.js';
 import type { ModelRegistry } from '../serving/registry.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { ShadowTap } from '../serving/shadow/tap.js';
 import type { InferenceRecorder } from '../telemetry/recorder.js';
 import { sendError, sendJson } from './errors.js';
-import { prepareV1, prepareV2, type PreparedInfer } from './infer.js';
+import { prepareV1, prepareV2, type InferAnswer } from './infer.js';
 import { v1Metadata, v1Status, v2Metadata, v2ModelReady } from './model-info.js';
 import { matchRoute, type Route } from './routes.js';
 import { WireServer, type WireRequest, type WireResponse } from './wire/server.js';
@@ -19,13 +20,17 @@ export interface HttpServerOptions {
   metrics: Metrics;
   /** Per model version request statistics for MQTT telemetry; absent without MQTT. */
   telemetry?: Pick<InferenceRecorder, 'record'>;
-  /** Running shadow evaluations, handed each answered request after its answer is sent. */
-  shadows?: Pick<ShadowTap, 'offer'>;
   logger: Logger;
   agentVersion: string;
   /** Whether the agent counts as ready (models in hand serve); false while starting or stopping. */
   isReady: () => boolean;
+  /** TLS and bearer tokens (config `api`); absent: plain HTTP, open to all. */
+  access?: ApiAccess;
+  /** The inference path shared with the gRPC API; one of its own when absent. */
+  inference?: InferencePath;
 }
+
+const UNAUTHORIZED = JSON.stringify({ error: 'unauthorized: send a valid bearer token (Authorization: Bearer <token>)' });
 
 /** Longest wait at stop for connections still sending a request. */
 const DRAIN_MS = 5000;
@@ -56,11 +61,17 @@ export class HttpServer {
   private drained: (() => void) | undefined;
   private readonly limitCounts = { evicted: 0, refused: 0 };
   private limitLoggedAt = -Infinity;
+  private unsubscribeTls: (() => void) | undefined;
 
-  constructor(private readonly options: HttpServerOptions) {}
+  private readonly inference: InferencePath;
+
+  constructor(private readonly options: HttpServerOptions) {
+    this.inference = options.inference ?? new InferencePath(options);
+  }
 
   async start(): Promise<AddressInfo> {
     const { logger, config } = this.options;
+    const tls = this.options.access?.tls;
     const server = new WireServer({
       bodyLimitBytes: config.bodyLimitBytes,
       maxConnections: config.maxConnections,
@@ -69,10 +80,13 @@ export class HttpServer {
       onHandlerError: (err) => logger.error({ err: errorMessage(err) }, 'request handler failed'),
       onConnectionLimit: (action) => this.connectionLimit(action),
       onAcceptError: (err) => logger.error({ err: errorMessage(err) }, 'could not accept an HTTP connection'),
+      ...(tls && { tls: tls.material }),
     });
+    // A reloaded certificate (SIGHUP) serves new connections.
+    this.unsubscribeTls = tls?.subscribe((material) => server.setSecureContext(material));
     const address = await server.listen(config.port, config.host);
     this.server = server;
-    logger.info({ host: address.address, port: address.port, maxConnections: config.maxConnections }, 'HTTP API listening');
+    logger.info({ host: address.address, port: address.port, maxConnections: config.maxConnections, tls: tls !== undefined }, 'HTTP API listening');
     const fdLimit = await openFileLimit();
     if (fdLimit !== undefined && fdLimit < config.maxConnections + OTHER_FDS) {
       logger.warn(
@@ -115,6 +129,7 @@ export class HttpServer {
     const server = this.server;
     if (!server) return;
     this.draining = true;
+    this.unsubscribeTls?.();
     const closed = server.close();
     const handled = this.inFlight > 0 ? new Promise<void>((resolve) => (this.drained = resolve)) : Promise.resolve();
     let timer: NodeJS.Timeout | undefined;
@@ -131,6 +146,12 @@ export class HttpServer {
     this.inFlight++;
     this.options.metrics.inFlight.inc();
     let route: Route | undefined;
+    if (!this.authorized(req)) {
+      // Nothing about why: no token, a wrong one and an unknown endpoint all look alike.
+      res.send(401, 'application/json', UNAUTHORIZED, { 'WWW-Authenticate': 'Bearer' });
+      this.done();
+      return;
+    }
     try {
       route = matchRoute(req.method, req.url);
       if (!route) throw notFound(`no such endpoint: ${req.method} ${req.url}`);
@@ -149,6 +170,15 @@ export class HttpServer {
       () => this.done(),
       (err: unknown) => this.fail(req, res, info, err),
     );
+  }
+
+  /** With bearer tokens configured, every request but the health probes (GET /v2/health/*) needs one. */
+  private authorized(req: WireRequest): boolean {
+    const access = this.options.access;
+    if (!access?.tokens) return true;
+    const path = req.url.split('?', 1)[0];
+    if (path === '/v2/health/live' || path === '/v2/health/ready') return true;
+    return access.allows(req.headers.authorization);
   }
 
   /** Every request ends here once answered, whatever the outcome. */
@@ -212,57 +242,23 @@ export class HttpServer {
     }
   }
 
-  /**
-   * The inference path, in callbacks rather than async functions: it runs for
-   * every request, and each await layer costs a promise and a microtask turn.
-   * Acquiring may throw (unknown model or version: the caller's 404); after
-   * that, every outcome goes through finish() exactly once.
-   */
+  /** The inference path all APIs share (serving/inference-path.ts), answered over HTTP. */
   private infer(route: Extract<Route, { kind: 'v1-predict' | 'v2-infer' }>, req: WireRequest, res: WireResponse, started: number): void {
-    const { registry, metrics, config } = this.options;
-    const servable = registry.acquire(route.model, route.selector);
-    const series = metrics.forRequest(route.model, servable.version, route.kind === 'v1-predict' ? 'v1' : 'v2');
-    const finish = (err: unknown): void => {
-      // Never throws: it runs in stream and promise callbacks, where a throw would take the process down.
-      servable.release();
-      try {
-        let status = 200;
-        if (err !== undefined) status = sendError(res, err);
-        if (status === 200) series.ok.inc();
-        else series.status(status).inc();
-        const latencyMs = performance.now() - started;
-        series.duration.observe(latencyMs / 1000);
-        const outcome = err === undefined ? 'ok' : failureKind(err);
-        this.options.telemetry?.record(route.model, servable.version, outcome, latencyMs);
-        // Faults of the model or the agent are logged; a client's input and load (a full batch queue) would flood the log.
-        if (outcome === 'model-fault' || outcome === 'internal') this.options.logger.error({ url: req.url, err: errorMessage(err) }, 'inference request failed');
-      } catch (fatal) {
-        this.lastResort(res, fatal);
-      }
-      this.done();
-    };
-    if (req.bodyTooLarge) return finish(tooLarge(config.bodyLimitBytes));
-    let prepared: PreparedInfer;
-    try {
-      prepared = route.kind === 'v1-predict' ? prepareV1(servable, req.body) : prepareV2(servable, route.model, req.body, req.headers);
-    } catch (err) {
-      return finish(err);
-    }
-    servable.infer(prepared.inputs, prepared.outputs).then(
-      (result) => {
-        try {
-          const answer = prepared.answer(result.value);
-          series.queue.observe(result.queueMs / 1000);
-          series.compute.observe(result.computeMs / 1000);
-          res.send(200, answer.contentType, answer.body, answer.extra);
-        } catch (err) {
-          return finish(err);
-        }
-        finish(undefined);
-        // The answer is out: a shadow candidate, if one runs for this version, may now see the request.
-        this.options.shadows?.offer(servable, prepared.inputs, prepared.outputs, result);
+    const { bodyLimitBytes } = this.options.config;
+    this.inference.run<InferAnswer>({
+      model: route.model,
+      selector: route.selector,
+      api: route.kind === 'v1-predict' ? 'v1' : 'v2',
+      started,
+      where: req.url,
+      prepare: (servable) => {
+        if (req.bodyTooLarge) throw tooLarge(bodyLimitBytes);
+        return route.kind === 'v1-predict' ? prepareV1(servable, req.body) : prepareV2(servable, route.model, req.body, req.headers);
       },
-      (err: unknown) => finish(err),
-    );
+      send: (answer) => res.send(200, answer.contentType, answer.body, answer.extra),
+      fail: (err) => sendError(res, err),
+      done: () => this.done(),
+      lastResort: (fatal) => this.lastResort(res, fatal),
+    });
   }
 }

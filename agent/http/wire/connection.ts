@@ -16,8 +16,8 @@ export interface WireRequest {
 
 /** Answers one request, exactly once; later calls do nothing. */
 export interface WireResponse {
-  /** Sends status, Content-Type and body (Content-Length is computed); `extra` adds numeric fields. */
-  send(status: number, contentType: string, body: string | Buffer, extra?: Readonly<Record<string, number>>): void;
+  /** Sends status, Content-Type and body (Content-Length is computed); `extra` adds fields (the agent's own constant values, never a client's). */
+  send(status: number, contentType: string, body: string | Buffer, extra?: Readonly<Record<string, number | string>>): void;
   /** Whether send() was called (or the connection is gone). */
   readonly sent: boolean;
 }
@@ -306,7 +306,7 @@ export class Connection {
   }
 
   /** Writes the answer to request `seq`, unless that request is no longer the current one (the connection closed). */
-  answer(seq: number, headOnly: boolean, status: number, contentType: string, body: string | Buffer, extra: Readonly<Record<string, number>> | undefined): void {
+  answer(seq: number, headOnly: boolean, status: number, contentType: string, body: string | Buffer, extra: Readonly<Record<string, number | string>> | undefined): void {
     if (seq !== this.seq || this.phase !== BUSY) return;
     const head = this.head as RequestHead;
     const close = this.closeAfter || !head.keepAlive || this.hooks.draining();
@@ -363,7 +363,7 @@ class Response implements WireResponse {
     private readonly headOnly: boolean,
   ) {}
 
-  send(status: number, contentType: string, body: string | Buffer, extra?: Readonly<Record<string, number>>): void {
+  send(status: number, contentType: string, body: string | Buffer, extra?: Readonly<Record<string, number | string>>): void {
     if (this.sent) return;
     this.sent = true;
     this.connection.answer(this.seq, this.headOnly, status, contentType, body, extra);

