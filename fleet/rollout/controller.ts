@@ -34,6 +34,9 @@ export interface ControllerOptions {
   connect?: (settings: BrokerSettings) => Promise<Broker>;
 }
 
+/** Documents in flight to the broker at once (bounded further by its Receive Maximum). */
+const PUBLISH_IN_FLIGHT = 64;
+
 /** A lease outlives a few missed ticks, so a slow tick does not hand the lead over. */
 const LEASE_TICKS = 5;
 
@@ -95,22 +98,26 @@ export class RolloutController {
     return this.broker;
   }
 
-  /** Publishes what is recorded and not published yet, in order; marks each. A broker problem drops the connection for the next tick. */
+  /**
+   * Publishes what is recorded and not published yet, several in flight at
+   * a time (each its own target), and marks them in one write once the
+   * broker has them all. A broker problem marks nothing and drops the
+   * connection: the next tick publishes them again, the same bytes, which a
+   * device that already has them ignores.
+   */
   private async flush(rollout: string): Promise<void> {
     const pending = await this.records.pending(rollout);
     if (pending.length === 0) return;
     const broker = await this.connected();
     try {
-      for (const p of pending) {
-        await broker.publish(topicOf(broker.topicRoot, p.target), p.payload, true);
-        await this.records.markPublished([p.id]);
-        this.published++;
-      }
+      await broker.publishAllRetained(pending.map((p) => ({ topic: topicOf(broker.topicRoot, p.target), payload: p.payload })), PUBLISH_IN_FLIGHT);
     } catch (err) {
       this.broker = undefined;
       await broker.close().catch(() => undefined);
       throw err;
     }
+    await this.records.markPublished(pending.map((p) => p.id));
+    this.published += pending.length;
     this.options.log.info({ rollout, documents: pending.length }, 'rollout documents published');
   }
 
