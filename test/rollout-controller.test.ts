@@ -164,7 +164,8 @@ afterAll(async () => {
 describe.skipIf(skip)('staged rollouts with real agents', () => {
   it('a good version goes through every wave and ends on the group document, the device documents removed', async () => {
     await release(2, scaleModel(2));
-    const run = await start('good', 2);
+    // With shadow evaluation on the devices: the candidate answers like the served version, so it switches.
+    const run = await start('good', 2, '--shadow-rate', '1', '--shadow-samples', '20');
     expect(run.code, run.stderr).toBe(0);
     expect(run.stdout).toMatch(/^rollout good: scale:2 to group lab, 2 wave\(s\)\n {2}wave 1: 1 device\(s\): pi-.\n {2}wave 2: 2 device\(s\)/);
     const r = await until('good', 'succeeded', (x) => x.status === 'succeeded' || x.status === 'failed');
@@ -173,7 +174,8 @@ describe.skipIf(skip)('staged rollouts with real agents', () => {
     for (const w of r.waves) {
       expect(w.outcome).toBe('passed');
       expect(w.gates.filter((g) => g.ok === false)).toEqual([]);
-      expect(w.gates.map((g) => g.name)).toEqual(['applied', 'devices', 'requests', 'error-rate', 'p99']);
+      expect(w.gates.map((g) => g.name)).toEqual(['applied', 'devices', 'requests', 'error-rate', 'p99', 'shadow']);
+      expect(w.gates.find((g) => g.name === 'shadow')).toMatchObject({ value: 1, ok: true });
     }
     // Every device follows the group again, on version 2.
     await waitFor(() => DEVICES.every((d) => h.states.get(d)?.desired?.source === 'group' && serving(d) === 'scale:2'), 30_000, 'devices back on the group document');

@@ -212,6 +212,21 @@ describe('gates', () => {
     expect(step(r, late).rollout.reason).toBe('wave 1: not enough requests to judge: 0 < 100 on the new versions');
   });
 
+  it("shadow agreement from the collector's shadow points: the wave's last figures summed against the threshold; a rejection fails it", () => {
+    const shadow = { sampleRate: 0.1, minSamples: 200, maxDurationS: 900, compare: 'argmax' as const, atol: 1e-4, rtol: 1e-3, minAgreement: 0.98, onTimeout: 'reject' as const };
+    const r = soaked({ shadow });
+    const data = wave.flatMap((d) => [...series(d, 3, T0 - 11 * MIN, T0, 2), ...series(d, 4, T0 + MIN, end, 2)]);
+    const point = (device: string, ts: number, samples: number, agreed: number, verdict: 'activated' | 'rejected' | null = null) => ({ device, model: 'mnist', version: 4, ts, samples, agreed, verdict });
+    const shadows = [point('pi-00', T0 + 1000, 100, 90), point('pi-00', T0 + 2000, 200, 199, 'activated'), point('pi-01', T0 + 2000, 200, 198, 'activated'), point('pi-09', T0 + 2000, 200, 0)];
+    const pass = evaluateGates(r, r.waves[0] as Rollout['waves'][number], { ...obs(r, data), shadows });
+    expect(pass.gates.find((g) => g.name === 'shadow')).toEqual({
+      name: 'shadow', value: 397 / 400, threshold: 0.98, ok: true, detail: 'agreement 0.9925 (397 of 400 samples on 2 device(s)), at least 0.98',
+    });
+    const fail = evaluateGates(r, r.waves[0] as Rollout['waves'][number], { ...obs(r, data), shadows: [...shadows, point('pi-02', T0 + 3000, 200, 150, 'rejected')] });
+    expect(fail.reason).toBe('shadow gate: agreement 0.9117 (547 of 600 samples on 3 device(s)), at least 0.98; rejected on pi-02');
+    expect(evaluateGates(r, r.waves[0] as Rollout['waves'][number], obs(r, data)).gates.find((g) => g.name === 'shadow')?.detail).toBe('no shadow comparisons reported: not judged');
+  });
+
   it('one interval 11x slower in a device window does not move its weighted median', () => {
     const xs = series('d', 3, 0, 600_000, (ts) => (ts === 300_000 ? 22 : 2));
     expect(weightedMedianP99(xs)).toBe(2);

@@ -104,7 +104,7 @@ for (const backend of backends) {
       }
     });
 
-    it("the gates' intervals are the stored inference points of the devices asked for, from the time given", async () => {
+    it("the gates' intervals and shadow figures are the stored points of the devices asked for, from the time given", async () => {
       const store = (await backend.open())();
       await store.init();
       try {
@@ -116,6 +116,10 @@ for (const backend of backends) {
         await store.insertPoints('a', batch([point(1, T0 - 60_000, 1), point(2, T0 + 10_000, 2)]), T0 + 10_000);
         await store.insertPoints('b', batch([point(1, T0 + 10_000, 1)]), T0 + 10_000);
         await store.insertPoints('z', batch([point(1, T0 + 10_000, 1)]), T0 + 10_000);
+        const shadow = { seq: 3, ts: new Date(T0 + 20_000).toISOString(), kind: 'shadow', model: 'm', version: 2, baseVersion: 1, samples: 200, agreed: 197, agreement: 0.985, maxAbsDiff: 0.01, latencyMs: { p50: 1, p99: 2 }, baseLatencyMs: { p50: 1, p99: 2 }, verdict: 'activated' };
+        await store.insertPoints('a', batch([shadow]), T0 + 20_000);
+        expect(await store.rollouts.shadows(['a', 'b'], T0)).toEqual([{ device: 'a', model: 'm', version: 2, ts: T0 + 20_000, samples: 200, agreed: 197, verdict: 'activated' }]);
+        expect(await store.rollouts.shadows(['a'], T0 + 30_000)).toEqual([]);
         const got = (await store.rollouts.intervals(['a', 'b'], T0)).sort((x, y) => x.device.localeCompare(y.device));
         expect(got).toEqual([
           { device: 'a', model: 'm', version: 2, ts: T0 + 10_000, count: 40, errors: 1, p99: 5 },

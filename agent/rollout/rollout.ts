@@ -57,6 +57,8 @@ export class Rollout {
   private manifests = new Map<string, Manifest>();
   private blocked: Blocked[] = [];
   private wake: (() => void) | undefined;
+  /** Set by kick(): something changed since the loop last looked (a wake-up that came while it was planning is not lost). */
+  private kicked = false;
   private loop: Promise<void> | undefined;
   /** The step being applied, and how to abandon it when a newer document no longer needs it. */
   private inProgress: { step: Step; abort: AbortController } | undefined;
@@ -137,7 +139,7 @@ export class Rollout {
     this.unlistenRefused?.();
     await this.trustChain.stop();
     this.executor.stop();
-    this.wake?.();
+    this.kick();
     await this.loop;
   }
 
@@ -293,7 +295,7 @@ export class Rollout {
     // abandoned one's goes once it has stopped (run, below), a wanted one's is listed anyway.
     const running = this.inProgress?.step;
     void this.freeStaging(running?.kind === 'fetch' ? [running.sha256] : []);
-    this.wake?.();
+    this.kick();
   }
 
   /** Section 10's fallback may have to wait (DesiredSource.fallbackWaitMs); evaluated again when the wait ends. */
@@ -426,13 +428,22 @@ export class Rollout {
   }
 
   /** Plan → run the first step → plan again, until nothing is left; retryable failures back off. */
+  /** Wakes the loop; if it is busy planning, it plans again instead of going to sleep on what it read before. */
+  private kick(): void {
+    this.kicked = true;
+    this.wake?.();
+  }
+
   private async run(): Promise<void> {
     while (!this.stopped) {
+      this.kicked = false;
       const active = this.active;
       const steps = active ? plan(this.desiredVersions(), await this.current()) : [];
       const step = steps[0];
       if (!active || !step) {
         if (active) this.finish(active);
+        // A document accepted while current() was awaited woke nobody: look again rather than sleep.
+        if (this.kicked || this.stopped) continue;
         await new Promise<void>((resolve) => (this.wake = resolve));
         continue;
       }

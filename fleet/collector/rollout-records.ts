@@ -11,7 +11,7 @@
  */
 import type Database from 'better-sqlite3';
 import type pg from 'pg';
-import type { Interval, Rollout } from '../rollout/planner.js';
+import type { Interval, Rollout, ShadowSample } from '../rollout/planner.js';
 
 export interface NewPublication {
   /** `device:{id}` or `group:{name}`. */
@@ -52,6 +52,8 @@ export interface RolloutRecords {
   deviceSerials(rollout: string): Promise<Map<string, number>>;
   /** Stored inference intervals of these devices since `from` (epoch ms, the point's own time). */
   intervals(devices: readonly string[], from: number): Promise<Interval[]>;
+  /** Stored shadow-evaluation points (section 11) of these devices since `from`. */
+  shadows(devices: readonly string[], from: number): Promise<ShadowSample[]>;
   /**
    * Takes or keeps the controller lease for `holder`; false while another
    * holder has it. SQLite: a row renewed each tick that lapses after
@@ -108,6 +110,10 @@ export function sqliteRollouts(db: Database.Database): RolloutRecords {
       `SELECT device, model, version, ts, count, errors, p99 FROM fleet_points
        WHERE device IN (SELECT value FROM json_each(?)) AND kind = 'inference' AND ts >= ?`,
     ),
+    shadows: db.prepare<[string, number], ShadowRow>(
+      `SELECT device, model, version, ts, count AS samples, count - errors AS agreed, json_extract(data, '$.verdict') AS verdict FROM fleet_points
+       WHERE device IN (SELECT value FROM json_each(?)) AND kind = 'shadow' AND ts >= ? AND model IS NOT NULL`,
+    ),
     lead: db.prepare(
       `INSERT INTO fleet_leases (name, holder, expires_at) VALUES (?, ?, ?)
        ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
@@ -163,6 +169,9 @@ export function sqliteRollouts(db: Database.Database): RolloutRecords {
     async intervals(devices, from) {
       return sql.intervals.all(JSON.stringify(devices), from).map(intervalOf);
     },
+    async shadows(devices, from) {
+      return sql.shadows.all(JSON.stringify(devices), from).map(shadowOf);
+    },
     async lead(holder, ttlMs) {
       const now = Date.now();
       return sql.lead.run(LEASE, holder, now + ttlMs, now).changes > 0;
@@ -171,6 +180,13 @@ export function sqliteRollouts(db: Database.Database): RolloutRecords {
       sql.resign.run(LEASE, holder);
     },
   };
+}
+
+type ShadowRow = { device: string; model: string; version: number; ts: number; samples: number; agreed: number; verdict: string | null };
+
+function shadowOf(r: ShadowRow): ShadowSample {
+  const verdict = r.verdict === 'activated' || r.verdict === 'rejected' ? r.verdict : null;
+  return { device: r.device, model: r.model, version: Number(r.version), ts: Number(r.ts), samples: Number(r.samples), agreed: Number(r.agreed), verdict };
 }
 
 function intervalOf(r: IntervalRow): Interval {
@@ -253,6 +269,15 @@ export function postgresRollouts(pool: pg.Pool, onLost: (err: Error) => void): R
         [devices, new Date(from)],
       );
       return rows.map(intervalOf);
+    },
+    async shadows(devices, from) {
+      const { rows } = await pool.query<ShadowRow>(
+        `SELECT device, model, version::float8 AS version, (extract(epoch FROM ts) * 1000)::float8 AS ts, count::float8 AS samples,
+           (count - errors)::float8 AS agreed, data->>'verdict' AS verdict FROM fleet_points
+         WHERE device = ANY($1) AND kind = 'shadow' AND ts >= $2 AND model IS NOT NULL`,
+        [devices, new Date(from)],
+      );
+      return rows.map(shadowOf);
     },
     async lead() {
       if (leader !== undefined) {

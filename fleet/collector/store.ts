@@ -286,6 +286,8 @@ export function pointRow(device: string, p: TelemetryPoint): PointRow {
     return { ...base, ...none, model: p.model, version: p.version, count: p.count, errors: p.errors, p50: lat?.p50 ?? null, p99: lat?.p99 ?? null };
   }
   if (p.kind === 'health') return { ...base, ...none, cpuPct: p.cpuPct, tempC: p.tempC, memUsed: p.memUsedBytes, memTotal: p.memTotalBytes };
+  // Shadow evaluations (section 11): samples as the count, disagreements as the errors, for the rollout's shadow gate.
+  if (p.kind === 'shadow') return { ...base, ...none, model: p.model, version: p.version, count: p.samples, errors: p.samples - p.agreed, p99: p.latencyMs?.p99 ?? null };
   // 'dropped' points, and the tombstones of points refused for a quota (kind 'over-quota').
   return { ...base, ...none, count: p.kind === 'dropped' ? p.count : null };
 }

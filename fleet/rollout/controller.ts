@@ -141,7 +141,8 @@ export class RolloutController {
       const from = (wave.startedAt ?? soakFrom) - (now - soakFrom) - 60_000;
       intervals = await this.records.intervals([...new Set([...devices.keys(), ...wave.devices])], from);
     }
-    const next = step(r, { now, devices, published, intervals });
+    const shadows = judging && r.spec.shadow !== null ? await this.records.shadows(wave.devices, wave.startedAt ?? r.phaseSince) : [];
+    const next = step(r, { now, devices, published, intervals, shadows });
     if (next.rollout === r) return;
     const publications = next.actions.length === 0 ? [] : await this.documents(next.rollout, next.actions, devices);
     try {

@@ -179,6 +179,17 @@ export interface Interval {
   p99: number | null;
 }
 
+/** A device's shadow-evaluation figures at one time (a stored `shadow` point, section 11). */
+export interface ShadowSample {
+  device: string;
+  model: string;
+  version: number;
+  ts: number;
+  samples: number;
+  agreed: number;
+  verdict: 'activated' | 'rejected' | null;
+}
+
 export interface Observation {
   now: number;
   /** Reported state of the group's devices (and of every device in the plan). */
@@ -187,6 +198,8 @@ export interface Observation {
   published: ReadonlyMap<string, number>;
   /** Inference intervals of the plan's devices from `windowFrom` on, for the gates. */
   intervals: readonly Interval[];
+  /** Shadow points of the wave's devices since it started (with a shadow block only). */
+  shadows?: readonly ShadowSample[];
 }
 
 /** What the controller must publish for a step; it signs, records and publishes them before the step counts. */
@@ -532,9 +545,37 @@ export function evaluateGates(r: Rollout, wave: WaveRecord, obs: Observation): G
     const figures = increase === null ? '' : `${increase >= 0 ? '+' : ''}${formatPercent(increase)}${addedMs === null ? '' : ` (${addedMs >= 0 ? '+' : ''}${addedMs.toFixed(2)} ms)`}, at most +${formatPercent(spec.maxP99Increase)} or +${slack} ms; `;
     gates.push({ name: 'p99', value: increase, threshold: spec.maxP99Increase, ok: within, detail: `${m.name}:${m.version}: ${figures}${how}` });
   }
+  if (spec.shadow !== null) gates.push(shadowGate(spec.shadow.minAgreement, wave, start, obs.shadows ?? [], spec.models, previous));
   const failed = gates.filter((g) => g.ok === false);
   if (failed.length > 0) return { verdict: 'fail', gates, reason: failed.map((g) => `${g.name} gate: ${g.detail}`).join('; ') };
   return { verdict: 'pass', gates, reason: 'every gate holds' };
+}
+
+/**
+ * Shadow agreement over the wave's devices, from the collector's data: each
+ * device's last shadow point per replaced version since the wave started,
+ * summed. Each device already switched only on its own agreement; this is the
+ * wave's figure, and a verdict `rejected` anywhere fails it.
+ */
+function shadowGate(minAgreement: number, wave: WaveRecord, start: number, shadows: readonly ShadowSample[], models: readonly RolloutModel[], previous: ReadonlyMap<string, number>): GateResult {
+  const last = new Map<string, ShadowSample>();
+  for (const s of shadows) {
+    const replaced = models.some((m) => m.name === s.model && m.version === s.version && previous.has(m.name) && previous.get(m.name) !== m.version);
+    if (!replaced || !wave.devices.includes(s.device) || s.ts < start) continue;
+    const key = `${s.device}/${s.model}`;
+    if ((last.get(key)?.ts ?? -Infinity) <= s.ts) last.set(key, s);
+  }
+  const points = [...last.values()];
+  const samples = points.reduce((n, s) => n + s.samples, 0);
+  const agreed = points.reduce((n, s) => n + s.agreed, 0);
+  const rejected = points.filter((s) => s.verdict === 'rejected').map((s) => s.device);
+  if (samples === 0) return { name: 'shadow', value: null, threshold: minAgreement, ok: true, detail: 'no shadow comparisons reported: not judged' };
+  const agreement = agreed / samples;
+  return {
+    name: 'shadow', value: agreement, threshold: minAgreement, ok: rejected.length === 0 && agreement >= minAgreement,
+    detail: `agreement ${agreement.toFixed(4)} (${agreed} of ${samples} samples on ${points.length} device(s)), at least ${minAgreement}` +
+      (rejected.length > 0 ? `; rejected on ${rejected.join(', ')}` : ''),
+  };
 }
 
 export function formatPercent(x: number): string {
