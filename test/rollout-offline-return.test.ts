@@ -61,6 +61,9 @@ describe.skipIf(skip)('a device away during a rollout', () => {
       await waitFor(() => serving('pi-away') === 'scale:2' && h.states.get('pi-away')?.desired?.source === 'group' && h.states.get('pi-away')?.desired?.serial === 2 && h.states.get('pi-away')?.desired?.status === 'applied', 30_000, 'scale:2 from the group').catch((err: Error) => {
         throw new Error(`${err.message}: ${JSON.stringify(h.states.get('pi-away'))}\n${agent.output().slice(-4000)}`);
       });
+      // Nothing of the version before is left serving, and no document was refused on the way.
+      expect(serving('pi-away')).toBe('scale:2');
+      expect(h.events.filter((e) => e.device === 'pi-away' && e.type === 'desired.rejected')).toEqual([]);
     } finally {
       agent.proc.kill('SIGTERM');
       await agent.exited;
