@@ -5,17 +5,14 @@
  * acknowledging while both insert: every value either returns is true (all
  * seqs up to it stored or dropped), and neither ever sees it go down.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PostgresStore } from '../fleet/collector/postgres-store.js';
-import { SqliteStore } from '../fleet/collector/sqlite-store.js';
 import type { FleetStore } from '../fleet/collector/store.js';
 import type { TelemetryPoint } from '../protocol/index.js';
 import { telemetryBatchSchema } from '../protocol/index.js';
-import { freshDatabase, postgresBin, postgresSkipReason, startPostgres, type PostgresServer } from './helpers/postgres.js';
+import { freshDatabase } from './helpers/postgres.js';
+import { storeBackends } from './helpers/stores.js';
 
 const NOW = Date.parse('2026-03-01T12:00:00.000Z');
 const iso = (ms: number): string => new Date(ms).toISOString();
@@ -28,23 +25,7 @@ const dropped = (seq: number, oldestSeq: number, newestSeq: number): Record<stri
 const points = (raw: Record<string, unknown>[]): TelemetryPoint[] => telemetryBatchSchema.parse({ schema: 1, device: 'x', points: raw }).points;
 const ack = async (store: FleetStore, device: string, firstSeq: number): Promise<number | undefined> => (await store.acknowledge(new Map([[device, firstSeq]]))).get(device);
 
-let dir: string;
-let server: PostgresServer | undefined;
-const pgSkip = postgresSkipReason();
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'edgefleet-ack-'));
-  if (pgSkip === false) server = await startPostgres(postgresBin() as string);
-}, 90_000);
-afterAll(async () => {
-  await server?.stop();
-  await rm(dir, { recursive: true, force: true });
-});
-
-let files = 0;
-const backends: { name: string; skip: string | false; open(): Promise<FleetStore> }[] = [
-  { name: 'SQLite', skip: false, open: async () => new SqliteStore(join(dir, `ack-${++files}.db`)) },
-  { name: 'PostgreSQL', skip: pgSkip, open: async () => new PostgresStore(await freshDatabase(server as PostgresServer)) },
-];
+const { backends, pgSkip, server } = storeBackends('ack');
 
 for (const backend of backends) {
   describe.skipIf(backend.skip)(`acknowledge (${backend.name})`, () => {
@@ -114,7 +95,7 @@ for (const backend of backends) {
 
 describe.skipIf(pgSkip)('two stores on one PostgreSQL', () => {
   it('acknowledging while both insert, in any order: every value returned is true, and neither sees one go down', async () => {
-    const url = await freshDatabase(server as PostgresServer);
+    const url = await freshDatabase(server());
     const stores = [new PostgresStore(url), new PostgresStore(url)] as const;
     for (const s of stores) await s.init();
     try {

@@ -6,11 +6,9 @@
  * ties, nulls), for random sorts, filters and slices, after further writes,
  * and on a database migrated from schema 2. SQLite and a real PostgreSQL.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { openSqlite } from '../lib/sqlite.js';
 import { FLEET_SORTS, pageFleet } from '../fleet/collector/fleet-query.js';
 import type { FleetQuery } from '../fleet/collector/fleet-query.js';
@@ -20,7 +18,8 @@ import type { FleetPageQuery, FleetStore } from '../fleet/collector/store.js';
 import { FLEET_PAGE_SORTS, MAX_FLEET_PAGE } from '../fleet/collector/store.js';
 import type { TelemetryPoint } from '../protocol/index.js';
 import { reportedStateSchema, telemetryBatchSchema } from '../protocol/index.js';
-import { freshDatabase, postgresBin, postgresSkipReason, startPostgres, type PostgresServer } from './helpers/postgres.js';
+import { freshDatabase } from './helpers/postgres.js';
+import { storeBackends } from './helpers/stores.js';
 
 const NOW = Date.parse('2026-03-01T12:00:00.000Z');
 const iso = (ms: number): string => new Date(ms).toISOString();
@@ -151,24 +150,7 @@ async function expectSameAsReference(store: FleetStore, rng: Rng, ids: readonly 
   }
 }
 
-let dir: string;
-let server: PostgresServer | undefined;
-const pgSkip = postgresSkipReason();
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'edgefleet-page-'));
-  if (pgSkip === false) server = await startPostgres(postgresBin() as string);
-}, 90_000);
-afterAll(async () => {
-  await server?.stop();
-  await rm(dir, { recursive: true, force: true });
-});
-
-let files = 0;
-const backends: { name: string; skip: string | false; open(): Promise<FleetStore> }[] = [
-  { name: 'SQLite', skip: false, open: async () => new SqliteStore(join(dir, `page-${++files}.db`)) },
-  { name: 'PostgreSQL', skip: pgSkip, open: async () => new PostgresStore(await freshDatabase(server as PostgresServer)) },
-];
+const { backends, pgSkip, dir, server } = storeBackends('page');
 
 it('the store and the API agree on the sorts', () => {
   expect([...FLEET_PAGE_SORTS]).toEqual([...FLEET_SORTS]);
@@ -270,7 +252,7 @@ async function expectMigrated(store: FleetStore): Promise<void> {
 
 describe('migration to the summary', () => {
   it('SQLite: fills online, last seen, errors and worst p99 from the rows already stored', async () => {
-    const file = join(dir, 'v2.db');
+    const file = join(dir(), 'v2.db');
     const db = openSqlite(file, { migrations: SQLITE_MIGRATIONS.slice(0, 2), owner: 'collector' });
     for (const [device, online, at] of V2_ROWS.status) db.prepare('INSERT INTO fleet_status VALUES (?, ?, ?, ?)').run(device, online ? 1 : 0, at, at);
     db.prepare('INSERT INTO fleet_state VALUES (?, ?, ?, ?)').run('old-1', NOW - 4000, JSON.stringify(v2State), NOW - 4000);
@@ -282,7 +264,7 @@ describe('migration to the summary', () => {
   });
 
   it.skipIf(pgSkip)('PostgreSQL: the same', async () => {
-    const url = await freshDatabase(server as PostgresServer);
+    const url = await freshDatabase(server());
     const client = new pg.Client({ connectionString: url });
     await client.connect();
     try {

@@ -6,17 +6,11 @@
  * the gates' intervals come from the stored points, and exactly one
  * collector leads (a lapsing lease on SQLite, a session lock on PostgreSQL).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PostgresStore } from '../fleet/collector/postgres-store.js';
+import { describe, expect, it } from 'vitest';
 import { RevisionConflict } from '../fleet/collector/rollout-records.js';
-import { SqliteStore } from '../fleet/collector/sqlite-store.js';
-import type { FleetStore } from '../fleet/collector/store.js';
 import { newRollout, parseWaves, type Rollout } from '../fleet/rollout/planner.js';
 import { telemetryBatchSchema } from '../protocol/index.js';
-import { freshDatabase, postgresBin, postgresSkipReason, startPostgres, type PostgresServer } from './helpers/postgres.js';
+import { storeBackends } from './helpers/stores.js';
 
 const envelope = { payloadType: 't', payload: '', signatures: [] };
 const T0 = Date.parse('2026-12-01T10:00:00Z');
@@ -30,28 +24,12 @@ function record(id: string, createdAt = T0): Rollout {
 }
 const doc = (target: string, serial: number | null) => ({ target, serial, payload: Buffer.from(serial === null ? '' : `${target}@${serial}`) });
 
-let dir: string;
-let server: PostgresServer | undefined;
-const pgSkip = postgresSkipReason();
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'edgefleet-records-'));
-  if (pgSkip === false) server = await startPostgres(postgresBin() as string);
-}, 90_000);
-afterAll(async () => {
-  await server?.stop();
-  await rm(dir, { recursive: true, force: true });
-});
-
-let files = 0;
-const backends: { name: string; skip: string | false; open(): Promise<() => FleetStore> }[] = [
-  { name: 'SQLite', skip: false, open: async () => { const file = join(dir, `r-${++files}.db`); return () => new SqliteStore(file); } },
-  { name: 'PostgreSQL', skip: pgSkip, open: async () => { const url = await freshDatabase(server as PostgresServer); return () => new PostgresStore(url); } },
-];
+const { backends } = storeBackends('records');
 
 for (const backend of backends) {
   describe.skipIf(backend.skip)(`rollout records (${backend.name})`, () => {
     it('a step and its documents are written together; revisions and serials are never written twice', async () => {
-      const store = (await backend.open())();
+      const store = (await backend.fresh())();
       await store.init();
       try {
         const r = record('r1');
@@ -81,7 +59,7 @@ for (const backend of backends) {
     });
 
     it('lists newest first, active ones alone when asked; the record survives a reopen unchanged', async () => {
-      const open = await backend.open();
+      const open = await backend.fresh();
       let store = open();
       await store.init();
       await store.rollouts.save(record('old', T0), null);
@@ -105,7 +83,7 @@ for (const backend of backends) {
     });
 
     it("the gates' intervals and shadow figures are the stored points of the devices asked for, from the time given", async () => {
-      const store = (await backend.open())();
+      const store = (await backend.fresh())();
       await store.init();
       try {
         const point = (seq: number, ts: number, version: number) => ({
@@ -131,7 +109,7 @@ for (const backend of backends) {
     });
 
     it('one collector leads at a time; the lead passes on when its holder resigns or goes', async () => {
-      const open = await backend.open();
+      const open = await backend.fresh();
       const a = open();
       const b = open();
       await a.init();
