@@ -25,6 +25,7 @@ import type {
   TimeRange,
 } from './store.js';
 import { PgGroupWriter } from './pg-group-writer.js';
+import { inTransaction } from './pg-transaction.js';
 import { POSTGRES_ROLLOUT_MIGRATION, postgresRollouts, type RolloutRecords } from './rollout-records.js';
 import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, deviceStatesOf, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
@@ -208,9 +209,7 @@ export class PostgresStore implements FleetStore {
   }
 
   async init(): Promise<void> {
-    const client = await this.pool.connect();
-    try {
-      await client.query('BEGIN');
+    await inTransaction(this.pool, async (client) => {
       await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
       await client.query('CREATE TABLE IF NOT EXISTS fleet_schema (version integer NOT NULL)');
       const { rows } = await client.query<{ version: number }>('SELECT version FROM fleet_schema');
@@ -221,13 +220,7 @@ export class PostgresStore implements FleetStore {
       for (const sql of POSTGRES_MIGRATIONS.slice(current)) await client.query(sql);
       await client.query('DELETE FROM fleet_schema');
       await client.query('INSERT INTO fleet_schema (version) VALUES ($1)', [POSTGRES_MIGRATIONS.length]);
-      await client.query('COMMIT');
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
-    }
+    });
   }
 
   async insertPoints(device: string, points: readonly TelemetryPoint[], receivedAt?: number): Promise<number> {
@@ -398,29 +391,25 @@ export class PostgresStore implements FleetStore {
     const { where, params } = pageFilter(q);
     const dir = q.desc ? 'DESC' : 'ASC';
     const order = q.sort === 'device' ? `${SORT_COLUMN.device} ${dir}` : `${SORT_COLUMN[q.sort]} ${dir} NULLS LAST, ${SORT_COLUMN.device}`;
-    const client = await this.pool.connect();
-    try {
-      // One snapshot: the count, the page and its rows agree.
-      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      const { rows: totals } = await client.query<{ total: number; online: number }>(
-        `SELECT count(*)::int AS total, (count(*) FILTER (WHERE d.online))::int AS online FROM fleet_devices d ${where}`,
-        params,
-      );
-      const n = params.length;
-      const { rows: page } = await client.query<{ device: string }>(
-        `SELECT d.device FROM fleet_devices d ${where} ORDER BY ${order} LIMIT $${n + 1} OFFSET $${n + 2}`,
-        [...params, q.limit, q.offset],
-      );
-      const devices = page.map((r) => r.device);
-      const rows = devices.length === 0 ? [] : await this.assemble(client, devices);
-      await client.query('COMMIT');
-      return { total: totals[0]?.total ?? 0, online: totals[0]?.online ?? 0, rows: inPageOrder(devices, rows) };
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
-    }
+    // One snapshot: the count, the page and its rows agree.
+    return inTransaction(
+      this.pool,
+      async (client) => {
+        const { rows: totals } = await client.query<{ total: number; online: number }>(
+          `SELECT count(*)::int AS total, (count(*) FILTER (WHERE d.online))::int AS online FROM fleet_devices d ${where}`,
+          params,
+        );
+        const n = params.length;
+        const { rows: page } = await client.query<{ device: string }>(
+          `SELECT d.device FROM fleet_devices d ${where} ORDER BY ${order} LIMIT $${n + 1} OFFSET $${n + 2}`,
+          [...params, q.limit, q.offset],
+        );
+        const devices = page.map((r) => r.device);
+        const rows = devices.length === 0 ? [] : await this.assemble(client, devices);
+        return { total: totals[0]?.total ?? 0, online: totals[0]?.online ?? 0, rows: inPageOrder(devices, rows) };
+      },
+      'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
+    );
   }
 
   /** The fleet rows of `devices` (any order). */

@@ -12,6 +12,7 @@
 import type Database from 'better-sqlite3';
 import type pg from 'pg';
 import type { Interval, Rollout, ShadowSample } from '../rollout/planner.js';
+import { inTransaction } from './pg-transaction.js';
 
 export interface NewPublication {
   /** `device:{id}` or `group:{name}`. */
@@ -198,9 +199,7 @@ export function postgresRollouts(pool: pg.Pool, onLost: (err: Error) => void): R
   const parse = (rows: { doc: Rollout }[]): Rollout[] => rows.map((r) => r.doc);
   return {
     async save(r, expected, publications = []) {
-      const client = await pool.connect();
-      try {
-        await client.query('BEGIN');
+      await inTransaction(pool, async (client) => {
         if (expected === null) {
           const { rowCount } = await client.query(
             'INSERT INTO fleet_rollouts (id, created_at, status, revision, doc) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING',
@@ -216,13 +215,7 @@ export function postgresRollouts(pool: pg.Pool, onLost: (err: Error) => void): R
         for (const p of publications) {
           await client.query('INSERT INTO fleet_publications (rollout, target, serial, payload) VALUES ($1, $2, $3, $4)', [r.id, p.target, p.serial, p.payload]);
         }
-        await client.query('COMMIT');
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => undefined);
-        throw err;
-      } finally {
-        client.release();
-      }
+      });
     },
     async load(id) {
       return parse((await pool.query<{ doc: Rollout }>('SELECT doc FROM fleet_rollouts WHERE id = $1', [id])).rows)[0];
