@@ -4,7 +4,6 @@
  * report, --json results, ages and which document a device follows. Real
  * child processes against a real Mosquitto, as test/fleet-cli.test.ts.
  */
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,35 +15,20 @@ import { loadProfile, parseProfileFile, profileFile } from '../fleet/profile.js'
 import { mlpModel } from '../models/onnx/zoo.js';
 import type { Trust } from '../protocol/index.js';
 import { loadTrust, openEnvelope } from '../protocol/index.js';
+import { REPO, runEdgefleet, type CliRun } from './helpers/child.js';
 import { mosquittoSkipReason, startMosquitto } from './helpers/mosquitto.js';
 import type { Mosquitto } from './helpers/mosquitto.js';
 
 const skip = mosquittoSkipReason();
 if (skip) console.warn(`fleet CLI operator tests skipped: ${skip}`);
 
-const REPO = join(import.meta.dirname, '..');
 const VERSION = (JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+type Run = CliRun;
 
+/** The CLI with no profile, broker or store from the environment unless `env` gives one. */
 function cli(env: Record<string, string>, ...args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'fleet/bin.ts', ...args], {
-      cwd: REPO,
-      env: { ...process.env, EDGEFLEET_BROKER: '', EDGEFLEET_PROFILE: '', EDGEFLEET_CONFIG: join(REPO, 'no-such-profiles.json'), ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return runEdgefleet(args, { EDGEFLEET_BROKER: '', EDGEFLEET_PROFILE: '', EDGEFLEET_CONFIG: join(REPO, 'no-such-profiles.json'), ...env });
 }
 
 async function retainedOn(url: string, topic: string, ms = 400): Promise<Buffer | undefined> {

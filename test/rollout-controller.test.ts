@@ -21,7 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Rollout } from '../fleet/rollout/planner.js';
 import { fragileScaleModel, scaleModel } from '../models/onnx/zoo.js';
 import { waitFor } from './helpers/agent.js';
-import { REPO, spawnAgent, type ChildAgent } from './helpers/child.js';
+import { REPO, runEdgefleet, spawnAgent, type ChildAgent, type CliRun } from './helpers/child.js';
 import { buildManifest, publishBlocks, publishDesired, signDesired, signManifest } from './helpers/fleet.js';
 import { startFleetHarness, type FleetHarness } from './helpers/fleet-harness.js';
 import { mosquittoSkipReason } from './helpers/mosquitto.js';
@@ -64,17 +64,7 @@ async function killCollector(signal: NodeJS.Signals): Promise<void> {
   collector = undefined;
 }
 
-function cli(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'fleet/bin.ts', ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (...args: string[]): Promise<CliRun> => runEdgefleet(args);
 
 async function rollout(id: string): Promise<Rollout> {
   const run = await cli('rollout', 'status', id, '--db', db, '--json');

@@ -5,7 +5,6 @@
  * `edgefleet status`. The status command runs as a real child process on a
  * real SQLite store.
  */
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,8 +14,8 @@ import { formatTable, problems, toRows } from '../fleet/commands/devices.js';
 import { formatStatusNotes, formatStatusTable } from '../fleet/commands/status.js';
 import { formatTextTable, terminalSafe } from '../fleet/terminal-text.js';
 import { reportedStateSchema, telemetryBatchSchema } from '../protocol/index.js';
+import { runEdgefleet, type CliRun } from './helpers/child.js';
 
-const REPO = join(import.meta.dirname, '..');
 const ESC = '\u001b';
 /** What a hostile device puts in its text: a forged row, colour, a window title, a C1 CSI, a right-to-left override, a bell. */
 const HOSTILE = `boom\npi-999  yes  lab  1 applied\r${ESC}[31mRED${ESC}]0;owned\u0007\u009b2J\u202eevil\u2066x\u0000\u007f`;
@@ -138,16 +137,7 @@ describe('edgefleet status', () => {
     expect(notes[4]).toBe('pi-002: 2 messages quarantined, 5 over quota, 1 clock-skewed');
   });
 
-  const status = (...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
-    new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'fleet/bin.ts', 'status', '--db', `sqlite:${db}`, ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      child.once('error', reject);
-      child.once('close', (code) => resolve({ code, stdout, stderr }));
-    });
+  const status = (...args: string[]): Promise<CliRun> => runEdgefleet(['status', '--db', `sqlite:${db}`, ...args]);
 
   it('prints a hostile state escaped, as a real child process', async () => {
     const run = await status();
