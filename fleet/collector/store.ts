@@ -37,6 +37,17 @@ export interface HealthSummary {
   tempC: number | null;
   memUsedBytes: number;
   memTotalBytes: number;
+  /** The device's GPUs as its latest health point listed them (empty on boards without one). */
+  gpus: GpuSummary[];
+}
+
+/** One GPU of a health point; a figure the board cannot read is null. */
+export interface GpuSummary {
+  name: string;
+  utilPct: number | null;
+  memUsedBytes: number | null;
+  memTotalBytes: number | null;
+  tempC: number | null;
 }
 
 /** One line of `edgefleet status` and of the dashboard's table. */
@@ -473,7 +484,14 @@ function inferenceSummary(p: InferencePoint): InferenceSummary {
 
 function healthSummary(p: HealthPoint): HealthSummary {
   const { ts, cpuPct, load1, tempC, memUsedBytes, memTotalBytes } = p;
-  return { ts, cpuPct, load1, tempC, memUsedBytes, memTotalBytes };
+  const gpus = p.gpus.map((g) => ({
+    name: g.name,
+    utilPct: g.utilPct ?? null,
+    memUsedBytes: g.memUsedBytes ?? null,
+    memTotalBytes: g.memTotalBytes ?? null,
+    tempC: g.tempC ?? null,
+  }));
+  return { ts, cpuPct, load1, tempC, memUsedBytes, memTotalBytes, gpus };
 }
 
 /**
