@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { ApiAccess } from './access/api-access.js';
 import type { AgentConfig } from './config/schema.js';
 import { GrpcServer, type GrpcAddress } from './grpc/server.js';
+import { MetricsServer } from './http/metrics-server.js';
 import { HttpServer } from './http/server.js';
 import { MqttConnection } from './mqtt/connection.js';
 import { RolloutEvents } from './rollout/events.js';
@@ -40,6 +41,8 @@ export interface Agent {
   readonly httpAddress: AddressInfo | undefined;
   /** Present when `grpc` is configured and started. */
   readonly grpcAddress: GrpcAddress | undefined;
+  /** Present when `metrics` (a listener of its own for Prometheus) is configured and started. */
+  readonly metricsAddress: AddressInfo | undefined;
   /** Present when `mqtt` is configured. */
   readonly reporter: Reporter | undefined;
   start(): Promise<void>;
@@ -58,8 +61,9 @@ const step = (start: () => Promise<unknown>, stop: () => Promise<void> = async (
  */
 export function createAgent(config: AgentConfig, logger: Logger): Agent {
   const version = agentVersion();
-  const metrics = new Metrics();
   const registry = new ModelRegistry();
+  // Only models the agent has had a version of become label values; a request's made-up name never does.
+  const metrics = new Metrics({ knownModel: (name) => registry.has(name) });
   const runtime = new ModelRuntime({ config: config.runtime, logger: logger.child({ component: 'runtime' }) });
   const loader = new VersionLoader({ runtime, registry, metrics, logger });
   let ready = false;
@@ -75,6 +79,7 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   // TLS and bearer tokens for both local APIs, off unless `api` says otherwise; read again on SIGHUP.
   const access = new ApiAccess({ config: config.api, logger: logger.child({ component: 'access' }) });
   const http = new HttpServer({ config: config.http, registry, metrics, telemetry: recorder, inference, access, logger: logger.child({ component: 'http' }), agentVersion: version, isReady: () => ready });
+  const metricsServer = config.metrics && new MetricsServer({ config: config.metrics, metrics, logger: logger.child({ component: 'metrics' }) });
   const grpc = config.grpc && new GrpcServer({ config: config.grpc, registry, metrics, inference, access, logger: logger.child({ component: 'grpc' }), agentVersion: version, isReady: () => ready });
   // The lock comes before anything that touches the state directory or the broker.
   const components: Component[] = [step(() => mkdir(config.stateDir, { recursive: true })), new StateDirLock(config.stateDir), runtime];
@@ -127,6 +132,8 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
   if (config.models.dir) {
     components.push(new ModelRepository({ dir: config.models.dir, config: config.models, loader, registry, logger: logger.child({ component: 'repository' }) }));
   }
+  // The metrics listener starts before the APIs and stops after them: a scrape sees the shutdown's last requests.
+  if (metricsServer) components.push(metricsServer);
   components.push(access, http);
   if (grpc) components.push(grpc);
   const started: Component[] = [];
@@ -144,6 +151,9 @@ export function createAgent(config: AgentConfig, logger: Logger): Agent {
     },
     get grpcAddress() {
       return grpc?.address;
+    },
+    get metricsAddress() {
+      return metricsServer?.address;
     },
     async start() {
       logger.info({ version, deviceId: config.deviceId, arch: process.arch }, 'edgefleet agent starting');

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import cron from 'node-cron';
 import { z } from 'zod';
 import { isBrokerUrl } from '../../lib/broker.js';
@@ -41,6 +42,13 @@ const modelOptionsSchema = z.strictObject({
 export type ModelOptions = z.infer<typeof modelOptionsSchema>;
 
 const path = z.string().min(1);
+
+/** A DNS name: dot-separated labels of letters, digits and inner hyphens (RFC 1123). */
+const HOST_NAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+/** An address to listen on: an IP address or a host name, with no scheme or port around it. */
+const listenHost = z
+  .string()
+  .refine((s) => isIP(s) !== 0 || HOST_NAME_RE.test(s), 'must be an IP address or a host name, such as "0.0.0.0", "::" or "localhost", without a scheme or port');
 
 /** Room for a PUBLISH's topic, packet id and properties besides its payload. */
 export const MQTT_PACKET_HEADROOM = 64 * 1024;
@@ -110,6 +118,17 @@ export const configSchema = z.strictObject({
       maxInFlight: z.number().int().min(1).default(1024),
     })
     .refine((g) => g.port !== null || g.socket !== undefined, { message: 'with "port": null, "socket" must be set (the gRPC API needs somewhere to listen)', path: ['port'] })
+    .optional(),
+  /**
+   * A listener of its own for Prometheus (GET /metrics and /monitoring/prometheus/metrics,
+   * nothing else), so a central Prometheus can scrape a board without reaching the
+   * inference API. Off unless the key is present; /metrics stays on the HTTP API either way.
+   */
+  metrics: z
+    .strictObject({
+      host: listenHost.default('127.0.0.1'),
+      port: z.number().int().min(0).max(65535).default(8502),
+    })
     .optional(),
   /** TLS and bearer tokens for the local APIs (HTTP and gRPC); each off unless set. Reloaded on SIGHUP. */
   api: z
@@ -213,6 +232,23 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   log: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') }).prefault({}),
+}).check((ctx) => {
+  // A fixed port shared with another listener of the agent would fail at start with EADDRINUSE, or worse, not on every host.
+  const { metrics, http, grpc } = ctx.value;
+  if (metrics && metrics.port !== 0) {
+    const taken = [
+      { key: 'http.port', port: http.port },
+      { key: 'grpc.port', port: grpc?.port },
+    ].find((other) => other.port === metrics.port);
+    if (taken) {
+      ctx.issues.push({
+        code: 'custom',
+        input: metrics.port,
+        path: ['metrics', 'port'],
+        message: `must differ from ${taken.key} (${metrics.port}): the metrics listener needs a port of its own`,
+      });
+    }
+  }
 }).check((ctx) => {
   // On MQTT 5, mqtt.js applies the packet limit to what the agent sends too: a telemetry batch must fit.
   const { mqtt, telemetry } = ctx.value;

@@ -213,7 +213,7 @@ export class GrpcServer {
         });
       } catch (err) {
         // Never reached a model (a bad ModelSpec, an unknown model or version).
-        this.options.metrics.requests.inc({ model: target?.model ?? '', version: '', api, code: String(statusOf(err)) });
+        this.options.metrics.refused(target?.model ?? '', api, statusOf(err));
         if (failureKind(err) !== 'client-input') this.options.logger.warn({ method, err: errorMessage(err) }, 'gRPC call failed');
         reply(err);
         this.leave();

@@ -14,6 +14,16 @@ export type Route =
   | { kind: 'v2-infer'; model: string; selector: Selector }
   | { kind: 'metrics' };
 
+/** Where Prometheus text is served: the usual path, and TensorFlow Serving's (the default of its monitoring config). */
+const METRICS_PATHS: readonly string[] = ['/metrics', '/monitoring/prometheus/metrics'];
+
+const isGet = (method: string): boolean => method === 'GET' || method === 'HEAD';
+
+/** Whether the request asks for the Prometheus text: GET or HEAD of one of METRICS_PATHS. */
+export function isMetricsRequest(method: string, rawPath: string): boolean {
+  return isGet(method) && METRICS_PATHS.includes(rawPath.split('?', 1)[0] as string);
+}
+
 const V1 = /^\/v1\/models\/([^/:]+)(?:\/versions\/([^/:]+)|\/labels\/([^/:]+))?(?:(\/metadata)|:([A-Za-z]+))?\/?$/;
 const V2_MODEL = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/infer)?\/?$/;
 
@@ -35,8 +45,8 @@ function decode(part: string): string {
 /** Maps method and path to a route; undefined means 404. */
 export function matchRoute(method: string, rawPath: string): Route | undefined {
   const path = rawPath.split('?', 1)[0] as string;
-  const get = method === 'GET' || method === 'HEAD';
-  if (path === '/metrics') return get ? { kind: 'metrics' } : undefined;
+  const get = isGet(method);
+  if (METRICS_PATHS.includes(path)) return get ? { kind: 'metrics' } : undefined;
   if (path === '/v2' || path === '/v2/') return get ? { kind: 'v2-server' } : undefined;
   if (path === '/v2/health/live') return get ? { kind: 'v2-live' } : undefined;
   if (path === '/v2/health/ready') return get ? { kind: 'v2-ready' } : undefined;

@@ -193,7 +193,7 @@ export class HttpServer {
     try {
       const status = sendError(res, err);
       if (route && (route.kind === 'v1-predict' || route.kind === 'v2-infer')) {
-        this.options.metrics.requests.inc({ model: route.model, version: '', api: route.kind === 'v1-predict' ? 'v1' : 'v2', code: String(status) });
+        this.options.metrics.refused(route.model, route.kind === 'v1-predict' ? 'v1' : 'v2', status);
       }
       if (failureKind(err) !== 'client-input') this.options.logger.warn({ url: req.url, status, err: errorMessage(err) }, 'request failed');
     } catch (fatal) {

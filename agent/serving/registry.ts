@@ -36,6 +36,11 @@ export class ModelRegistry {
     return [...this.models.keys()].sort();
   }
 
+  /** Whether the model has a version here in any state (loading, serving, failed, unloaded). Requests never add one. */
+  has(name: string): boolean {
+    return (this.models.get(name)?.versions.size ?? 0) > 0;
+  }
+
   private entry(name: string): ModelEntry {
     let e = this.models.get(name);
     if (!e) {

@@ -228,6 +228,38 @@ export interface RequestMetrics {
   status(code: number): FastIncrement;
 }
 
+/** The prefix of every metric the agent serves. */
+const PREFIX = 'edgefleet_';
+
+/**
+ * prom-client's default gauges whose names end in `_total`, a suffix Prometheus
+ * keeps for counters (`promtool check metrics` refuses them), and the names the
+ * agent serves them under. Each is the sum of the gauge of the same name
+ * without `_total`, which counts by type.
+ */
+export const RENAMED_PROCESS_GAUGES: Readonly<Record<string, string>> = {
+  [`${PREFIX}nodejs_active_handles_total`]: `${PREFIX}nodejs_active_handles_all`,
+  [`${PREFIX}nodejs_active_requests_total`]: `${PREFIX}nodejs_active_requests_all`,
+  [`${PREFIX}nodejs_active_resources_total`]: `${PREFIX}nodejs_active_resources_all`,
+};
+
+/**
+ * The `model` label of requests refused before they reached a model the agent
+ * knows. Model names in request paths are the client's to choose: as label
+ * values, a scan of random names would grow the series without bound.
+ */
+export const UNKNOWN_MODEL = '_unknown';
+
+export interface MetricsOptions {
+  /** The standard process and Node.js metrics (default true). */
+  processMetrics?: boolean;
+  /**
+   * Whether a model name may be a label value: a model the agent serves or has
+   * tried to load. Absent: none may, and every refused request counts under UNKNOWN_MODEL.
+   */
+  knownModel?: (name: string) => boolean;
+}
+
 /** Prometheus metrics served on GET /metrics. */
 export class Metrics {
   readonly registry = new Registry();
@@ -312,8 +344,36 @@ export class Metrics {
     return c;
   }
 
-  constructor(options: { processMetrics?: boolean } = {}) {
-    if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'edgefleet_' });
+  private readonly knownModel: (name: string) => boolean;
+
+  constructor(options: MetricsOptions = {}) {
+    this.knownModel = options.knownModel ?? (() => false);
+    if (options.processMetrics !== false) {
+      collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+      this.renameProcessGauges();
+    }
+  }
+
+  /** Serves RENAMED_PROCESS_GAUGES under their new names; prom-client has no option for it. */
+  private renameProcessGauges(): void {
+    for (const [old, name] of Object.entries(RENAMED_PROCESS_GAUGES)) {
+      const gauge = this.registry.getSingleMetric(old) as (Metric & { name: string; help: string }) | undefined;
+      if (!gauge) continue; // Node.js versions without the call behind it have none
+      this.registry.removeSingleMetric(old);
+      gauge.name = name;
+      const byType = old.slice(0, -'_total'.length);
+      gauge.help = `${gauge.help.replace(/\.$/, '')}: the sum of ${byType} over its types (formerly ${old}).`;
+      this.registry.registerMetric(gauge);
+    }
+  }
+
+  /**
+   * Counts an inference request answered before it reached a model version: an
+   * unknown model or version, a malformed path or ModelSpec, overload. The
+   * model label is the name only for a model the agent knows (UNKNOWN_MODEL otherwise).
+   */
+  refused(model: string, api: string, code: number): void {
+    this.requests.inc({ model: this.knownModel(model) ? model : UNKNOWN_MODEL, version: '', api, code: String(code) });
   }
 
   forgetVersion(model: string, version: number): void {

@@ -10,6 +10,8 @@ export interface WireServerOptions extends Partial<Omit<WireLimits, 'bodyLimitBy
   bodyLimitBytes: number;
   /** Open connections at most; see WireServer. Default 1024. */
   maxConnections?: number;
+  /** What sets maxConnections, for the 503 at the cap; default `http.maxConnections`. */
+  maxConnectionsSource?: string;
   onRequest(req: WireRequest, res: WireResponse): void;
   /** A request the server refused itself (400, 408, 413 before the handler, 431, 501, 505), for the log. */
   onRefused?(err: WireError): void;
@@ -34,8 +36,8 @@ const DEFAULT_MAX_CONNECTIONS = 1024;
 const REFUSE_LINGER_MS = 1000;
 /** Refused sockets lingering at once; beyond this a refused socket is closed at once (file descriptors are the point). */
 const MAX_REFUSING = 64;
-const OVERLOADED_BODY = (max: number): string =>
-  JSON.stringify({ error: `too many connections: all ${max} (http.maxConnections) have a request in progress; retry later` });
+const OVERLOADED_BODY = (max: number, source: string): string =>
+  JSON.stringify({ error: `too many connections: all ${max} (${source}) have a request in progress; retry later` });
 
 /**
  * HTTP/1.1 server for the local inference API, straight on node:net. Each
@@ -184,7 +186,7 @@ export class WireServer {
     });
     socket.on('error', () => socket.destroy());
     socket.on('data', () => undefined);
-    const body = OVERLOADED_BODY(this.maxConnections);
+    const body = OVERLOADED_BODY(this.maxConnections, this.options.maxConnectionsSource ?? 'http.maxConnections');
     socket.end(`HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n${body}`);
   }
 
