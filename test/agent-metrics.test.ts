@@ -5,8 +5,8 @@
  * the metrics listener of its own (config `metrics`).
  */
 import { spawnSync } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -90,7 +90,9 @@ let grpc: GrpcClients;
 let metricsUrl: string;
 
 beforeAll(async () => {
-  t = await startTestAgent({ grpc: { port: 0 }, metrics: { port: 0 } }, async (dir) => {
+  // Batching on mlp, so that every metric family of the agent has samples for promtool to read.
+  const models = { config: { mlp: { batching: { maxBatchSize: 4, maxQueueDelayMs: 1 } } } };
+  t = await startTestAgent({ grpc: { port: 0 }, metrics: { port: 0 }, models }, async (dir) => {
     await writeModelTree(dir, 'mlp', 1, mlpModel());
     // Passes warm-up, then fails at run time for any x outside [0, 4): a model fault (500).
     await writeModelTree(dir, 'fragile', 1, fragileScaleModel(2));
@@ -133,6 +135,12 @@ describe('the agent\'s /metrics', () => {
 
     const text = await scrape();
     expect(promtool(text)).toEqual({ status: 0, printed: '' });
+    const families = [...typesOf(text).keys()].filter((name) => samplesOf(text).some((line) => line.startsWith(name)));
+    expect(families).toEqual(expect.arrayContaining([
+      'edgefleet_requests_total', 'edgefleet_request_queue_seconds', 'edgefleet_request_compute_seconds', 'edgefleet_request_duration_seconds',
+      'edgefleet_batch_rows', 'edgefleet_requests_in_flight', 'edgefleet_model_load_duration_seconds', 'edgefleet_model_warmup_duration_seconds',
+      'edgefleet_model_load_failures_total',
+    ]));
     for (const [series, count] of [
       ['edgefleet_requests_total{model="mlp",version="1",api="v1",code="200"}', 1],
       ['edgefleet_requests_total{model="mlp",version="1",api="v2",code="400"}', 1],
@@ -295,6 +303,24 @@ describe('the metrics listener (config metrics.host, metrics.port)', () => {
     // A misspelt key, and every problem at once.
     expect(problems({ metrics: { prot: 9100 } })).toEqual(['metrics: unknown key(s) "prot" (did you mean port?)']);
     expect(problems({ metrics: { host: 'http://x', port: 'x' } })).toEqual([HOST, 'metrics.port: Invalid input: expected number, received string']);
+  });
+
+  it('needs no bearer token when the API does', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'edgefleet-metrics-'));
+    const tokensFile = join(dir, 'tokens');
+    await writeFile(tokensFile, `sha256:${createHash('sha256').update('secret').digest('hex')} ci\n`);
+    const guarded = await startTestAgent({ api: { tokensFile }, metrics: { port: 0 } });
+    try {
+      const listener = `http://127.0.0.1:${guarded.agent.metricsAddress?.port}`;
+      for (const path of ['/metrics', '/monitoring/prometheus/metrics']) {
+        expect((await fetch(`${guarded.url}${path}`)).status, `API ${path}`).toBe(401);
+        expect((await fetch(`${guarded.url}${path}`, { headers: { authorization: 'Bearer secret' } })).status, `API ${path} with the token`).toBe(200);
+        expect(await scrape(listener, path)).toContain('edgefleet_requests_in_flight');
+      }
+    } finally {
+      await guarded.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('closes on SIGTERM with the rest of a real agent process', async () => {

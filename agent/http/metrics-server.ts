@@ -15,7 +15,7 @@ export interface MetricsServerOptions {
 
 /** Prometheus keeps one connection per target; the rest is room for a person with curl. */
 const MAX_CONNECTIONS = 64;
-/** A scrape has no body; a larger one is dropped unread (the answer is the same). */
+/** A scrape sends no body; this bounds what a stray request may hold. */
 const BODY_LIMIT_BYTES = 1024;
 /** Longest wait at stop for a scrape being answered. */
 const DRAIN_MS = 2000;
