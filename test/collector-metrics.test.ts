@@ -12,6 +12,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Collector, type CollectorStats } from '../fleet/collector/collector.js';
 import { MAX_GPUS, MAX_GROUPS, MetricsText, escapeLabelValue, fleetMetricsSource, renderFleetMetrics } from '../fleet/collector/fleet-metrics.js';
+import { newRollout, parseWaves, type Rollout } from '../fleet/rollout/planner.js';
 import { DashboardServer } from '../fleet/collector/http-server.js';
 import type { FleetRow } from '../fleet/collector/store.js';
 import { DEVICE_ID_RE, formatTime, healthPointSchema, inferencePointSchema, reportedStateSchema } from '../protocol/index.js';
@@ -128,6 +129,45 @@ describe('series per device stay within the quotas', () => {
       return page.split('\n').filter((l) => l.startsWith('edgefleet_')).length;
     });
     expect(new Set(counts).size).toBe(1);
+  });
+});
+
+describe('edgefleet_rollout_halted', () => {
+  const envelope = { payloadType: 't', payload: '', signatures: [] };
+  const rollout = (id: string, group: string, status: Rollout['status'], outcome: Rollout['waves'][number]['outcome'] = 'running'): Rollout => {
+    const r = newRollout(id, {
+      group, models: [{ name: 'mnist', version: 2, labels: [], manifest: envelope }, { name: 'kws', version: 5, labels: [], manifest: envelope }],
+      waves: parseWaves('1,100%'), canary: [], minApplied: 1, applyTimeoutMs: 60_000, soakMs: 0, maxErrorRate: 0.01, maxP99Increase: 0.25,
+      p99SlackMs: 1, minRequests: 10, shadow: null, onFailure: 'pause', documentTtlMs: 86_400_000,
+    }, ['a', 'b'], NOW);
+    return { ...r, status, waves: r.waves.map((w, i) => (i === 0 ? { ...w, outcome } : w)) };
+  };
+
+  it('1 for a rollout the controller paused on a gate or failed, 0 for one an operator paused; old rollouts of a group drop out', () => {
+    const rollouts = [
+      rollout('gate-paused', 'lab', 'paused', 'failed'),
+      rollout('operator-paused', 'field', 'paused', 'running'),
+      rollout('failed', 'east', 'failed', 'rolled_back'),
+      rollout('older-failed', 'east', 'failed', 'rolled_back'),
+      rollout('done', 'west', 'succeeded', 'passed'),
+    ];
+    const page = renderFleetMetrics({ rows: [], rollouts, now: NOW });
+    expect(samples(page, 'edgefleet_rollout_halted')).toEqual([
+      'edgefleet_rollout_halted{rollout="gate-paused",model="mnist"} 1',
+      'edgefleet_rollout_halted{rollout="gate-paused",model="kws"} 1',
+      'edgefleet_rollout_halted{rollout="operator-paused",model="mnist"} 0',
+      'edgefleet_rollout_halted{rollout="operator-paused",model="kws"} 0',
+      'edgefleet_rollout_halted{rollout="failed",model="mnist"} 1',
+      'edgefleet_rollout_halted{rollout="failed",model="kws"} 1',
+      'edgefleet_rollout_halted{rollout="done",model="mnist"} 0',
+      'edgefleet_rollout_halted{rollout="done",model="kws"} 0',
+    ]);
+    expect(samples(page, 'edgefleet_rollout_active')).toEqual([
+      'edgefleet_rollout_active{rollout="gate-paused"} 1',
+      'edgefleet_rollout_active{rollout="operator-paused"} 1',
+      'edgefleet_rollout_active{rollout="failed"} 0',
+      'edgefleet_rollout_active{rollout="done"} 0',
+    ]);
   });
 });
 
