@@ -73,17 +73,35 @@ const LABEL_NAME_RE = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
 /** A label value as the exposition format writes it: backslash, double quote and line feed escaped. */
 export function escapeLabelValue(value: string): string {
-  return value.replace(/[\\"\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`));
+  return NEEDS_ESCAPE.test(value) ? value.replace(/[\\"\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`)) : value;
 }
+
+const NEEDS_ESCAPE = /[\\"\n]/;
+/** Label names already checked: a page of 10,000 devices writes the same few hundreds of thousands of times. */
+const checkedLabels = new Set<string>();
 
 function escapeHelp(text: string): string {
   return text.replace(/[\\\n]/g, (c) => (c === '\n' ? '\\n' : '\\\\'));
 }
 
+/** Label sets written under several families (a device's own, a model's) are escaped once. */
+const labelTexts = new WeakMap<Labels, string>();
+
 function labelText(labels: Labels): string {
+  const known = labelTexts.get(labels);
+  if (known !== undefined) return known;
+  const text = labelTextOf(labels);
+  labelTexts.set(labels, text);
+  return text;
+}
+
+function labelTextOf(labels: Labels): string {
   const parts: string[] = [];
   for (const [name, value] of Object.entries(labels)) {
-    if (!LABEL_NAME_RE.test(name) || name.startsWith('__')) throw new Error(`"${name}" is not a Prometheus label name`);
+    if (!checkedLabels.has(name)) {
+      if (!LABEL_NAME_RE.test(name) || name.startsWith('__')) throw new Error(`"${name}" is not a Prometheus label name`);
+      checkedLabels.add(name);
+    }
     parts.push(`${name}="${escapeLabelValue(value)}"`);
   }
   return parts.length === 0 ? '' : `{${parts.join(',')}}`;
