@@ -36,7 +36,7 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)] ?? NaN;
 }
 
-async function timed(fn: () => Promise<unknown> | unknown): Promise<number> {
+async function timed(fn: () => unknown): Promise<number> {
   const times: number[] = [];
   for (let k = 0; k < RUNS; k++) {
     const t0 = performance.now();
