@@ -12,13 +12,14 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Collector, type CollectorStats } from '../fleet/collector/collector.js';
 import { MAX_GPUS, MAX_GROUPS, MetricsText, escapeLabelValue, fleetMetricsSource, renderFleetMetrics } from '../fleet/collector/fleet-metrics.js';
-import { newRollout, parseWaves, type Rollout } from '../fleet/rollout/planner.js';
+import type { Rollout } from '../fleet/rollout/planner.js';
 import { DashboardServer } from '../fleet/collector/http-server.js';
 import type { FleetRow } from '../fleet/collector/store.js';
 import { DEVICE_ID_RE, formatTime, healthPointSchema, inferencePointSchema, reportedStateSchema } from '../protocol/index.js';
 import { REPO, freePort, runEdgefleet } from './helpers/child.js';
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
 import { prometheusSkipReason, promtool } from './helpers/prometheus.js';
+import { rolloutRecord } from './helpers/rollout-record.js';
 import { storeBackends } from './helpers/stores.js';
 
 const NOW = Date.parse('2026-03-01T12:00:00.000Z');
@@ -133,13 +134,8 @@ describe('series per device stay within the quotas', () => {
 });
 
 describe('edgefleet_rollout_halted', () => {
-  const envelope = { payloadType: 't', payload: '', signatures: [] };
   const rollout = (id: string, group: string, status: Rollout['status'], outcome: Rollout['waves'][number]['outcome'] = 'running'): Rollout => {
-    const r = newRollout(id, {
-      group, models: [{ name: 'mnist', version: 2, labels: [], manifest: envelope }, { name: 'kws', version: 5, labels: [], manifest: envelope }],
-      waves: parseWaves('1,100%'), canary: [], minApplied: 1, applyTimeoutMs: 60_000, soakMs: 0, maxErrorRate: 0.01, maxP99Increase: 0.25,
-      p99SlackMs: 1, minRequests: 10, shadow: null, onFailure: 'pause', documentTtlMs: 86_400_000,
-    }, ['a', 'b'], NOW);
+    const r = rolloutRecord(id, group, [['mnist', 2], ['kws', 5]], ['a', 'b'], {}, NOW);
     return { ...r, status, waves: r.waves.map((w, i) => (i === 0 ? { ...w, outcome } : w)) };
   };
 

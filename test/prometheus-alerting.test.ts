@@ -22,11 +22,12 @@ import { Collector } from '../fleet/collector/collector.js';
 import { fleetMetricsSource } from '../fleet/collector/fleet-metrics.js';
 import { DashboardServer } from '../fleet/collector/http-server.js';
 import { SqliteStore } from '../fleet/collector/sqlite-store.js';
-import { newRollout, parseWaves, type Rollout } from '../fleet/rollout/planner.js';
+import type { Rollout } from '../fleet/rollout/planner.js';
 import { topics } from '../protocol/index.js';
 import { REPO, freePort } from './helpers/child.js';
 import { waitFor } from './helpers/agent.js';
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
+import { rolloutRecord } from './helpers/rollout-record.js';
 import { ALERTMANAGER_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, prometheusSkipReason, startAlertmanager, startPrometheus, type Served } from './helpers/prometheus.js';
 
 const skip = mosquittoSkipReason() || prometheusSkipReason([PROMETHEUS_BIN, PROMTOOL_BIN, ALERTMANAGER_BIN]);
@@ -241,12 +242,7 @@ describe.skipIf(skip !== false)(`alert rules through real Prometheus and Alertma
   }, 100_000);
 
   it('EdgefleetRolloutHalted fires when the controller pauses a rollout on a gate, and resolves when it is resumed', async () => {
-    const envelope = { payloadType: 't', payload: '', signatures: [] };
-    let r: Rollout = newRollout('r-alerting', {
-      group: 'lab', models: [{ name: 'mnist', version: 2, labels: [], manifest: envelope }], waves: parseWaves('1,100%'), canary: [],
-      minApplied: 1, applyTimeoutMs: 60_000, soakMs: 0, maxErrorRate: 0.01, maxP99Increase: 0.25, p99SlackMs: 1, minRequests: 10,
-      shadow: null, onFailure: 'pause', documentTtlMs: 86_400_000,
-    }, [id(0), id(1)], Date.now());
+    let r: Rollout = rolloutRecord('r-alerting', 'lab', [['mnist', 2]], [id(0), id(1)]);
     await store.rollouts.save(r, null);
     // What the planner's fail() writes with onFailure 'pause', then what a resume writes.
     const write = async (status: Rollout['status'], outcome: Rollout['waves'][number]['outcome'], reason: string | null): Promise<void> => {
