@@ -48,21 +48,24 @@ type MetricType = 'gauge' | 'counter';
  * be split.
  */
 export class MetricsText {
-  private readonly families = new Map<string, { help: string; type: MetricType; lines: string[] }>();
+  private readonly families = new Map<string, { help: string; type: MetricType; body: string }>();
 
   family(name: string, type: MetricType, help: string): (labels: Labels, value: number) => void {
     if (!METRIC_NAME_RE.test(name)) throw new Error(`"${name}" is not a Prometheus metric name`);
-    const family = { help, type, lines: [] as string[] };
+    // One string per family, appended to: V8 keeps it as a rope, far less garbage than an array of lines joined.
+    const family = { help, type, body: '' };
     if (this.families.has(name)) throw new Error(`metric family ${name} declared twice`);
     this.families.set(name, family);
-    return (labels, value) => family.lines.push(`${name}${labelText(labels)} ${formatValue(value)}`);
+    return (labels, value) => {
+      family.body += `${name}${labelText(labels)} ${formatValue(value)}\n`;
+    };
   }
 
   toString(): string {
     let out = '';
     for (const [name, f] of this.families) {
-      if (f.lines.length === 0) continue;
-      out += `# HELP ${name} ${escapeHelp(f.help)}\n# TYPE ${name} ${f.type}\n${f.lines.join('\n')}\n`;
+      if (f.body === '') continue;
+      out += `# HELP ${name} ${escapeHelp(f.help)}\n# TYPE ${name} ${f.type}\n${f.body}`;
     }
     return out;
   }
