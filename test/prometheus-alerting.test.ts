@@ -183,12 +183,20 @@ describe.skipIf(skip !== false)(`alert rules through real Prometheus and Alertma
   const id = (i: number): string => sim.deviceId(i);
   const version = (i: number): string => String(1 + (i % 3));
 
+  /** The value of the first series `q` gives in Prometheus now; NaN when none. */
+  const query = async (q: string): Promise<number> => {
+    const res = (await (await fetch(`${prometheus.url}/api/v1/query?query=${encodeURIComponent(q)}`)).json()) as { data: { result: { value: [number, string] }[] } };
+    return Number(res.data.result[0]?.value[1]);
+  };
+
   it('Prometheus scrapes the collector: the target is up and the simulated devices are there', async () => {
-    const up = await waitFor(async () => {
-      const res = (await (await fetch(`${prometheus.url}/api/v1/query?query=${encodeURIComponent('count(edgefleet_device_online == 1)')}`)).json()) as { data: { result: { value: [number, string] }[] } };
-      return res.data.result[0]?.value[1] === '8' && res.data.result[0];
-    }, 30_000, 'eight online devices in Prometheus');
-    expect(up.value[1]).toBe('8');
+    await waitFor(async () => (await query('count(edgefleet_device_online == 1)')) === 8, 30_000, 'eight online devices in Prometheus');
+    // The collector's own figures come with the scrape: batches counted, and a lag of a few seconds at most on loopback.
+    expect(await query('edgefleet_collector_messages_total{channel="telemetry"}')).toBeGreaterThan(0);
+    expect(await query('edgefleet_collector_batches_stored_total')).toBeGreaterThan(0);
+    const lag = await query('edgefleet_collector_ingest_lag_seconds');
+    expect(lag).toBeGreaterThanOrEqual(0);
+    expect(lag).toBeLessThan(5);
   }, 40_000);
 
   it('EdgefleetErrorRateHigh fires for 5 % errors and resolves when they stop', async () => {
