@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { join } from 'node:path';
+import mqtt from 'mqtt';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Collector, type CollectorStats } from '../fleet/collector/collector.js';
@@ -16,6 +17,7 @@ import type { Rollout } from '../fleet/rollout/planner.js';
 import { DashboardServer } from '../fleet/collector/http-server.js';
 import type { FleetRow } from '../fleet/collector/store.js';
 import { DEVICE_ID_RE, formatTime, healthPointSchema, inferencePointSchema, reportedStateSchema } from '../protocol/index.js';
+import { waitFor } from './helpers/agent.js';
 import { REPO, freePort, runEdgefleet } from './helpers/child.js';
 import { mosquittoSkipReason, startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
 import { prometheusSkipReason, promtool } from './helpers/prometheus.js';
@@ -285,6 +287,44 @@ describe.skipIf(mosquittoSkipReason() !== false)('/metrics over HTTP', () => {
       expect((await get(port, '/metrics', `evil.example:${port}`)).status).toBe(421);
     } finally {
       await server.stop();
+      await store.close();
+    }
+  });
+
+  it('a device sending under more model names than --max-models gets series for the first ones only, batch after batch', async () => {
+    const store = await stores.backends[0]!.open();
+    await store.init();
+    const collector = new Collector({
+      broker: { url: broker.url, topicRoot: 'edgefleet', tls: {} }, store, clientId: 'metrics-quota', shareGroup: 'metrics-quota',
+      sessionExpiryS: 0, retentionMs: null, log: silent, quotas: { maxModels: 2 },
+    });
+    await collector.start();
+    const pi = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
+    try {
+      // The renderer's own cap stays at its default (64): the bound here is the collector's quota at ingest.
+      const scrape = fleetMetricsSource(store, { collector: collector.stats });
+      const counts: number[] = [];
+      let seq = 0;
+      for (let batch = 0; batch < 3; batch++) {
+        // Each batch names five new models beside the first two.
+        const models = ['a', 'b', ...Array.from({ length: 5 }, (_, k) => `extra-${batch}-${k}`)];
+        const points = models.map((model) => inferencePointSchema.parse({
+          seq: ++seq, ts: at(Date.now()), kind: 'inference', model, version: 1 + batch, intervalS: 10, count: 10, errors: 0, latencyMs: null,
+        }));
+        await pi.publishAsync('edgefleet/devices/pi-greedy/telemetry', JSON.stringify({ schema: 1, device: 'pi-greedy', points }), { qos: 1 });
+        await waitFor(() => collector.stats.batches === batch + 1, 10_000, `batch ${batch + 1} stored`);
+        const page = await scrape();
+        counts.push(samples(page, 'edgefleet_model_requests').length);
+        expect(samples(page, 'edgefleet_model_requests')).toEqual([
+          `edgefleet_model_requests{device="pi-greedy",model="a",version="${1 + batch}"} 10`,
+          `edgefleet_model_requests{device="pi-greedy",model="b",version="${1 + batch}"} 10`,
+        ]);
+      }
+      expect(counts).toEqual([2, 2, 2]);
+      expect(collector.stats.overQuota).toBe(15);
+    } finally {
+      await pi.endAsync();
+      await collector.stop();
       await store.close();
     }
   });

@@ -80,14 +80,17 @@ export function escapeLabelValue(value: string): string {
 }
 
 const NEEDS_ESCAPE = /[\\"\n]/;
-/** Label names already checked: a page of 10,000 devices writes the same few hundreds of thousands of times. */
+/** Label names already checked: a page of 10,000 devices writes the same few names hundreds of thousands of times. */
 const checkedLabels = new Set<string>();
 
 function escapeHelp(text: string): string {
   return text.replace(/[\\\n]/g, (c) => (c === '\n' ? '\\n' : '\\\\'));
 }
 
-/** Label sets written under several families (a device's own, a model's) are escaped once. */
+/**
+ * Label sets written under several families (a device's own, a model's) are
+ * escaped once, keyed by the object: the writers build each set once and never change it.
+ */
 const labelTexts = new WeakMap<Labels, string>();
 
 function labelText(labels: Labels): string {
