@@ -99,6 +99,14 @@ export interface CollectorStats {
   acks: number;
   /** Subscriptions made: the first, and one after each reconnect to a restored session. */
   subscribes: number;
+  /** Device messages received per channel, stored or not (the metrics' edgefleet_collector_messages_total). */
+  received: Record<DeviceTopic['kind'], number>;
+  /**
+   * For the latest batch that stored new points: from its newest point's
+   * time to the commit (ms); null before one. A device sending its buffer
+   * after an outage raises it for that batch.
+   */
+  ingestLagMs: number | null;
 }
 
 type DeviceTopic = Extract<ParsedTopic, { kind: 'status' | 'state' | 'events' | 'telemetry' }>;
@@ -118,6 +126,8 @@ export class Collector {
     normalised: 0,
     acks: 0,
     subscribes: 0,
+    received: { telemetry: 0, events: 0, status: 0, state: 0 },
+    ingestLagMs: null,
   };
   private readonly quotas: DeviceQuotas;
   private readonly counts = new CountBuffer();
@@ -361,6 +371,7 @@ export class Collector {
     if (parsed === undefined || !isDeviceTopic(parsed) || payload.length === 0) return SUCCESS;
     const device = parsed.deviceId;
     const receivedAt = Date.now();
+    this.stats.received[parsed.kind] += 1;
     const over = this.quotas.admit(device, payload.length, receivedAt);
     if (over !== undefined) return this.refuseOverQuota(device, topic, over);
     if (parsed.kind === 'events' && payload.length > this.quotas.limits.maxEventBytes) {
@@ -451,6 +462,7 @@ export class Collector {
           stats.batches += 1;
           stats.points += added;
           stats.duplicates += points.length - added;
+          if (added > 0) stats.ingestLagMs = Math.max(0, Date.now() - Math.max(...points.map((p) => millis(p.ts))));
           if (points.length > 0) this.acknowledge(device, Math.min(...points.map((p) => p.seq)));
         };
       }

@@ -19,6 +19,7 @@
  *   GET /api/rollouts?limit=&active=        staged rollouts, newest first: {rollouts: RolloutListItem[]}
  *   GET /api/rollouts/{id}                  one rollout, its waves' gates and devices (rollout-view.ts);
  *                                           404 for an unknown id. Never a manifest's bytes.
+ *   GET /metrics                            the fleet as Prometheus metrics (fleet-metrics.ts), when given
  *
  * from and to are RFC 3339 UTC times or epoch milliseconds; the default is the last hour.
  */
@@ -30,6 +31,7 @@ import type { Logger } from 'pino';
 import { DEVICE_ID_RE, parseTime } from '../../protocol/index.js';
 import { UsageError, errorMessage } from '../errors.js';
 import { DASHBOARD_HTML } from './dashboard-page.js';
+import { METRICS_CONTENT_TYPE } from './fleet-metrics.js';
 import { FleetQueryError, parseFleetQuery } from './fleet-query.js';
 import type { FleetPage, FleetQuery } from './fleet-query.js';
 import { ROLLOUT_ID_RE, RolloutQueryError, parseRolloutQuery, rolloutDetail, rolloutListItem } from './rollout-view.js';
@@ -95,6 +97,10 @@ export interface DashboardOptions {
   log: Logger;
   /** Host names the dashboard is reached by besides IP addresses and localhost (a proxy's or DNS name). */
   publicNames?: readonly string[];
+  /** The Prometheus text GET /metrics serves (fleet-metrics.ts); without it, /metrics is 404. */
+  metrics?: () => Promise<string>;
+  /** Serve /metrics alone (`edgefleet collect --metrics`): everything else is 404. */
+  metricsOnly?: boolean;
 }
 
 export class DashboardServer {
@@ -125,6 +131,7 @@ export class DashboardServer {
     });
     this.server = server;
     const { log, listen } = this.options;
+    if (this.options.metricsOnly) return log.info({ url: `${this.url}/metrics` }, 'metrics listening');
     log.info({ url: this.url, names: [...this.names] }, 'dashboard listening');
     if (!isLoopback(listen.host)) {
       log.warn(
@@ -155,6 +162,14 @@ export class DashboardServer {
         });
       }
       if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, { error: 'only GET' }, { allow: 'GET, HEAD' });
+      const metrics = this.options.metrics;
+      if (url.pathname === '/metrics' && metrics !== undefined) {
+        const text = await metrics();
+        res.writeHead(200, { 'content-type': METRICS_CONTENT_TYPE, 'cache-control': 'no-store' });
+        res.end(req.method === 'HEAD' ? undefined : text);
+        return;
+      }
+      if (this.options.metricsOnly) return send(res, 404, { error: `this listener serves only /metrics, not ${url.pathname}` });
       if (url.pathname === '/' || url.pathname === '/index.html') {
         res.writeHead(200, PAGE_HEADERS);
         res.end(req.method === 'HEAD' ? undefined : DASHBOARD_HTML);

@@ -11,6 +11,7 @@ import { expiryOption, listOf, parseOrUsage } from '../args.js';
 import { Collector } from '../collector/collector.js';
 import { DEFAULT_QUOTAS } from '../collector/ingest-guard.js';
 import type { QuotaLimits } from '../collector/ingest-guard.js';
+import { fleetMetricsSource } from '../collector/fleet-metrics.js';
 import { DashboardServer, parseListen } from '../collector/http-server.js';
 import { DB_HELP, describeDb, openStore, resolveDb } from '../collector/open-store.js';
 import type { Command } from '../command.js';
@@ -24,6 +25,7 @@ const OPTIONS = {
   db: { type: 'string' },
   retention: { type: 'string' },
   http: { type: 'string' },
+  metrics: { type: 'string' },
   'public-name': { type: 'string', multiple: true },
   'share-group': { type: 'string' },
   'client-id': { type: 'string' },
@@ -53,7 +55,7 @@ export const collect: Command = {
   name: 'collect',
   summary: 'store device telemetry, events, status and state; serve the dashboard',
   help: `usage: edgefleet collect --broker URL [--db URL] [--retention 30d] [--http 127.0.0.1:8600]
-                        [--share-group NAME] [--client-id ID] [--session-expiry 1d]
+                        [--metrics 127.0.0.1:9600] [--share-group NAME] [--client-id ID] [--session-expiry 1d]
 
 Subscribes to every device's telemetry and events through an MQTT 5 shared
 subscription ($share/NAME/{root}/devices/+/telemetry), so collectors with the
@@ -73,6 +75,8 @@ ${DB_HELP}
   --retention D       delete points and events older than D (30d; s, m, h, d, w; "off" keeps all)
   --http HOST:PORT    serve the dashboard and its JSON API there (off unless given;
                       unauthenticated: keep it on loopback behind a proxy that checks users)
+  --metrics HOST:PORT serve only GET /metrics (Prometheus text, docs/monitoring.md) there;
+                      --http serves /metrics too
   --public-name NAME  a host name browsers reach the dashboard by (a proxy's or DNS name);
                       repeatable. Requests naming any other host are refused (421)
                       against DNS rebinding; IP addresses and localhost always answer
@@ -131,7 +135,9 @@ ${BROKER_HELP}`,
         store, broker, log, keys: await readSigningKeys(rolloutKeys, io.note), holder: settings.collector.clientId,
         tickMs: values['rollout-tick'] === undefined ? 2_000 : durationMs(values['rollout-tick'], 'rollout-tick'),
       });
-    const dashboard = settings.listen && new DashboardServer({ store, listen: settings.listen, log, publicNames: settings.publicNames });
+    const metrics = fleetMetricsSource(store, { collector: collector.stats, maxModels: settings.collector.quotas.maxModels ?? DEFAULT_QUOTAS.maxModels });
+    const dashboard = settings.listen && new DashboardServer({ store, listen: settings.listen, log, publicNames: settings.publicNames, metrics });
+    const metricsServer = settings.metricsListen && new DashboardServer({ store, listen: settings.metricsListen, log, publicNames: settings.publicNames, metrics, metricsOnly: true });
     const started: { stop(): Promise<void> }[] = [];
     try {
       await store.init();
@@ -139,9 +145,10 @@ ${BROKER_HELP}`,
       log.info({ db: describeDb(db, io.cwd) }, 'store ready');
       await collector.start();
       started.push(collector);
-      if (dashboard) {
-        await dashboard.start();
-        started.push(dashboard);
+      for (const server of [dashboard, metricsServer]) {
+        if (!server) continue;
+        await server.start();
+        started.push(server);
       }
       if (controller) {
         controller.start();
@@ -174,6 +181,7 @@ function checkOptions(values: Values) {
   return {
     level,
     listen: values.http === undefined ? undefined : parseListen(values.http),
+    metricsListen: values.metrics === undefined ? undefined : parseListen(values.metrics, 'metrics'),
     publicNames,
     collector: {
       clientId: values['client-id'] ?? `edgefleet-collector-${hostname()}`,
