@@ -108,6 +108,9 @@ export interface Rollout {
   updatedAt: number;
 }
 
+/** The reason of a rollout an operator paused (a gate's pause names the wave and the gate instead). */
+export const PAUSED_BY_OPERATOR = 'paused from the command line';
+
 export const PERCENT_RE = /^(\d+(?:\.\d+)?)%$/;
 
 /** `1,10%,50%,100%`: device counts and shares of the group, cumulative, growing. */
@@ -260,7 +263,7 @@ export function step(current: Rollout, obs: Observation): Step {
     }
     if (asked === 'pause' && r.status === 'running') {
       r.status = 'paused';
-      r.reason = 'paused from the command line';
+      r.reason = PAUSED_BY_OPERATOR;
       return touch();
     }
     if (asked === 'resume' && r.status === 'paused') {
