@@ -107,7 +107,7 @@ const receiverSchema = z.strictObject({
 
 const ruleSchema = z.strictObject({
   alert: z.enum(ALERT_NAMES, { error: (issue) => `${JSON.stringify(issue.input)} is not one of ${ALERT_NAMES.join(', ')}` }),
-  threshold: z.number({ error: 'must be a number' }).finite().min(0, 'must be 0 or more').optional(),
+  threshold: z.number({ error: (issue) => (issue.input === undefined ? 'is required' : 'must be a number') }).finite().min(0, 'must be 0 or more').optional(),
   for: duration.optional(),
   window: duration.optional(),
   severity: z.string().regex(/^[a-z]{1,32}$/, 'must be 1-32 lower-case letters, such as warning or critical').optional(),
@@ -152,7 +152,8 @@ function ruleId(r: Pick<RuleInput, 'alert' | 'group' | 'model'>): string {
 function issueLine(issue: z.core.$ZodIssue): string {
   const where = formatPath(issue.path);
   if (issue.code === 'unrecognized_keys') return `${where}: unknown key(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
-  if (issue.code === 'invalid_type' && issue.input === undefined) return `${where}: is required`;
+  // Zod says "expected array, received undefined" for a missing key; say it plainly.
+  if (issue.code === 'invalid_type' && issue.message.endsWith('received undefined')) return `${where}: is required`;
   return `${where}: ${issue.message}`;
 }
 

@@ -117,9 +117,9 @@ export function sqliteRollouts(db: Database.Database): RolloutRecords {
        WHERE device IN (SELECT value FROM json_each(?)) AND kind = 'shadow' AND ts >= ? AND model IS NOT NULL`,
     ),
   };
-  const lease = sqliteLease(db, LEASE);
   const parse = (rows: { doc: string }[]): Rollout[] => rows.map((r) => JSON.parse(r.doc) as Rollout);
   return {
+    ...sqliteLease(db, LEASE),
     async save(r, expected, publications = []) {
       db.transaction(() => {
         if (expected === null) {
@@ -169,8 +169,6 @@ export function sqliteRollouts(db: Database.Database): RolloutRecords {
     async shadows(devices, from) {
       return sql.shadows.all(JSON.stringify(devices), from).map(shadowOf);
     },
-    lead: lease.lead,
-    resign: lease.resign,
   };
 }
 
@@ -186,9 +184,9 @@ function intervalOf(r: IntervalRow): Interval {
 }
 
 export function postgresRollouts(pool: pg.Pool, onLost: (err: Error) => void): RolloutRecords & { close(): Promise<void> } {
-  const lease = postgresLease(pool, LEADER_LOCK, onLost);
   const parse = (rows: { doc: Rollout }[]): Rollout[] => rows.map((r) => r.doc);
   return {
+    ...postgresLease(pool, LEADER_LOCK, onLost),
     async save(r, expected, publications = []) {
       await inTransaction(pool, async (client) => {
         if (expected === null) {
@@ -263,8 +261,5 @@ export function postgresRollouts(pool: pg.Pool, onLost: (err: Error) => void): R
       );
       return rows.map(shadowOf);
     },
-    lead: lease.lead,
-    resign: lease.resign,
-    close: lease.close,
   };
 }
