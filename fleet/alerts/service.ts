@@ -37,15 +37,19 @@ const ROLLOUTS_READ = 100;
 const LEASE_TICKS = 5;
 
 export class AlertService {
-  private readonly notifier: Notifier;
+  private sender: Notifier | undefined;
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly running = new Set<Promise<void>>();
   private leading = false;
   private stopped = false;
 
-  constructor(private readonly options: AlertServiceOptions) {
-    const { rules, log } = options;
-    this.notifier = new Notifier({ records: options.store.alerts, receivers: rules.receivers, externalURL: rules.externalURL, log, ...(options.backoff && { backoff: options.backoff }) });
+  constructor(private readonly options: AlertServiceOptions) {}
+
+  /** Made on first use: the store's alert records exist only once the store is initialised. */
+  private get notifier(): Notifier {
+    const { store, rules, log, backoff } = this.options;
+    this.sender ??= new Notifier({ records: store.alerts, receivers: rules.receivers, externalURL: rules.externalURL, log, ...(backoff && { backoff }) });
+    return this.sender;
   }
 
   private get everyMs(): number {
