@@ -24,6 +24,7 @@ const benchmarks: Benchmark[] = [
   { name: 'shadow', run: () => import('./shadow.js').then((m) => m.runShadowBench()) },
   { name: 'fleet-scale', run: () => import('./fleet-scale.js').then((m) => m.runFleetScaleBench()) },
   { name: 'rollout-scale', run: () => import('./rollout-scale.js').then((m) => m.runRolloutScaleBench()) },
+  { name: 'alerts', run: () => import('./alerts.js').then((m) => m.runAlertsBench()) },
 ];
 
 function ortVersion(): string {
