@@ -95,6 +95,8 @@ export function evaluate(rules: readonly AlertRule[], input: AlertInput, prior: 
     for (const hit of hitsOf(rule, input)) {
       const labels = { alertname: rule.alert, severity: rule.severity, ...hit.labels };
       const fingerprint = fingerprintOf(rule.id, labels);
+      // The same alert twice in one pass (a rollout listing a model twice) is one alert.
+      if (seen.has(fingerprint)) continue;
       seen.add(fingerprint);
       const before = prior.get(fingerprint);
       if (before?.state === 'firing') continue;
