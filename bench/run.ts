@@ -25,6 +25,7 @@ const benchmarks: Benchmark[] = [
   { name: 'fleet-scale', run: () => import('./fleet-scale.js').then((m) => m.runFleetScaleBench()) },
   { name: 'rollout-scale', run: () => import('./rollout-scale.js').then((m) => m.runRolloutScaleBench()) },
   { name: 'fleet-metrics', run: () => import('./fleet-metrics.js').then((m) => m.runFleetMetricsBench()) },
+  { name: 'alerts', run: () => import('./alerts.js').then((m) => m.runAlertsBench()) },
 ];
 
 function ortVersion(): string {

@@ -5,6 +5,7 @@
  */
 import { agentVersion } from '../agent/version.js';
 import type { Command, CommandIo } from './command.js';
+import { alerts } from './commands/alerts.js';
 import { caInit } from './commands/ca-init.js';
 import { caServerCert } from './commands/ca-server-cert.js';
 import { caSign } from './commands/ca-sign.js';
@@ -20,7 +21,7 @@ import { trustInit } from './commands/trust-init.js';
 import { trustRotate } from './commands/trust-rotate.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, errorMessage, redact } from './errors.js';
 
-export const COMMANDS: readonly Command[] = [keysGenerate, trustInit, trustRotate, modelPublish, modelRetire, deploy, devices, status, collect, caInit, caSign, caServerCert, ...ROLLOUT_COMMANDS];
+export const COMMANDS: readonly Command[] = [keysGenerate, trustInit, trustRotate, modelPublish, modelRetire, deploy, devices, status, alerts, collect, caInit, caSign, caServerCert, ...ROLLOUT_COMMANDS];
 
 function globalHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

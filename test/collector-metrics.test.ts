@@ -13,7 +13,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Collector, type CollectorStats } from '../fleet/collector/collector.js';
 import { MAX_GPUS, MAX_GROUPS, MetricsText, escapeLabelValue, fleetMetricsSource, renderFleetMetrics } from '../fleet/collector/fleet-metrics.js';
-import type { Rollout } from '../fleet/rollout/planner.js';
+import { PAUSED_BY_OPERATOR, type Rollout } from '../fleet/rollout/planner.js';
 import { DashboardServer } from '../fleet/collector/http-server.js';
 import type { FleetRow } from '../fleet/collector/store.js';
 import { DEVICE_ID_RE, formatTime, healthPointSchema, inferencePointSchema, reportedStateSchema } from '../protocol/index.js';
@@ -136,18 +136,18 @@ describe('series per device stay within the quotas', () => {
 });
 
 describe('edgefleet_rollout_halted', () => {
-  const rollout = (id: string, group: string, status: Rollout['status'], outcome: Rollout['waves'][number]['outcome'] = 'running'): Rollout => {
-    const r = rolloutRecord(id, group, [['mnist', 2], ['kws', 5]], ['a', 'b'], {}, NOW);
-    return { ...r, status, waves: r.waves.map((w, i) => (i === 0 ? { ...w, outcome } : w)) };
-  };
+  // The reasons are the planner's: a gate writes why, an operator's pause writes PAUSED_BY_OPERATOR.
+  const rollout = (id: string, group: string, status: Rollout['status'], reason: string | null): Rollout => ({
+    ...rolloutRecord(id, group, [['mnist', 2], ['kws', 5]], ['a', 'b'], {}, NOW), status, reason,
+  });
 
   it('1 for a rollout the controller paused on a gate or failed, 0 for one an operator paused; old rollouts of a group drop out', () => {
     const rollouts = [
-      rollout('gate-paused', 'lab', 'paused', 'failed'),
-      rollout('operator-paused', 'field', 'paused', 'running'),
-      rollout('failed', 'east', 'failed', 'rolled_back'),
-      rollout('older-failed', 'east', 'failed', 'rolled_back'),
-      rollout('done', 'west', 'succeeded', 'passed'),
+      rollout('gate-paused', 'lab', 'paused', 'wave 1: error rate 4.0 % above 1 %'),
+      rollout('operator-paused', 'field', 'paused', PAUSED_BY_OPERATOR),
+      rollout('failed', 'east', 'failed', 'wave 1: 0 of 2 devices applied within 60 s'),
+      rollout('older-failed', 'east', 'failed', 'wave 1: 0 of 2 devices applied within 60 s'),
+      rollout('done', 'west', 'succeeded', null),
     ];
     const page = renderFleetMetrics({ rows: [], rollouts, now: NOW });
     expect(samples(page, 'edgefleet_rollout_halted')).toEqual([

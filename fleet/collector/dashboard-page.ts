@@ -5,6 +5,7 @@
  * through textContent. The script avoids template literals so it can live
  * in this one.
  */
+import { ALERTS_SCRIPT } from './dashboard-alerts-script.js';
 import { ROLLOUTS_SCRIPT } from './dashboard-rollouts-script.js';
 import { DASHBOARD_SCRIPT } from './dashboard-script.js';
 
@@ -57,6 +58,9 @@ button.link { background: none; border: 0; padding: 0; color: #58a6ff; text-deco
 #rollout-detail h3 { font-size: 13px; margin: 14px 0 6px; font-weight: 600; }
 #rollout-detail .table-wrap { margin: 0 0 8px; }
 td.reason, td.detail, p.reason { white-space: normal; overflow-wrap: anywhere; }
+#alerts tr.alert-firing td.state { color: var(--bad); font-weight: 600; } #alerts tr.alert-pending td.state { color: var(--warn); }
+#fleet tr.alerting td:first-child { box-shadow: inset 3px 0 var(--warn); } #fleet tr.alerting-critical td:first-child { box-shadow: inset 3px 0 var(--bad); }
+.alert-badge { display: inline-block; min-width: 16px; margin-right: 6px; padding: 0 4px; border-radius: 8px; background: var(--bad); color: #fff; font-size: 11px; text-align: center; }
 td.result.ok { color: var(--ok); } td.result.bad { color: var(--bad); font-weight: 600; } td.result.wait { color: var(--warn); }
 `;
 
@@ -86,6 +90,16 @@ export const DASHBOARD_HTML = `<!doctype html>
   <span id="error"></span>
 </header>
 <main>
+  <h2>Active alerts</h2>
+  <span id="alerts-error" style="color: var(--bad); margin: 0 20px"></span>
+  <div class="table-wrap">
+    <table id="alerts">
+      <thead><tr><th>State</th><th>Severity</th><th>Alert</th><th>Subject</th><th>Since (UTC)</th><th>Summary</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </div>
+  <p id="alerts-empty" class="muted" style="margin: 8px 20px" hidden>No active alerts (edgefleet collect --alerts FILE evaluates them; docs/alerts.md).</p>
+  <p id="alerts-outbox" class="muted" style="margin: 8px 20px"></p>
   <h2>Devices</h2>
   <div class="table-wrap">
     <table id="fleet">
@@ -122,6 +136,7 @@ export const DASHBOARD_HTML = `<!doctype html>
 </main>
 <script>${DASHBOARD_SCRIPT}</script>
 <script>${ROLLOUTS_SCRIPT}</script>
+<script>${ALERTS_SCRIPT}</script>
 </body>
 </html>
 `;

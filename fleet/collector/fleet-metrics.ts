@@ -13,7 +13,7 @@
  * label value is escaped, so no device can break the page or add a line.
  */
 import { DESIRED_STATUSES } from '../../protocol/index.js';
-import type { Rollout } from '../rollout/planner.js';
+import { currentRollouts, rolloutHalted, type Rollout } from '../rollout/planner.js';
 import type { CollectorStats } from './collector.js';
 import { DEFAULT_QUOTAS } from './ingest-guard.js';
 import { millis, type FleetRow, type FleetStore } from './store.js';
@@ -208,30 +208,6 @@ function writeModels(text: MetricsText, { rows, maxModels = DEFAULT_QUOTAS.maxMo
       if (i.p99 !== null) p99(labels, i.p99 / 1000);
     }
   }
-}
-
-/**
- * Whether a rollout stopped on a gate: failed, or paused by the controller
- * (the planner marks the wave failed then; an operator's pause leaves it running).
- */
-export function rolloutHalted(r: Rollout): boolean {
-  return r.status === 'failed' || (r.status === 'paused' && r.waves[r.wave]?.outcome === 'failed');
-}
-
-/**
- * The rollouts that get series: every running or paused one, and each
- * group's newest (whatever its status), so a failed rollout stays halted
- * until the next rollout of its group starts, and old ones drop out.
- */
-export function currentRollouts(rollouts: readonly Rollout[]): Rollout[] {
-  const groups = new Set<string>();
-  const out: Rollout[] = [];
-  for (const r of rollouts) {
-    const newestOfGroup = !groups.has(r.spec.group);
-    groups.add(r.spec.group);
-    if (newestOfGroup || r.status === 'running' || r.status === 'paused') out.push(r);
-  }
-  return out;
 }
 
 function writeRollouts(text: MetricsText, rollouts: readonly Rollout[]): void {

@@ -20,6 +20,8 @@
  *   GET /api/rollouts/{id}                  one rollout, its waves' gates and devices (rollout-view.ts);
  *                                           404 for an unknown id. Never a manifest's bytes.
  *   GET /metrics                            the fleet as Prometheus metrics (fleet-metrics.ts), when given
+ *   GET /api/alerts                         the built-in evaluator's alerts (fleet/alerts/view.ts):
+ *                                           {active, resolved (the latest), outbox}
  *
  * from and to are RFC 3339 UTC times or epoch milliseconds; the default is the last hour.
  */
@@ -30,6 +32,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { DEVICE_ID_RE, parseTime } from '../../protocol/index.js';
 import { UsageError, errorMessage } from '../errors.js';
+import { readAlerts } from '../alerts/view.js';
 import { DASHBOARD_HTML } from './dashboard-page.js';
 import { METRICS_CONTENT_TYPE } from './fleet-metrics.js';
 import { FleetQueryError, parseFleetQuery } from './fleet-query.js';
@@ -192,6 +195,10 @@ export class DashboardServer {
     const q = url.searchParams;
     if (url.pathname === '/api/devices') return this.fleetPage(parseFleetQuery(q));
     if (url.pathname === '/api/rollouts') return this.rollouts(q);
+    if (url.pathname === '/api/alerts') {
+      if ([...q.keys()].length > 0) throw new BadRequest(`/api/alerts takes no parameters, got "${[...q.keys()].join('", "')}"`);
+      return readAlerts(store);
+    }
     if (url.pathname.startsWith('/api/rollouts/')) return this.rollout(url.pathname.slice('/api/rollouts/'.length), q);
     const m = /^\/api\/devices\/([^/]+)\/(series|events)$/.exec(url.pathname);
     // Device ids need no percent-encoding (docs/protocol.md section 1), so the path segment is the id.

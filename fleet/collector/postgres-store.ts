@@ -26,6 +26,7 @@ import type {
 } from './store.js';
 import { PgGroupWriter } from './pg-group-writer.js';
 import { inTransaction } from './pg-transaction.js';
+import { POSTGRES_ALERT_MIGRATION, postgresAlerts, type AlertRecords } from './alert-records.js';
 import { POSTGRES_ROLLOUT_MIGRATION, postgresRollouts, type RolloutRecords } from './rollout-records.js';
 import { ACK_WALK_LIMIT, DEFAULT_SERIES_LIMIT, advanceAck, walkGoesOn, assembleFleet, checkFleetPageQuery, deviceStatesOf, eventHash, inPageOrder, latestRows, millis, pointRow, storedEvent, toSeries } from './store.js';
 
@@ -93,6 +94,8 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
    CREATE INDEX fleet_devices_dropped ON fleet_devices (dropped, (device COLLATE "C"));`,
   // Issue 14: staged rollouts and the documents published for them (the controller's lead is an advisory lock).
   POSTGRES_ROLLOUT_MIGRATION,
+  // Issue 15: the built-in alert evaluator's alerts and webhook outbox (its lead is an advisory lock of its own).
+  POSTGRES_ALERT_MIGRATION,
 ];
 
 /** The fleet_devices column each sort orders by. */
@@ -198,12 +201,14 @@ export class PostgresStore implements FleetStore {
   private readonly pool: pg.Pool;
   private readonly writer: PgGroupWriter;
   readonly rollouts: RolloutRecords & { close(): Promise<void> };
+  readonly alerts: AlertRecords & { close(): Promise<void> };
 
   constructor(connectionString: string, onError: (err: Error) => void = () => undefined) {
     // Four clients for groups of writes, the rest for the acknowledgement pass, pruning and reads.
     this.pool = new pg.Pool({ connectionString, max: 8 });
     this.writer = new PgGroupWriter(this.pool, { groups: 4, maxWrites: 256 });
     this.rollouts = postgresRollouts(this.pool, onError);
+    this.alerts = postgresAlerts(this.pool, onError);
     // An idle client losing its connection must not crash the process; the next query reports it.
     this.pool.on('error', onError);
   }
@@ -470,6 +475,7 @@ export class PostgresStore implements FleetStore {
 
   async close(): Promise<void> {
     await this.rollouts.close();
+    await this.alerts.close();
     await this.pool.end();
   }
 }

@@ -12,6 +12,7 @@
 import type Database from 'better-sqlite3';
 import type pg from 'pg';
 import type { Interval, Rollout, ShadowSample } from '../rollout/planner.js';
+import { postgresLease, sqliteLease } from './leases.js';
 import { inTransaction } from './pg-transaction.js';
 
 export interface NewPublication {
@@ -115,15 +116,10 @@ export function sqliteRollouts(db: Database.Database): RolloutRecords {
       `SELECT device, model, version, ts, count AS samples, count - errors AS agreed, json_extract(data, '$.verdict') AS verdict FROM fleet_points
        WHERE device IN (SELECT value FROM json_each(?)) AND kind = 'shadow' AND ts >= ? AND model IS NOT NULL`,
     ),
-    lead: db.prepare(
-      `INSERT INTO fleet_leases (name, holder, expires_at) VALUES (?, ?, ?)
-       ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-       WHERE fleet_leases.holder = excluded.holder OR fleet_leases.expires_at < ?`,
-    ),
-    resign: db.prepare('DELETE FROM fleet_leases WHERE name = ? AND holder = ?'),
   };
   const parse = (rows: { doc: string }[]): Rollout[] => rows.map((r) => JSON.parse(r.doc) as Rollout);
   return {
+    ...sqliteLease(db, LEASE),
     async save(r, expected, publications = []) {
       db.transaction(() => {
         if (expected === null) {
@@ -173,13 +169,6 @@ export function sqliteRollouts(db: Database.Database): RolloutRecords {
     async shadows(devices, from) {
       return sql.shadows.all(JSON.stringify(devices), from).map(shadowOf);
     },
-    async lead(holder, ttlMs) {
-      const now = Date.now();
-      return sql.lead.run(LEASE, holder, now + ttlMs, now).changes > 0;
-    },
-    async resign(holder) {
-      sql.resign.run(LEASE, holder);
-    },
   };
 }
 
@@ -195,9 +184,9 @@ function intervalOf(r: IntervalRow): Interval {
 }
 
 export function postgresRollouts(pool: pg.Pool, onLost: (err: Error) => void): RolloutRecords & { close(): Promise<void> } {
-  let leader: pg.Client | undefined;
   const parse = (rows: { doc: Rollout }[]): Rollout[] => rows.map((r) => r.doc);
   return {
+    ...postgresLease(pool, LEADER_LOCK, onLost),
     async save(r, expected, publications = []) {
       await inTransaction(pool, async (client) => {
         if (expected === null) {
@@ -271,45 +260,6 @@ export function postgresRollouts(pool: pg.Pool, onLost: (err: Error) => void): R
         [devices, new Date(from)],
       );
       return rows.map(shadowOf);
-    },
-    async lead() {
-      if (leader !== undefined) {
-        const held = leader;
-        try {
-          await held.query('SELECT 1');
-          return true;
-        } catch (err) {
-          // The session is gone and the lock with it; another collector may hold it by now.
-          leader = undefined;
-          (held as unknown as pg.PoolClient).release(err as Error);
-        }
-      }
-      const client = await pool.connect();
-      try {
-        const { rows } = await client.query<{ got: boolean }>('SELECT pg_try_advisory_lock($1) AS got', [LEADER_LOCK]);
-        if (rows[0]?.got !== true) return false;
-        // The lock lives as long as this session: the client leaves the pool, and losing it loses the lead.
-        const held = client as unknown as pg.Client;
-        held.on('error', (err: Error) => {
-          if (leader === held) leader = undefined;
-          onLost(err);
-        });
-        leader = held;
-        return true;
-      } finally {
-        if (leader !== (client as unknown as pg.Client)) client.release();
-      }
-    },
-    async resign() {
-      const held = leader;
-      leader = undefined;
-      if (held) {
-        await held.query('SELECT pg_advisory_unlock_all()').catch(() => undefined);
-        (held as unknown as pg.PoolClient).release();
-      }
-    },
-    async close() {
-      await this.resign('');
     },
   };
 }

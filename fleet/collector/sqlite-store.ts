@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import type Database from 'better-sqlite3';
 import { openSqlite } from '../../lib/sqlite.js';
+import { SQLITE_ALERT_MIGRATION, sqliteAlerts, type AlertRecords } from './alert-records.js';
 import { SQLITE_ROLLOUT_MIGRATION, sqliteRollouts, type RolloutRecords } from './rollout-records.js';
 import type { DeviceEvent, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
 import { FailureError } from '../errors.js';
@@ -93,6 +94,8 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
    CREATE INDEX fleet_devices_dropped ON fleet_devices (dropped, device);`,
   // Issue 14: staged rollouts, the documents published for them, the controller's lease.
   SQLITE_ROLLOUT_MIGRATION,
+  // Issue 15: the built-in alert evaluator's alerts and webhook outbox.
+  SQLITE_ALERT_MIGRATION,
 ];
 
 /** The fleet_devices column each sort orders by. */
@@ -253,6 +256,7 @@ export class SqliteStore implements FleetStore {
   private database: Database.Database | undefined;
   private statements: ReturnType<typeof prepareStatements> | undefined;
   private records: RolloutRecords | undefined;
+  private alertRecords: AlertRecords | undefined;
 
   /** `mustExist`: fail instead of creating an empty database (for readers such as `edgefleet status`). */
   constructor(
@@ -270,6 +274,11 @@ export class SqliteStore implements FleetStore {
     return this.records;
   }
 
+  get alerts(): AlertRecords {
+    if (this.alertRecords === undefined) throw new Error('SqliteStore used before init()');
+    return this.alertRecords;
+  }
+
   async init(): Promise<void> {
     if (this.database !== undefined) return;
     if (this.options.mustExist && !existsSync(this.file)) {
@@ -278,6 +287,7 @@ export class SqliteStore implements FleetStore {
     this.database = openSqlite(this.file, { migrations: SQLITE_MIGRATIONS, owner: 'collector' });
     this.statements = prepareStatements(this.database);
     this.records = sqliteRollouts(this.database);
+    this.alertRecords = sqliteAlerts(this.database);
   }
 
   private transaction<T>(fn: () => T): T {

@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import type { DeviceEvent, DroppedPoint, HealthPoint, InferencePoint, ReportedState, Status, TelemetryPoint } from '../../protocol/index.js';
 import { formatTime, parseTime } from '../../protocol/index.js';
+import type { AlertRecords } from './alert-records.js';
 import type { RolloutRecords } from './rollout-records.js';
 import { applyReportedState, byDevice, emptySummary, type DeviceSummary } from '../device-summary.js';
 
@@ -261,6 +262,8 @@ export interface FleetStore {
   events(device: string, range: TimeRange): Promise<StoredEvent[]>;
   /** Staged rollouts (rollout-records.ts); after init(). */
   readonly rollouts: RolloutRecords;
+  /** The built-in alert evaluator's alerts and webhook outbox (alert-records.ts); after init(). */
+  readonly alerts: AlertRecords;
   close(): Promise<void>;
 }
 

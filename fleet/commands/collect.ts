@@ -4,6 +4,7 @@
  * dashboard; started in that order, stopped in reverse on SIGINT or SIGTERM.
  */
 import { hostname } from 'node:os';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../agent/log.js';
 import { parseTime } from '../../protocol/index.js';
@@ -17,6 +18,8 @@ import { DB_HELP, describeDb, openStore, resolveDb } from '../collector/open-sto
 import type { Command } from '../command.js';
 import { readSigningKeys } from '../key-files.js';
 import { RolloutController } from '../rollout/controller.js';
+import { loadRules } from '../alerts/rules.js';
+import { AlertService } from '../alerts/service.js';
 import { UsageError, errorMessage } from '../errors.js';
 import { BROKER_HELP, BROKER_OPTIONS, brokerSettings } from '../mqtt.js';
 import { loadProfile } from '../profile.js';
@@ -39,6 +42,8 @@ const OPTIONS = {
   'max-clock-skew': { type: 'string' },
   'rollout-key': { type: 'string', multiple: true },
   'rollout-tick': { type: 'string' },
+  alerts: { type: 'string' },
+  'alerts-every': { type: 'string' },
   ...BROKER_OPTIONS,
 } as const;
 
@@ -98,6 +103,12 @@ Staged rollouts (edgefleet rollout start; docs/operator-guide.md):
                              rollout controller (one collector per store leads at a time)
   --rollout-tick D           how often the controller looks at each rollout (default 2s)
 
+Alerts without Prometheus (docs/alerts.md):
+  --alerts FILE       evaluate the alert rules in FILE (YAML or JSON; a default is
+                      provisioning/alerts/edgefleet-alerts.yaml) and notify its webhooks
+                      (one collector per store evaluates at a time)
+  --alerts-every D    how often the rules are evaluated (default 15s)
+
 Per-device limits (docs/collector.md says why each default): what goes over
 is dropped, acknowledged and counted per device, never stored.
   --max-models N               model names a device may have points stored under
@@ -135,6 +146,14 @@ ${BROKER_HELP}`,
         store, broker, log, keys: await readSigningKeys(rolloutKeys, io.note), holder: settings.collector.clientId,
         tickMs: values['rollout-tick'] === undefined ? 2_000 : durationMs(values['rollout-tick'], 'rollout-tick'),
       });
+    const alertRules = values.alerts === undefined ? undefined : await loadRules(resolve(io.cwd, values.alerts));
+    if (alertRules === undefined && values['alerts-every'] !== undefined) throw new UsageError('--alerts-every needs --alerts FILE');
+    const alerts =
+      alertRules !== undefined &&
+      new AlertService({
+        store, rules: alertRules, log, holder: settings.collector.clientId,
+        everyMs: values['alerts-every'] === undefined ? undefined : durationMs(values['alerts-every'], 'alerts-every'),
+      });
     const metrics = fleetMetricsSource(store, { collector: collector.stats, maxModels: settings.collector.quotas.maxModels ?? DEFAULT_QUOTAS.maxModels });
     const dashboard = settings.listen && new DashboardServer({ store, listen: settings.listen, log, publicNames: settings.publicNames, metrics });
     const metricsServer = settings.metricsListen && new DashboardServer({ store, listen: settings.metricsListen, log, publicNames: settings.publicNames, metrics, metricsOnly: true });
@@ -153,6 +172,10 @@ ${BROKER_HELP}`,
       if (controller) {
         controller.start();
         started.push(controller);
+      }
+      if (alerts) {
+        alerts.start();
+        started.push(alerts);
       }
       log.info({ signal: await untilSignal() }, 'stopping');
     } finally {

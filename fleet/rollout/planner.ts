@@ -108,6 +108,36 @@ export interface Rollout {
   updatedAt: number;
 }
 
+/** The reason of a rollout an operator paused (a gate's pause names the wave and the gate instead). */
+export const PAUSED_BY_OPERATOR = 'paused from the command line';
+
+/**
+ * Whether a rollout stopped on a gate: failed, or paused by the controller
+ * (a pause from the command line is the operator's, not a halt). The fleet
+ * metrics' `edgefleet_rollout_halted` and the built-in EdgefleetRolloutHalted
+ * alert both read it.
+ */
+export function rolloutHalted(r: Rollout): boolean {
+  return r.status === 'failed' || (r.status === 'paused' && r.reason !== null && r.reason !== PAUSED_BY_OPERATOR);
+}
+
+/**
+ * The rollouts an alert or a metric looks at, of a newest-first list: every
+ * running or paused one, and each group's newest (whatever its status), so a
+ * failed rollout stays halted until the next rollout of its group starts, and
+ * old ones drop out.
+ */
+export function currentRollouts(rollouts: readonly Rollout[]): Rollout[] {
+  const groups = new Set<string>();
+  const out: Rollout[] = [];
+  for (const r of rollouts) {
+    const newestOfGroup = !groups.has(r.spec.group);
+    groups.add(r.spec.group);
+    if (newestOfGroup || r.status === 'running' || r.status === 'paused') out.push(r);
+  }
+  return out;
+}
+
 export const PERCENT_RE = /^(\d+(?:\.\d+)?)%$/;
 
 /** `1,10%,50%,100%`: device counts and shares of the group, cumulative, growing. */
@@ -260,7 +290,7 @@ export function step(current: Rollout, obs: Observation): Step {
     }
     if (asked === 'pause' && r.status === 'running') {
       r.status = 'paused';
-      r.reason = 'paused from the command line';
+      r.reason = PAUSED_BY_OPERATOR;
       return touch();
     }
     if (asked === 'resume' && r.status === 'paused') {
