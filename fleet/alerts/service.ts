@@ -31,7 +31,7 @@ export interface AlertServiceOptions {
 
 export const DEFAULT_EVALUATE_EVERY_MS = 15_000;
 const DEFAULT_KEEP_RESOLVED_MS = 7 * 86_400_000;
-/** Rollouts looked at: the newest of each group among these. */
+/** Rollouts looked at (planner.ts currentRollouts picks from these, newest first). */
 const ROLLOUTS_READ = 100;
 /** A lease outlives a few missed ticks, so a slow tick does not hand the lead over. */
 const LEASE_TICKS = 5;
