@@ -1,7 +1,6 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { ServiceDefinition } from '@grpc/grpc-js';
-import { loadSync, type Options } from '@grpc/proto-loader';
+import { loadSync, type Options, type ServiceDefinition } from '@grpc/proto-loader';
 
 /** The .proto files the gRPC API serves, copied from TensorFlow Serving and KServe (agent/grpc/proto/README.md). */
 const FILES = [
@@ -34,7 +33,7 @@ export interface GrpcServices {
   health: ServiceDefinition;
 }
 
-/** Reads the .proto files (once per server: a few milliseconds) into grpc-js service definitions. */
+/** Reads the .proto files (once per server: a few milliseconds) into service definitions: each method's path and message coding. */
 export function loadServices(): GrpcServices {
   const definition = loadSync([...FILES], { ...OPTIONS, includeDirs: [protoDir()] });
   const service = (name: string): ServiceDefinition => {
@@ -47,7 +46,7 @@ export function loadServices(): GrpcServices {
   if (!predict) throw new Error('PredictionService has no Predict method');
   return {
     // Predict answers come already encoded (tf-response.ts): typed fields written as bytes, not element by element.
-    prediction: { ...prediction, Predict: { ...predict, responseSerialize: (bytes: Buffer) => bytes } },
+    prediction: { ...prediction, Predict: { ...predict, responseSerialize: (bytes: object) => bytes as Buffer } },
     model: service('tensorflow.serving.ModelService'),
     inference: service('inference.GRPCInferenceService'),
     health: service('grpc.health.v1.Health'),
