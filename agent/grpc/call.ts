@@ -6,7 +6,7 @@
  * trailer. transport.ts owns the listeners and connections.
  */
 import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
-import { gunzip, inflate } from 'node:zlib';
+import { gunzipSync, inflateSync } from 'node:zlib';
 import type { ApiAccess } from '../access/api-access.js';
 import { EdgefleetError, badRequest, unsupported } from '../errors.js';
 import { isOpen, UNAUTHORIZED } from './access.js';
@@ -32,7 +32,12 @@ export type Route = {
   encode(message: unknown): Uint8Array;
   /** The request message's full name, for errors. */
   requestType: string;
-} & ({ kind: 'unary'; handle(request: unknown, reply: Reply): void } | { kind: 'stream'; handle(request: unknown, out: ResponseStream): void });
+} & (
+  | { kind: 'unary'; handle(request: unknown, reply: Reply): void }
+  | { kind: 'stream'; handle(request: unknown, out: ResponseStream): void }
+  /** Client and server streaming: `open` once, then each request message as it arrives, then the end of the requests. */
+  | { kind: 'bidi'; open(out: ResponseStream): { message(request: unknown): void; end(): void } }
+);
 
 export interface CallOptions {
   routes: ReadonlyMap<string, Route>;
@@ -42,8 +47,11 @@ export interface CallOptions {
   onFault(err: unknown, path: string): void;
 }
 
-/** The encodings a compressed request message may use. */
-const DECOMPRESS = { gzip: gunzip, deflate: inflate } as const;
+/**
+ * The encodings a compressed request message may use. Decompressed in line (the messages of a
+ * call stay in order); clients send uncompressed messages unless told otherwise.
+ */
+const DECOMPRESS = { gzip: gunzipSync, deflate: inflateSync } as const;
 const ACCEPT_ENCODING = 'identity,gzip,deflate';
 const PREFIX = 5;
 /** setTimeout's longest delay; a longer grpc-timeout is as good as none. */
@@ -126,12 +134,17 @@ export function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeader
   new Call(stream, route, path, options, encoding, timeoutMs).read();
 }
 
-/** A call whose headers passed: reads its message, runs the handler, answers once. */
+/** A call whose headers passed: reads its messages, runs the handler, answers once. */
 class Call {
-  private readonly chunks: Buffer[] = [];
-  private received = 0;
-  /** The length the first message's prefix declares, once 5 bytes are in. */
-  private declared: number | undefined;
+  /** Request bytes not yet read as a message. */
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  /** The length the prefix of the message being read declares, once its 5 bytes are in. */
+  private need: number | undefined;
+  private flag = 0;
+  /** A unary or server-streaming call's one request, once read. */
+  private request: { value: unknown } | undefined;
+  private bidi: { message(request: unknown): void; end(): void } | undefined;
   private over = false;
   private timer: NodeJS.Timeout | undefined;
 
@@ -153,69 +166,86 @@ class Call {
   }
 
   read(): void {
-    const { stream } = this;
+    const { stream, route } = this;
+    if (route.kind === 'bidi') this.bidi = route.open(this.responseStream());
     stream.on('data', (chunk: Buffer) => this.take(chunk));
     stream.once('end', () => this.ended());
   }
 
+  /** Splits the request bytes into messages: a 5-byte prefix (compressed flag, big-endian length), then the message. */
   private take(chunk: Buffer): void {
     if (this.over) return;
     this.chunks.push(chunk);
-    this.received += chunk.length;
-    if (this.declared === undefined && this.received >= PREFIX) {
-      const head = this.chunks.length === 1 ? chunk : Buffer.concat(this.chunks);
-      this.declared = head.readUInt32BE(1);
-      if (this.declared > this.options.maxMessageBytes) {
-        const err = new EdgefleetError('PAYLOAD_TOO_LARGE', `request message of ${this.declared} bytes is over the limit of ${this.options.maxMessageBytes} (grpc.maxMessageBytes)`);
-        return this.finish(grpcError(err));
+    this.buffered += chunk.length;
+    for (;;) {
+      if (this.need === undefined) {
+        if (this.buffered < PREFIX) return;
+        const head = (this.chunks[0] as Buffer).length >= PREFIX ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
+        this.flag = head[0] as number;
+        this.need = head.readUInt32BE(1);
+        if (this.need > this.options.maxMessageBytes) {
+          const err = new EdgefleetError('PAYLOAD_TOO_LARGE', `request message of ${this.need} bytes is over the limit of ${this.options.maxMessageBytes} (grpc.maxMessageBytes)`);
+          return this.finish(grpcError(err));
+        }
       }
-    }
-    if (this.declared !== undefined && this.received > PREFIX + this.declared) {
-      this.finish(grpcError(badRequest(`${this.path} takes one request message; more bytes followed the first (${this.received - PREFIX - this.declared} more)`)));
-    }
-  }
-
-  private ended(): void {
-    if (this.over) return;
-    const body = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
-    if (body.length === 0) return this.finish(grpcError(badRequest(`${this.path} takes one request message; the request had none`)));
-    if (body.length < PREFIX || body.length < PREFIX + (this.declared ?? 0)) {
-      const why = body.length < PREFIX ? `${body.length} of the 5 bytes of its length prefix arrived` : `its length prefix says ${this.declared} bytes and ${body.length - PREFIX} arrived`;
-      return this.finish(grpcError(badRequest(`request message is truncated: ${why}`)));
-    }
-    const flag = body[0];
-    const message = body.subarray(PREFIX);
-    if (flag === 0) return this.run(message);
-    if (flag !== 1) return this.finish(grpcError(badRequest(`request message has compressed-flag byte ${flag}; it must be 0 or 1`)));
-    const decompress = DECOMPRESS[this.encoding as keyof typeof DECOMPRESS] as typeof gunzip | undefined;
-    if (!decompress) return this.finish(grpcError(badRequest('request message is marked compressed, but the call has no grpc-encoding header')));
-    decompress(message, { maxOutputLength: this.options.maxMessageBytes }, (err, plain) => {
+      if (this.buffered < PREFIX + this.need) return;
+      // One copy at most, once the whole message is in: never a concat per chunk of a large message.
+      const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks, this.buffered);
+      const message = all.subarray(PREFIX, PREFIX + this.need);
+      const rest = all.subarray(PREFIX + this.need);
+      this.chunks = rest.length > 0 ? [rest] : [];
+      this.buffered = rest.length;
+      this.need = undefined;
+      this.message(this.flag, message);
       if (this.over) return;
-      if (!err) return this.run(plain);
-      const tooLarge = (err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE';
-      const failure = tooLarge
-        ? new EdgefleetError('PAYLOAD_TOO_LARGE', `request message decompresses to more than the limit of ${this.options.maxMessageBytes} bytes (grpc.maxMessageBytes)`)
-        : badRequest(`request message does not decompress as ${this.encoding}: ${err.message}`);
-      this.finish(grpcError(failure));
-    });
+    }
   }
 
-  private run(bytes: Buffer): void {
+  private message(flag: number, bytes: Buffer): void {
     let request: unknown;
     try {
-      request = this.route.decode(bytes);
+      request = this.route.decode(this.plain(flag, bytes));
     } catch (err) {
-      return this.finish(grpcError(badRequest(`request is not a valid ${this.route.requestType} message: ${(err as Error).message}`)));
+      const failure = err instanceof EdgefleetError ? err : badRequest(`request is not a valid ${this.route.requestType} message: ${(err as Error).message}`);
+      return this.finish(grpcError(failure));
+    }
+    if (this.bidi) return this.bidi.message(request);
+    if (this.request) return this.finish(grpcError(badRequest(`${this.path} takes one request message; the client sent more`)));
+    this.request = { value: request };
+  }
+
+  /** A message's bytes, decompressed when its flag says so. */
+  private plain(flag: number, bytes: Buffer): Buffer {
+    if (flag === 0) return bytes;
+    if (flag !== 1) throw badRequest(`request message has compressed-flag byte ${flag}; it must be 0 or 1`);
+    const decompress = DECOMPRESS[this.encoding as keyof typeof DECOMPRESS] as typeof gunzipSync | undefined;
+    if (!decompress) throw badRequest('request message is marked compressed, but the call has no grpc-encoding header');
+    try {
+      return decompress(bytes, { maxOutputLength: this.options.maxMessageBytes });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+        throw new EdgefleetError('PAYLOAD_TOO_LARGE', `request message decompresses to more than the limit of ${this.options.maxMessageBytes} bytes (grpc.maxMessageBytes)`);
+      }
+      throw badRequest(`request message does not decompress as ${this.encoding}: ${(err as Error).message}`);
+    }
+  }
+
+  /** The client has sent everything: run a unary or server-streaming handler on its one message. */
+  private ended(): void {
+    if (this.over) return;
+    if (this.buffered > 0) {
+      const why = this.need === undefined ? `${this.buffered} of the 5 bytes of its length prefix arrived` : `its length prefix says ${this.need} bytes and ${this.buffered - PREFIX} arrived`;
+      return this.finish(grpcError(badRequest(`request message is truncated: ${why}`)));
     }
     const route = this.route;
-    if (route.kind === 'unary') {
-      route.handle(request, (err, message) => {
-        if (err === null || err === undefined) this.answer(message);
-        else this.finish(grpcError(err));
-      });
-    } else {
-      route.handle(request, this.responseStream());
-    }
+    if (route.kind === 'bidi') return this.bidi?.end();
+    if (!this.request) return this.finish(grpcError(badRequest(`${this.path} takes one request message; the request had none`)));
+    const request = this.request.value;
+    if (route.kind === 'stream') return route.handle(request, this.responseStream());
+    route.handle(request, (err, message) => {
+      if (err === null || err === undefined) this.answer(message);
+      else this.finish(grpcError(err));
+    });
   }
 
   /** The one answer of a unary call. */

@@ -3,11 +3,13 @@ import { fileURLToPath } from 'node:url';
 import { loadSync, type Options, type ServiceDefinition } from '@grpc/proto-loader';
 
 /** The .proto files the gRPC API serves, copied from TensorFlow Serving and KServe (agent/grpc/proto/README.md). */
-const FILES = [
+export const PROTO_FILES = [
   'tensorflow_serving/apis/prediction_service.proto',
   'tensorflow_serving/apis/model_service.proto',
   'grpc_predict_v2.proto',
   'grpc_health/v1/health.proto',
+  'grpc_reflection/v1/reflection.proto',
+  'grpc_reflection/v1alpha/reflection.proto',
 ] as const;
 
 /**
@@ -31,11 +33,13 @@ export interface GrpcServices {
   model: ServiceDefinition;
   inference: ServiceDefinition;
   health: ServiceDefinition;
+  reflection: ServiceDefinition;
+  reflectionAlpha: ServiceDefinition;
 }
 
 /** Reads the .proto files (once per server: a few milliseconds) into service definitions: each method's path and message coding. */
 export function loadServices(): GrpcServices {
-  const definition = loadSync([...FILES], { ...OPTIONS, includeDirs: [protoDir()] });
+  const definition = loadSync([...PROTO_FILES], { ...OPTIONS, includeDirs: [protoDir()] });
   const service = (name: string): ServiceDefinition => {
     const found = definition[name];
     if (!found || 'format' in found) throw new Error(`service ${name} is not in the .proto files`);
@@ -50,5 +54,7 @@ export function loadServices(): GrpcServices {
     model: service('tensorflow.serving.ModelService'),
     inference: service('inference.GRPCInferenceService'),
     health: service('grpc.health.v1.Health'),
+    reflection: service('grpc.reflection.v1.ServerReflection'),
+    reflectionAlpha: service('grpc.reflection.v1alpha.ServerReflection'),
   };
 }

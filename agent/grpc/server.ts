@@ -12,7 +12,8 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { Reply, ResponseStream, Route } from './call.js';
 import * as kserve from './kserve.js';
 import { HealthService } from './health.js';
-import { loadServices } from './protos.js';
+import { loadServices, PROTO_FILES, protoDir } from './protos.js';
+import { Reflection } from './reflection.js';
 import * as tf from './tf-serving.js';
 import { GrpcTransport } from './transport.js';
 
@@ -41,6 +42,7 @@ const DRAIN_MS = 5000;
 
 type Unary = (request: unknown, reply: Reply) => void;
 type Streaming = (request: unknown, out: ResponseStream) => void;
+type Bidi = (out: ResponseStream) => { message(request: unknown): void; end(): void };
 
 /**
  * The gRPC API (PROTOCOL.md section 8): TensorFlow Serving's PredictionService
@@ -65,21 +67,29 @@ export class GrpcServer {
     const { config, logger, access } = this.options;
     const services = loadServices();
     const routes = new Map<string, Route>();
-    const serve = (service: ServiceDefinition, handlers: Record<string, Unary>, streams: Record<string, Streaming> = {}): void => {
-      for (const [name, method] of Object.entries(service)) {
-        const coding = { decode: method.requestDeserialize, encode: method.responseSerialize as (m: unknown) => Uint8Array, requestType: (method.requestType.type as { name: string }).name };
-        const unary = handlers[name];
-        const streaming = streams[name];
+    const served: string[] = [];
+    const serve = (name: string, service: ServiceDefinition, handlers: { unary?: Record<string, Unary>; stream?: Record<string, Streaming>; bidi?: Record<string, Bidi> }): void => {
+      served.push(name);
+      for (const [method, def] of Object.entries(service)) {
+        const coding = { decode: def.requestDeserialize, encode: def.responseSerialize as (m: unknown) => Uint8Array, requestType: (def.requestType.type as { name: string }).name };
+        const unary = handlers.unary?.[method];
+        const streaming = handlers.stream?.[method];
+        const bidi = handlers.bidi?.[method];
         // Methods of the .proto files with no handler here answer UNIMPLEMENTED, as methods of no service do.
-        if (unary && !method.responseStream) routes.set(method.path, { ...coding, kind: 'unary', handle: unary });
-        else if (streaming && method.responseStream) routes.set(method.path, { ...coding, kind: 'stream', handle: streaming });
-        else if (unary ?? streaming) throw new Error(`gRPC method ${method.path}: the handler's kind does not match the .proto`);
+        if (unary && !def.requestStream && !def.responseStream) routes.set(def.path, { ...coding, kind: 'unary', handle: unary });
+        else if (streaming && !def.requestStream && def.responseStream) routes.set(def.path, { ...coding, kind: 'stream', handle: streaming });
+        else if (bidi && def.requestStream && def.responseStream) routes.set(def.path, { ...coding, kind: 'bidi', open: bidi });
+        else if (unary ?? streaming ?? bidi) throw new Error(`gRPC method ${def.path}: the handler's kind does not match the .proto`);
       }
     };
-    serve(services.prediction, this.predictionService());
-    serve(services.model, this.modelService());
-    serve(services.inference, this.inferenceService());
-    serve(services.health, { Check: this.health.Check as Unary }, { Watch: this.health.Watch as Streaming });
+    serve('tensorflow.serving.PredictionService', services.prediction, { unary: this.predictionService() });
+    serve('tensorflow.serving.ModelService', services.model, { unary: this.modelService() });
+    serve('inference.GRPCInferenceService', services.inference, { unary: this.inferenceService() });
+    serve('grpc.health.v1.Health', services.health, { unary: { Check: this.health.Check as Unary }, stream: { Watch: this.health.Watch as Streaming } });
+    const reflection = new Reflection([...served, 'grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'], PROTO_FILES, protoDir());
+    const reflect: Bidi = (out) => reflection.open(out);
+    serve('grpc.reflection.v1.ServerReflection', services.reflection, { bidi: { ServerReflectionInfo: reflect } });
+    serve('grpc.reflection.v1alpha.ServerReflection', services.reflectionAlpha, { bidi: { ServerReflectionInfo: reflect } });
     const transport = new GrpcTransport({
       routes,
       maxMessageBytes: config.maxMessageBytes,
