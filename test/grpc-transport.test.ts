@@ -3,8 +3,9 @@
  * client and against raw HTTP/2 frames a client library would never send:
  * each malformed request gets a status that says what was wrong. Server
  * reflection is read back with grpc-js and the descriptors it returns are
- * enough to call ModelInfer with no .proto file. grpc-api.test.ts covers the
- * services themselves with Python's grpcio.
+ * enough to call ModelInfer with no .proto file; Python's protobuf, loading
+ * them into a descriptor pool as grpcurl would, checks every import and type
+ * name. grpc-api.test.ts covers the services themselves with Python's grpcio.
  */
 import { connect, type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
 import { gzipSync } from 'node:zlib';
@@ -17,6 +18,7 @@ import { parseTimeout } from '../agent/grpc/call.js';
 import { protoDir } from '../agent/grpc/protos.js';
 import { mlpModel, writeModelTree } from '../models/onnx/zoo.js';
 import { startTestAgent, type TestAgent } from './helpers/agent.js';
+import { pythonClient, pythonGrpc, pythonGrpcSkipReason } from './helpers/python-grpc.js';
 
 const MAX_MESSAGE = 64 * 1024;
 const definition = loadSync(['grpc_predict_v2.proto', 'grpc_reflection/v1/reflection.proto', 'grpc_reflection/v1alpha/reflection.proto'], {
@@ -264,4 +266,24 @@ describe('gRPC server reflection', () => {
     );
     expect(answer).toMatchObject({ model_name: 'mlp', outputs: [{ name: 'probs', datatype: 'FP32' }] });
   });
+});
+
+describe.skipIf(pythonGrpcSkipReason())('gRPC server reflection with Python grpcio and protobuf', () => {
+  it('gives descriptors a protobuf descriptor pool accepts, and Predict called through them answers', async () => {
+    const py = await pythonClient(pythonGrpc() as string);
+    try {
+      const request = { model_spec: { name: 'mlp' }, inputs: { x: { dtype: 'DT_FLOAT', tensor_shape: { dim: [{ size: 1 }, { size: 784 }] }, float_val: [0.5] } } };
+      for (const version of ['v1', 'v1alpha']) {
+        const r = await py.script('reflection_client.py', target, { version, service: 'tensorflow.serving.PredictionService', method: 'Predict', request });
+        expect(r.services).toContain('tensorflow.serving.PredictionService');
+        expect(r.files).toEqual(expect.arrayContaining(['tensorflow_serving/apis/prediction_service.proto', 'google/protobuf/any.proto', 'google/protobuf/wrappers.proto']));
+        expect([r.input, r.output]).toEqual(['tensorflow.serving.PredictRequest', 'tensorflow.serving.PredictResponse']);
+        // Int64Value in protobuf JSON is the bare number, as a string.
+        expect(r.answer.model_spec).toMatchObject({ name: 'mlp', version: '1' });
+        expect(r.answer.outputs.probs.float_val).toHaveLength(10);
+      }
+    } finally {
+      await py.close();
+    }
+  }, 60_000);
 });

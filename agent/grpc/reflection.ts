@@ -65,13 +65,13 @@ export class Reflection {
       const imports = new Set<string>();
       for (const obj of declared) for (const used of referenced(obj)) imports.add(this.fileOf(used));
       imports.delete(name);
-      const file = descriptor.FileDescriptorProto.create({
+      const file = descriptor.FileDescriptorProto.fromObject({
         name,
         package: pkg,
         dependency: [...imports].sort(),
-        messageType: declared.filter((d) => d instanceof protobuf.Type).map((t) => t.toDescriptor('proto3')),
-        enumType: declared.filter((d) => d instanceof protobuf.Enum).map((e) => e.toDescriptor()),
-        service: declared.filter((d) => d instanceof protobuf.Service).map((s) => s.toDescriptor()),
+        messageType: declared.filter((d) => d instanceof protobuf.Type).map(messageDescriptor),
+        enumType: declared.filter((d) => d instanceof protobuf.Enum).map(enumDescriptor),
+        service: declared.filter((d) => d instanceof protobuf.Service).map(serviceDescriptor),
         syntax: 'proto3',
       });
       this.files.set(name, { bytes: descriptor.FileDescriptorProto.encode(file).finish(), imports: [...imports].sort() });
@@ -146,6 +146,79 @@ export class Reflection {
       end: () => out.end(),
     };
   }
+}
+
+/*
+ * Descriptors written here rather than with protobufjs's toDescriptor, which names a map's entry
+ * type after the field ("Inputs", where protoc and every descriptor pool expect "InputsEntry")
+ * and leaves type names relative.
+ */
+
+/** descriptor.proto's FieldDescriptorProto.Type numbers of the scalar types. */
+const SCALAR: Record<string, number> = {
+  double: 1, float: 2, int64: 3, uint64: 4, int32: 5, fixed64: 6, fixed32: 7, bool: 8, string: 9, bytes: 12,
+  uint32: 13, sfixed32: 15, sfixed64: 16, sint32: 17, sint64: 18,
+};
+const TYPE_MESSAGE = 11;
+const TYPE_ENUM = 14;
+const LABEL_OPTIONAL = 1;
+const LABEL_REPEATED = 3;
+
+const camel = (name: string): string => name.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
+
+/** A field's type: a scalar's number, or a message or enum by its fully-qualified name. */
+function fieldType(type: string, resolved: protobuf.Type | protobuf.Enum | null): { type: number; typeName?: string } {
+  if (resolved) return { type: resolved instanceof protobuf.Enum ? TYPE_ENUM : TYPE_MESSAGE, typeName: resolved.fullName };
+  const scalar = SCALAR[type];
+  if (scalar === undefined) throw new Error(`gRPC reflection: field type ${type} is neither a scalar nor resolved`);
+  return { type: scalar };
+}
+
+function messageDescriptor(type: protobuf.Type): object {
+  const oneofs = type.oneofsArray;
+  const entries: object[] = [];
+  const field = type.fieldsArray.map((f) => {
+    const base = { name: f.name, number: f.id, jsonName: camel(f.name) };
+    if (f instanceof protobuf.MapField) {
+      // A map is a repeated message of a nested entry type with key (1) and value (2), as protoc writes it.
+      const entry = `${camel(f.name).replace(/^./, (c) => c.toUpperCase())}Entry`;
+      entries.push({
+        name: entry,
+        field: [
+          { name: 'key', number: 1, jsonName: 'key', label: LABEL_OPTIONAL, ...fieldType(f.keyType, null) },
+          { name: 'value', number: 2, jsonName: 'value', label: LABEL_OPTIONAL, ...fieldType(f.type, f.resolvedType) },
+        ],
+        options: { mapEntry: true },
+      });
+      return { ...base, label: LABEL_REPEATED, type: TYPE_MESSAGE, typeName: `${type.fullName}.${entry}` };
+    }
+    const oneof = f.partOf ? oneofs.indexOf(f.partOf) : -1;
+    return { ...base, label: f.repeated ? LABEL_REPEATED : LABEL_OPTIONAL, ...fieldType(f.type, f.resolvedType), ...(oneof >= 0 && { oneofIndex: oneof }) };
+  });
+  return {
+    name: type.name,
+    field,
+    nestedType: [...type.nestedArray.filter((n) => n instanceof protobuf.Type).map(messageDescriptor), ...entries],
+    enumType: type.nestedArray.filter((n) => n instanceof protobuf.Enum).map(enumDescriptor),
+    oneofDecl: oneofs.map((o) => ({ name: o.name })),
+  };
+}
+
+function enumDescriptor(e: protobuf.Enum): object {
+  return { name: e.name, value: Object.entries(e.values).map(([name, number]) => ({ name, number })) };
+}
+
+function serviceDescriptor(service: protobuf.Service): object {
+  return {
+    name: service.name,
+    method: service.methodsArray.map((m) => ({
+      name: m.name,
+      inputType: m.resolvedRequestType?.fullName,
+      outputType: m.resolvedResponseType?.fullName,
+      clientStreaming: m.requestStream ?? false,
+      serverStreaming: m.responseStream ?? false,
+    })),
+  };
 }
 
 /** The message and enum types an object's fields and methods use (map values and nested types' fields included). */
