@@ -45,14 +45,17 @@ export function loadServices(): GrpcServices {
     if (!found || 'format' in found) throw new Error(`service ${name} is not in the .proto files`);
     return found;
   };
-  const prediction = service('tensorflow.serving.PredictionService');
-  const predict = prediction.Predict;
-  if (!predict) throw new Error('PredictionService has no Predict method');
+  // Predict and ModelInfer answers come already encoded (tf-response.ts, kserve-response.ts): tensors written as bytes, not element by element.
+  const encoded = (name: string, method: string): ServiceDefinition => {
+    const def = service(name);
+    const m = def[method];
+    if (!m) throw new Error(`${name} has no ${method} method`);
+    return { ...def, [method]: { ...m, responseSerialize: (bytes: object) => bytes as Buffer } };
+  };
   return {
-    // Predict answers come already encoded (tf-response.ts): typed fields written as bytes, not element by element.
-    prediction: { ...prediction, Predict: { ...predict, responseSerialize: (bytes: object) => bytes as Buffer } },
+    prediction: encoded('tensorflow.serving.PredictionService', 'Predict'),
     model: service('tensorflow.serving.ModelService'),
-    inference: service('inference.GRPCInferenceService'),
+    inference: encoded('inference.GRPCInferenceService', 'ModelInfer'),
     health: service('grpc.health.v1.Health'),
     reflection: service('grpc.reflection.v1.ServerReflection'),
     reflectionAlpha: service('grpc.reflection.v1alpha.ServerReflection'),
