@@ -287,3 +287,42 @@ describe.skipIf(pythonGrpcSkipReason())('gRPC server reflection with Python grpc
     }
   }, 60_000);
 });
+
+describe('gRPC transport at stop', () => {
+  it('ends open Watch streams OK, refuses a call still arriving with UNAVAILABLE, and stops without waiting out the drain', async () => {
+    const agent = await startTestAgent({ grpc: { port: 0 } }, async (dir) => {
+      await writeModelTree(dir, 'mlp', 1, mlpModel());
+    });
+    const address = `127.0.0.1:${agent.agent.grpcAddress?.port ?? 0}`;
+    const session = connect(`http://${address}`);
+    try {
+      const ended = (req: ReturnType<ClientHttp2Session['request']>): Promise<IncomingHttpHeaders> =>
+        new Promise((resolve) => {
+          req.on('response', (h) => h['grpc-status'] !== undefined && resolve(h));
+          req.on('trailers', resolve);
+          req.resume();
+        });
+      const watch = session.request({ ':method': 'POST', ':path': '/grpc.health.v1.Health/Watch', 'content-type': 'application/grpc', te: 'trailers' });
+      watch.end(frame(Buffer.alloc(0)));
+      const firstStatus = new Promise<Buffer>((resolve) => watch.once('data', resolve));
+      const watchEnd = ended(watch);
+      expect((await firstStatus).subarray(5)).toEqual(Buffer.from([0x08, 0x01])); // status: SERVING
+      const message = INFER.requestSerialize(inferRequest());
+      const upload = session.request({ ':method': 'POST', ':path': INFER.path, 'content-type': 'application/grpc', te: 'trailers' });
+      upload.write(frame(message).subarray(0, 20));
+      const uploadEnd = ended(upload);
+      // A stream the server has not seen before its GOAWAY is refused (REFUSED_STREAM, safe to retry): let it arrive.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const started = performance.now();
+      const stopped = agent.close();
+      // The rest of the message arrives while the agent drains: too late for a handler to start.
+      setTimeout(() => upload.end(frame(message).subarray(20)), 50);
+      expect(statusOf({ headers: await watchEnd, trailers: {} }).code).toBe(status.OK);
+      expect(statusOf({ headers: await uploadEnd, trailers: {} })).toEqual({ code: status.UNAVAILABLE, message: 'server is shutting down' });
+      await stopped;
+      expect(performance.now() - started).toBeLessThan(4000);
+    } finally {
+      session.destroy();
+    }
+  }, 30_000);
+});
