@@ -16,7 +16,7 @@ import descriptor from 'protobufjs/ext/descriptor.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTimeout } from '../agent/grpc/call.js';
 import { protoDir } from '../agent/grpc/protos.js';
-import { mlpModel, writeModelTree } from '../models/onnx/zoo.js';
+import { identityModel, mlpModel, writeModelTree } from '../models/onnx/zoo.js';
 import { startTestAgent, type TestAgent } from './helpers/agent.js';
 import { pythonClient, pythonGrpc, pythonGrpcSkipReason } from './helpers/python-grpc.js';
 
@@ -325,4 +325,33 @@ describe('gRPC transport at stop', () => {
       session.destroy();
     }
   }, 30_000);
+});
+
+describe('gRPC transport with large messages', () => {
+  it('takes and answers messages of hundreds of kilobytes, beyond HTTP/2\'s default 64 KiB window, byte for byte', async () => {
+    const agent = await startTestAgent({ grpc: { port: 0 } }, async (dir) => {
+      await writeModelTree(dir, 'id', 1, identityModel('float32'));
+    });
+    const big = new Client(`127.0.0.1:${agent.agent.grpcAddress?.port ?? 0}`, credentials.createInsecure(), { 'grpc.max_receive_message_length': -1 });
+    try {
+      const n = 100_000;
+      const x = Buffer.from(Float32Array.from({ length: n }, (_, i) => i / 7).buffer);
+      const request = { model_name: 'id', inputs: [{ name: 'x', datatype: 'FP32', shape: ['1', String(n)] }], raw_input_contents: [x] };
+      const answers = await Promise.all(
+        [0, 1, 2].map(
+          () =>
+            new Promise<any>((resolve, reject) =>
+              big.makeUnaryRequest(INFER.path, INFER.requestSerialize, INFER.responseDeserialize, request, (err, r) => (err ? reject(err) : resolve(r))),
+            ),
+        ),
+      );
+      for (const a of answers) {
+        expect(a.outputs[0]).toMatchObject({ name: 'y', shape: ['1', String(n)] });
+        expect(Buffer.compare(a.raw_output_contents[0], x)).toBe(0);
+      }
+    } finally {
+      big.close();
+      await agent.close();
+    }
+  }, 60_000);
 });

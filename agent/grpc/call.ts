@@ -76,13 +76,20 @@ export function parseTimeout(value: string | undefined): number | undefined {
   return Number(m[1]) * (UNIT_MS[m[2] as string] as number);
 }
 
-/** The 5-byte prefix (compressed flag, big-endian length) and the message, in one buffer. */
-function frame(message: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(PREFIX + message.length);
-  out[0] = 0;
-  out.writeUInt32BE(message.length, 1);
-  out.set(message, PREFIX);
-  return out;
+/** Messages up to this size go out in one buffer with their prefix; larger ones are not copied. */
+const COPY_LIMIT = 64 * 1024;
+
+/** Writes the 5-byte prefix (compressed flag, big-endian length) and the message; ends the stream's data with `end`. */
+function writeMessage(stream: ServerHttp2Stream, message: Uint8Array, end: boolean): void {
+  const small = message.length <= COPY_LIMIT;
+  const head = Buffer.allocUnsafe(small ? PREFIX + message.length : PREFIX);
+  head[0] = 0;
+  head.writeUInt32BE(message.length, 1);
+  if (small) head.set(message, PREFIX);
+  if (!small) stream.write(head);
+  const last = small ? head : message;
+  if (end) stream.end(last);
+  else stream.write(last);
 }
 
 /** Answers a call that never reached its handler, or gets refused, in a response of headers alone. */
@@ -263,7 +270,7 @@ class Call {
     const { stream } = this;
     stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
     stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-    stream.end(frame(bytes));
+    writeMessage(stream, bytes, true);
   }
 
   private responseStream(): ResponseStream {
@@ -275,7 +282,7 @@ class Call {
           stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
           stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
         }
-        stream.write(frame(this.route.encode(message)));
+        writeMessage(stream, this.route.encode(message), false);
       },
       end: () => {
         if (this.over || stream.destroyed) return;

@@ -22,7 +22,9 @@ export function encodeModelInferResponse(
   outputs: readonly HostTensor[],
   raw: boolean,
 ): ModelInferResponseBytes {
-  const out = new ProtoWriter(512);
+  const rawOut = raw ? outputs.map((t) => encodeBinaryTensor(t.datatype, t.data)) : [];
+  // Sized for the raw tensors up front: a megabyte of output is copied once, not at every doubling.
+  const out = new ProtoWriter(512 + rawOut.reduce((n, b) => n + b.length + 10, 0));
   out.string(1, head.model_name);
   out.string(2, head.model_version);
   if (head.id) out.string(3, head.id);
@@ -34,6 +36,6 @@ export function encodeModelInferResponse(
       if (!raw) o.message(5, (contents) => writeContents(contents, t));
     });
   }
-  if (raw) for (const t of outputs) out.bytes(6, encodeBinaryTensor(t.datatype, t.data));
+  for (const bytes of rawOut) out.bytes(6, bytes);
   return out.view();
 }
