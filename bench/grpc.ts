@@ -11,7 +11,9 @@
  * Targets: gRPC raw on the PP-OCRv4 input at least 3x REST v1 JSON's
  * throughput; gRPC p50 on the MLP within 0.25 ms of bare `session.run`. The
  * server's CPU time per call, gRPC against the HTTP layer with the same model
- * work, is what grpc-js costs per call.
+ * work, is what the gRPC transport costs per call. The floor row runs the
+ * Python client against grpc-echo-server.ts (HTTP/2 answering at once): what
+ * the client and HTTP/2 alone cost, which no server can go below.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -41,6 +43,8 @@ interface Scenario {
   label: string;
   /** The Python grpcio client instead of the Node generator; 1 client only. */
   python?: boolean;
+  /** Against grpc-echo-server.ts, not the agent: the floor of the client and HTTP/2 (MLP row only). */
+  floor?: boolean;
 }
 const APIS: Scenario[] = [
   { key: 'v1-json', api: 'v1-json', label: 'REST v1 JSON' },
@@ -49,6 +53,7 @@ const APIS: Scenario[] = [
   { key: 'grpc-v2', api: 'grpc-v2', label: 'gRPC KServe v2 (raw)' },
   { key: 'py-grpc-tf', api: 'grpc-tf', label: 'gRPC TF Predict, Python grpcio client', python: true },
   { key: 'py-grpc-v2', api: 'grpc-v2', label: 'gRPC KServe v2 raw, Python grpcio client', python: true },
+  { key: 'py-floor', api: 'grpc-v2', label: 'floor: Python grpcio client, HTTP/2 server answering at once', python: true, floor: true },
 ];
 
 interface Window extends LoadOutcome {
@@ -144,6 +149,7 @@ export async function runGrpcBench(): Promise<void> {
   const timing = quick ? { warmupMs: 300, windowMs: 1000, rounds: 1 } : { warmupMs: 1500, windowMs: 4000, rounds: 3 };
   const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-grpc-'));
   let agent: ServerChild | undefined;
+  let echo: ServerChild | undefined;
   try {
     const modelsDir = join(dir, 'models');
     await mkdir(modelsDir);
@@ -166,6 +172,7 @@ export async function runGrpcBench(): Promise<void> {
       log: { level: 'warn' },
     };
     agent = await startChild('./agent-child.ts', [JSON.stringify(config)], pin?.server);
+    echo = await startChild('./grpc-echo-server.ts', [], pin?.server);
 
     const python = await pythonGenerator(dir);
     if (!python) console.log('Python grpcio client rows skipped: /usr/bin/python3 with grpcio and grpc_tools not found (apt-get install python3-grpcio python3-grpc-tools)');
@@ -176,19 +183,21 @@ export async function runGrpcBench(): Promise<void> {
     const srvUs = new Map<string, number>();
     for (const model of MODELS) {
       for (const clients of CLIENTS) {
-        const scenarios = APIS.filter((a) => !a.python || (python && clients === 1));
+        const scenarios = APIS.filter((a) => (!a.python || (python && clients === 1)) && (!a.floor || model.name === 'mlp'));
         const windows = new Map<string, Window[]>(scenarios.map((a) => [a.key, []]));
         for (let round = 0; round < timing.rounds; round++) {
           for (const s of scenarios) {
-            const spec: LoadSpec = { api: s.api, model: model.name, shape: [...model.shape], images: 8, host: '127.0.0.1', httpPort: agent.port, grpcPort, clients, warmupMs: timing.warmupMs, windowMs: timing.windowMs };
+            const port = s.floor ? echo.port : grpcPort;
+            const spec: LoadSpec = { api: s.api, model: model.name, shape: [...model.shape], images: 8, host: '127.0.0.1', httpPort: agent.port, grpcPort: port, clients, warmupMs: timing.warmupMs, windowMs: timing.windowMs };
             windows.get(s.key)?.push(await runWindow(s.python ? (python as Generator) : node, spec, agent, pin?.client));
           }
         }
         const base = windows.get('v1-json') ?? [];
-        for (const { key, label } of scenarios) {
+        for (const { key, label, floor } of scenarios) {
           const ws = windows.get(key) ?? [];
           const mid = [...ws].sort((a, b) => a.rps - b.rps)[Math.floor(ws.length / 2)];
-          const ratio = median(ws.map((w, r) => w.rps / (base[r]?.rps ?? NaN)));
+          // The floor row answers no model: its rate is no API's.
+          const ratio = floor ? NaN : median(ws.map((w, r) => w.rps / (base[r]?.rps ?? NaN)));
           const k = `${model.name}/${clients}/${key}`;
           ratios.set(k, ratio);
           p50s.set(k, median(ws.map((w) => w.p50)));
@@ -204,16 +213,19 @@ export async function runGrpcBench(): Promise<void> {
     // The p50 target is a client's view: the Python grpcio client (C core) where it ran, else the Node generator.
     const grpcKeys = python ? ['py-grpc-v2', 'py-grpc-tf'] : ['grpc-v2', 'grpc-tf'];
     const mlpGrpcP50 = Math.max(...grpcKeys.map((k) => p50s.get(`mlp/1/${k}`) ?? NaN));
+    const floor = p50s.get('mlp/1/py-floor') ?? NaN;
     const perCall = (srvUs.get('mlp/16/grpc-v2') ?? NaN) - (srvUs.get('mlp/16/v2-binary') ?? NaN);
     const perCallTf = (srvUs.get('mlp/16/grpc-tf') ?? NaN) - (srvUs.get('mlp/16/v2-binary') ?? NaN);
     printTable('grpc targets', ['target', 'measured', 'met'], [
       ['gRPC raw on PP-OCRv4 >= 3x REST v1 JSON req/s (worse of 1 and 16 clients)', `${fmt(ocrRaw, 2)}x`, ocrRaw >= 3 ? 'yes' : 'NO'],
       [`gRPC p50 on the MLP (1 ${python ? 'Python grpcio' : 'grpc-js'} client, worse of TF and KServe) within 0.25 ms of bare session.run`, `${fmt(mlpGrpcP50, 3)} ms vs ${fmt(bare, 3)} ms (+${fmt(mlpGrpcP50 - bare, 3)})`, mlpGrpcP50 - bare <= 0.25 ? 'yes' : 'NO'],
-      ['grpc-js cost per call over the HTTP layer (server CPU, MLP, 16 clients): KServe raw vs v2 binary', `${fmt(perCall, 0)} µs`, 'info'],
+      ['floor: the Python grpcio client against an HTTP/2 server that answers at once (no server can go below it)', python ? `${fmt(floor, 3)} ms (gRPC p50 above it: +${fmt(mlpGrpcP50 - floor, 3)})` : '-', 'info'],
+      ['gRPC transport cost per call over the HTTP layer (server CPU, MLP, 16 clients): KServe raw vs v2 binary', `${fmt(perCall, 0)} µs`, 'info'],
       ['same, TF Predict (typed output fields) vs v2 binary', `${fmt(perCallTf, 0)} µs`, 'info'],
     ], (i) => i === 1);
   } finally {
     await agent?.stop();
+    await echo?.stop();
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -1,6 +1,5 @@
-import type { ServerUnaryCall, ServerWritableStream, sendUnaryData } from '@grpc/grpc-js';
 import { notFound } from '../errors.js';
-import { grpcError } from './status.js';
+import type { Reply, ResponseStream } from './call.js';
 
 type ServingStatus = 'SERVING' | 'NOT_SERVING' | 'SERVICE_UNKNOWN';
 
@@ -24,20 +23,20 @@ export class HealthService {
     return this.serving() ? 'SERVING' : 'NOT_SERVING';
   }
 
-  readonly Check = (call: ServerUnaryCall<{ service?: string }, unknown>, callback: sendUnaryData<unknown>): void => {
-    const service = call.request.service ?? '';
+  readonly Check = (request: { service?: string }, reply: Reply): void => {
+    const service = request.service ?? '';
     const status = this.status(service);
-    if (status === 'SERVICE_UNKNOWN') callback(grpcError(notFound(`service "${service}" is not served here`)));
-    else callback(null, { status });
+    if (status === 'SERVICE_UNKNOWN') reply(notFound(`service "${service}" is not served here`));
+    else reply(null, { status });
   };
 
   /** Sends the status now and on every change, until the client cancels or the server stops. */
-  readonly Watch = (call: ServerWritableStream<{ service?: string }, unknown>): void => {
-    const service = call.request.service ?? '';
+  readonly Watch = (request: { service?: string }, out: ResponseStream): void => {
+    const service = request.service ?? '';
     let last: ServingStatus | undefined;
     const send = (): void => {
       const now = this.status(service);
-      if (now !== last) call.write({ status: now });
+      if (now !== last) out.write({ status: now });
       last = now;
     };
     send();
@@ -48,11 +47,10 @@ export class HealthService {
     };
     const close = (): void => {
       end();
-      call.end();
+      out.end();
     };
     this.watchers.add(close);
-    call.on('cancelled', end);
-    call.on('close', end);
+    out.onClose(end);
   };
 
   /** Ends every Watch: at stop, so open streams do not hold the shutdown up. */

@@ -8,9 +8,10 @@
  */
 import { badRequest, unsupported } from '../errors.js';
 import { bytesToText, decodeJson, fmtShape, show } from '../codec/json-data.js';
-import { checkShape, decodeBinaryTensor, encodeBinaryTensor } from '../codec/v2.js';
+import { checkShape, decodeBinaryTensor } from '../codec/v2.js';
 import { DATATYPES, ELEMENT_SIZE, elementCount } from '../runtime/tensor.js';
 import type { Datatype, HostTensor, TensorData, TensorSpec } from '../runtime/tensor.js';
+import { packed64, packedInts, rawBytes, type ProtoWriter } from './proto-writer.js';
 
 export interface InferParameterMessage {
   bool_param?: boolean;
@@ -107,31 +108,41 @@ function decodeContents(contents: TensorContentsMessage | undefined, datatype: D
   return decodeJson(values, datatype, { input }).data;
 }
 
-export interface InferOutputMessage {
-  name: string;
-  datatype: Datatype;
-  shape: string[];
-  contents?: TensorContentsMessage;
-}
-
 /** Whether an answer must use raw_output_contents: the request did, or an output has no typed field. */
 export function needsRaw(requestRaw: boolean, outputs: readonly HostTensor[]): boolean {
   return requestRaw || outputs.some((t) => FIELD[t.datatype] === undefined);
 }
 
-/** One output of a ModelInfer answer; with `raw`, its bytes go to raw_output_contents in the same order. */
-export function encodeInferOutput(t: HostTensor, raw: Buffer[] | undefined): InferOutputMessage {
-  const head = { name: t.name, datatype: t.datatype, shape: t.shape.map(String) };
-  if (raw) {
-    raw.push(encodeBinaryTensor(t.datatype, t.data));
-    return head;
-  }
-  const field = FIELD[t.datatype] as ContentsField;
+/** InferTensorContents field numbers (grpc_predict_v2.proto). */
+const FIELD_NUMBER: Record<ContentsField, number> = {
+  bool_contents: 1, int_contents: 2, int64_contents: 3, uint_contents: 4, uint64_contents: 5, fp32_contents: 6, fp64_contents: 7, bytes_contents: 8,
+};
+
+/** One output's InferTensorContents: its elements in the typed field of its datatype (not FP16, which has none). */
+export function writeContents(out: ProtoWriter, t: HostTensor): void {
+  const field = FIELD[t.datatype];
+  if (field === undefined) throw new Error(`${t.datatype} has no InferTensorContents field`);
+  const n = FIELD_NUMBER[field];
   const data = t.data;
-  let values: unknown[];
-  if (t.datatype === 'BYTES') values = (data as string[]).map((s) => Buffer.from(s, 'utf8'));
-  else if (t.datatype === 'INT64' || t.datatype === 'UINT64') values = Array.from(data as BigInt64Array, String);
-  else if (t.datatype === 'BOOL') values = Array.from(data as Uint8Array, Boolean);
-  else values = Array.from(data as Float32Array);
-  return { ...head, contents: { [field]: values } };
+  switch (t.datatype) {
+    case 'FP32':
+    case 'FP64':
+    case 'BOOL': // packed bool: one varint byte, 0 or 1, each
+      return out.bytes(n, rawBytes(data as Float32Array));
+    case 'INT64':
+    case 'UINT64':
+      return packed64(out, n, data as BigInt64Array);
+    case 'BYTES':
+      for (const s of data as string[]) out.string(n, s);
+      return;
+    case 'INT8':
+    case 'INT16':
+    case 'INT32':
+    case 'UINT8':
+    case 'UINT16':
+    case 'UINT32':
+      return packedInts(out, n, data as Int32Array);
+    case 'FP16':
+      return;
+  }
 }

@@ -8,7 +8,8 @@ import { v2Metadata, v2ModelReady } from '../http/model-info.js';
 import type { PreparedInfer } from '../serving/inference-path.js';
 import type { ModelRegistry, Selector } from '../serving/registry.js';
 import type { Servable } from '../serving/servable.js';
-import { decodeInferInput, encodeInferOutput, needsRaw, type InferOutputMessage, type InferParameterMessage, type InferTensorMessage } from './kserve-tensor.js';
+import { encodeModelInferResponse, type ModelInferResponseBytes } from './kserve-response.js';
+import { decodeInferInput, needsRaw, type InferParameterMessage, type InferTensorMessage } from './kserve-tensor.js';
 
 export interface ModelInferRequestMessage {
   model_name?: string;
@@ -18,14 +19,6 @@ export interface ModelInferRequestMessage {
   inputs?: InferTensorMessage[];
   outputs?: { name?: string; parameters?: Record<string, InferParameterMessage> }[];
   raw_input_contents?: Buffer[];
-}
-
-export interface ModelInferResponseMessage {
-  model_name: string;
-  model_version: string;
-  id?: string;
-  outputs: InferOutputMessage[];
-  raw_output_contents?: Buffer[];
 }
 
 /** The model and version a KServe request names ("" for the version: the one unqualified requests get). */
@@ -39,7 +32,7 @@ export function target(name: string | undefined, version: string | undefined): {
 const quoted = (names: readonly string[]): string => names.map((n) => `"${n}"`).join(', ');
 
 /** A ModelInfer request read against the version it was given. */
-export function prepareModelInfer(servable: Servable, request: ModelInferRequestMessage): PreparedInfer<ModelInferResponseMessage> {
+export function prepareModelInfer(servable: Servable, request: ModelInferRequestMessage): PreparedInfer<ModelInferResponseBytes> {
   const specs = servable.session.inputs;
   const given = request.inputs ?? [];
   const raw = request.raw_input_contents ?? [];
@@ -63,11 +56,9 @@ export function prepareModelInfer(servable: Servable, request: ModelInferRequest
     inputs,
     outputs: requested,
     answer: (outputs) => {
-      const rawOut = needsRaw(raw.length > 0, outputs) ? [] : undefined;
       // The runtime answers in its own order; the client's order of "outputs" wins.
       const ordered = requested ? requested.map((n) => outputs.find((o) => o.name === n)).filter((o) => o !== undefined) : outputs;
-      const encoded = ordered.map((t) => encodeInferOutput(t, rawOut));
-      return { ...meta, outputs: encoded, ...(rawOut && { raw_output_contents: rawOut }) };
+      return encodeModelInferResponse(meta, ordered, needsRaw(raw.length > 0, outputs));
     },
   };
 }

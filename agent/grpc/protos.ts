@@ -1,14 +1,15 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { ServiceDefinition } from '@grpc/grpc-js';
-import { loadSync, type Options } from '@grpc/proto-loader';
+import { loadSync, type Options, type ServiceDefinition } from '@grpc/proto-loader';
 
 /** The .proto files the gRPC API serves, copied from TensorFlow Serving and KServe (agent/grpc/proto/README.md). */
-const FILES = [
+export const PROTO_FILES = [
   'tensorflow_serving/apis/prediction_service.proto',
   'tensorflow_serving/apis/model_service.proto',
   'grpc_predict_v2.proto',
   'grpc_health/v1/health.proto',
+  'grpc_reflection/v1/reflection.proto',
+  'grpc_reflection/v1alpha/reflection.proto',
 ] as const;
 
 /**
@@ -32,24 +33,31 @@ export interface GrpcServices {
   model: ServiceDefinition;
   inference: ServiceDefinition;
   health: ServiceDefinition;
+  reflection: ServiceDefinition;
+  reflectionAlpha: ServiceDefinition;
 }
 
-/** Reads the .proto files (once per server: a few milliseconds) into grpc-js service definitions. */
+/** Reads the .proto files (once per server: a few milliseconds) into service definitions: each method's path and message coding. */
 export function loadServices(): GrpcServices {
-  const definition = loadSync([...FILES], { ...OPTIONS, includeDirs: [protoDir()] });
+  const definition = loadSync([...PROTO_FILES], { ...OPTIONS, includeDirs: [protoDir()] });
   const service = (name: string): ServiceDefinition => {
     const found = definition[name];
     if (!found || 'format' in found) throw new Error(`service ${name} is not in the .proto files`);
     return found;
   };
-  const prediction = service('tensorflow.serving.PredictionService');
-  const predict = prediction.Predict;
-  if (!predict) throw new Error('PredictionService has no Predict method');
+  // Predict and ModelInfer answers come already encoded (tf-response.ts, kserve-response.ts): tensors written as bytes, not element by element.
+  const encoded = (name: string, method: string): ServiceDefinition => {
+    const def = service(name);
+    const m = def[method];
+    if (!m) throw new Error(`${name} has no ${method} method`);
+    return { ...def, [method]: { ...m, responseSerialize: (bytes: object) => bytes as Buffer } };
+  };
   return {
-    // Predict answers come already encoded (tf-response.ts): typed fields written as bytes, not element by element.
-    prediction: { ...prediction, Predict: { ...predict, responseSerialize: (bytes: Buffer) => bytes } },
+    prediction: encoded('tensorflow.serving.PredictionService', 'Predict'),
     model: service('tensorflow.serving.ModelService'),
-    inference: service('inference.GRPCInferenceService'),
+    inference: encoded('inference.GRPCInferenceService', 'ModelInfer'),
     health: service('grpc.health.v1.Health'),
+    reflection: service('grpc.reflection.v1.ServerReflection'),
+    reflectionAlpha: service('grpc.reflection.v1alpha.ServerReflection'),
   };
 }

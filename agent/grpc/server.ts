@@ -1,22 +1,21 @@
-import type { EventEmitter } from 'node:events';
-import { lstat, unlink } from 'node:fs/promises';
-import type { Socket } from 'node:net';
-import { Server, status as GrpcStatus, type ServerCredentials, type sendUnaryData, type ServerUnaryCall, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { unlink } from 'node:fs/promises';
+import type { ServiceDefinition } from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import type { ApiAccess } from '../access/api-access.js';
 import type { AgentConfig } from '../config/schema.js';
-import { errorMessage, failureKind, unavailable } from '../errors.js';
+import { EdgefleetError, errorMessage, failureKind, unavailable } from '../errors.js';
 import { statusOf } from '../http/errors.js';
 import type { InferencePath, PreparedInfer } from '../serving/inference-path.js';
 import type { ModelRegistry, Selector } from '../serving/registry.js';
 import type { Servable } from '../serving/servable.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { Reply, ResponseStream, Route } from './call.js';
 import * as kserve from './kserve.js';
-import { authInterceptors, serverCredentials } from './access.js';
 import { HealthService } from './health.js';
-import { loadServices } from './protos.js';
-import { grpcError } from './status.js';
+import { loadServices, PROTO_FILES, protoDir } from './protos.js';
+import { Reflection } from './reflection.js';
 import * as tf from './tf-serving.js';
+import { GrpcTransport } from './transport.js';
 
 export interface GrpcServerOptions {
   config: NonNullable<AgentConfig['grpc']>;
@@ -41,15 +40,18 @@ export interface GrpcAddress {
 /** Longest wait at stop for calls in flight. */
 const DRAIN_MS = 5000;
 
-type Handler = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => void;
+type Unary = (request: unknown, reply: Reply) => void;
+type Streaming = (request: unknown, out: ResponseStream) => void;
+type Bidi = (out: ResponseStream) => { message(request: unknown): void; end(): void };
 
 /**
  * The gRPC API (PROTOCOL.md section 8): TensorFlow Serving's PredictionService
- * and ModelService and KServe v2's GRPCInferenceService on @grpc/grpc-js, over
+ * and ModelService, KServe v2's GRPCInferenceService and the standard health
+ * service, on the agent's own HTTP/2 transport (transport.ts, call.ts), over
  * the same registry and inference path as the HTTP API.
  */
 export class GrpcServer {
-  private server: Server | undefined;
+  private transport: GrpcTransport | undefined;
   private bound: GrpcAddress | undefined;
   private inFlight = 0;
   private draining = false;
@@ -62,54 +64,65 @@ export class GrpcServer {
   }
 
   async start(): Promise<GrpcAddress> {
-    const { config, logger } = this.options;
+    const { config, logger, access } = this.options;
     const services = loadServices();
-    const server = new Server({
-      'grpc.max_receive_message_length': config.maxMessageBytes,
-      'grpc.max_send_message_length': -1,
-      // Channelz keeps per-call statistics nobody here reads (its service is not served): a cost on every call.
-      'grpc.enable_channelz': 0,
-      interceptors: authInterceptors(this.options.access),
+    const routes = new Map<string, Route>();
+    const served: string[] = [];
+    const serve = (name: string, service: ServiceDefinition, handlers: { unary?: Record<string, Unary>; stream?: Record<string, Streaming>; bidi?: Record<string, Bidi> }): void => {
+      served.push(name);
+      for (const [method, def] of Object.entries(service)) {
+        const coding = { decode: def.requestDeserialize, encode: def.responseSerialize as (m: unknown) => Uint8Array, requestType: (def.requestType.type as { name: string }).name };
+        const unary = handlers.unary?.[method];
+        const streaming = handlers.stream?.[method];
+        const bidi = handlers.bidi?.[method];
+        // Methods of the .proto files with no handler here answer UNIMPLEMENTED, as methods of no service do.
+        if (unary && !def.requestStream && !def.responseStream) routes.set(def.path, { ...coding, kind: 'unary', handle: unary });
+        else if (streaming && !def.requestStream && def.responseStream) routes.set(def.path, { ...coding, kind: 'stream', handle: streaming });
+        else if (bidi && def.requestStream && def.responseStream) routes.set(def.path, { ...coding, kind: 'bidi', open: bidi });
+        else if (unary ?? streaming ?? bidi) throw new Error(`gRPC method ${def.path}: the handler's kind does not match the .proto`);
+      }
+    };
+    serve('tensorflow.serving.PredictionService', services.prediction, { unary: this.predictionService() });
+    serve('tensorflow.serving.ModelService', services.model, { unary: this.modelService() });
+    serve('inference.GRPCInferenceService', services.inference, { unary: this.inferenceService() });
+    serve('grpc.health.v1.Health', services.health, { unary: { Check: this.health.Check as Unary }, stream: { Watch: this.health.Watch as Streaming } });
+    const reflection = new Reflection([...served, 'grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'], PROTO_FILES, protoDir());
+    const reflect: Bidi = (out) => reflection.open(out);
+    serve('grpc.reflection.v1.ServerReflection', services.reflection, { bidi: { ServerReflectionInfo: reflect } });
+    serve('grpc.reflection.v1alpha.ServerReflection', services.reflectionAlpha, { bidi: { ServerReflectionInfo: reflect } });
+    const transport = new GrpcTransport({
+      routes,
+      maxMessageBytes: config.maxMessageBytes,
+      access,
+      onFault: (err, path) => logger.error({ method: path, err: errorMessage(err) }, 'gRPC answer could not be encoded'),
     });
-    server.addService(services.prediction, this.predictionService());
-    server.addService(services.model, this.modelService());
-    server.addService(services.inference, this.inferenceService());
-    server.addService(services.health, { Check: this.health.Check, Watch: this.health.Watch });
     let port: number | undefined;
     try {
-      if (config.port !== null) port = await bind(server, `${hostPort(config.host, config.port)}`, serverCredentials(this.options.access));
-      if (config.socket !== undefined) {
-        await removeStaleSocket(config.socket);
-        // Plaintext even with api.tls: the socket file's permissions guard it; bearer tokens still apply.
-        await bind(server, `unix:${config.socket}`, serverCredentials(undefined));
-      }
+      if (config.port !== null) port = await transport.listenTcp(config.host, config.port, access?.tls);
+      // Plaintext even with api.tls: the socket file's permissions guard it; bearer tokens still apply.
+      if (config.socket !== undefined) await transport.listenSocket(config.socket);
     } catch (err) {
-      server.forceShutdown(); // a port already bound must not outlive the failed start
+      await transport.close(0); // a port already bound must not outlive the failed start
       throw err;
     }
-    disableNagle(server);
-    this.server = server;
+    this.transport = transport;
     this.bound = { port, socket: config.socket };
-    logger.info({ host: config.host, port, socket: config.socket, tls: this.options.access?.tls !== undefined }, 'gRPC API listening');
+    logger.info({ host: config.host, port, socket: config.socket, tls: access?.tls !== undefined }, 'gRPC API listening');
     return this.bound;
   }
 
   /** Stops taking calls and waits (up to DRAIN_MS) for those in flight. */
   async stop(): Promise<void> {
-    const server = this.server;
-    if (!server) return;
+    const transport = this.transport;
+    if (!transport) return;
     this.draining = true;
     this.health.endWatches();
-    let timer: NodeJS.Timeout | undefined;
-    const shutdown = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-    await Promise.race([shutdown, new Promise<void>((resolve) => (timer = setTimeout(resolve, DRAIN_MS)))]);
-    clearTimeout(timer);
-    server.forceShutdown();
-    this.server = undefined;
+    await transport.close(DRAIN_MS);
+    this.transport = undefined;
     if (this.options.config.socket !== undefined) await unlink(this.options.config.socket).catch(() => {});
   }
 
-  private predictionService(): UntypedServiceImplementation {
+  private predictionService(): Record<string, Unary> {
     const { registry } = this.options;
     return {
       Predict: this.infer('grpc-tf', 'Predict', (req: tf.PredictRequestMessage) => ({
@@ -120,12 +133,12 @@ export class GrpcServer {
     };
   }
 
-  private modelService(): UntypedServiceImplementation {
+  private modelService(): Record<string, Unary> {
     const { registry } = this.options;
     return { GetModelStatus: this.info('GetModelStatus', (req: tf.GetModelStatusRequestMessage) => tf.modelStatus(registry, req)) };
   }
 
-  private inferenceService(): UntypedServiceImplementation {
+  private inferenceService(): Record<string, Unary> {
     const { registry, agentVersion, isReady } = this.options;
     type Named = { name?: string; version?: string };
     return {
@@ -142,12 +155,12 @@ export class GrpcServer {
   }
 
   /** Counts a call in; false (and the call answered UNAVAILABLE) when over grpc.maxInFlight or stopping. */
-  private enter(callback: sendUnaryData<unknown>): boolean {
+  private enter(reply: Reply): boolean {
     this.inFlight++;
     this.options.metrics.inFlight.inc();
     if (this.inFlight <= this.options.config.maxInFlight && !this.draining) return true;
     const why = this.draining ? 'server is shutting down' : `server is overloaded (${this.inFlight} calls in flight); retry later`;
-    callback(grpcError(unavailable(why)));
+    reply(unavailable(why));
     this.leave();
     return false;
   }
@@ -158,22 +171,24 @@ export class GrpcServer {
   }
 
   /** A call answered from the registry alone. */
-  private info<Req>(method: string, answer: (request: Req) => unknown): Handler {
-    return (call, callback) => {
-      if (!this.enter(callback)) return;
+  private info<Req>(method: string, answer: (request: Req) => unknown): Unary {
+    return (request, reply) => {
+      if (!this.enter(reply)) return;
+      let message: unknown;
       try {
-        callback(null, answer(call.request as Req));
+        message = answer(request as Req);
       } catch (err) {
-        this.failed(method, err, callback);
-      } finally {
-        this.leave();
+        this.failed(method, err, reply);
+        return this.leave();
       }
+      this.leave();
+      reply(null, message);
     };
   }
 
-  private failed(method: string, err: unknown, callback: sendUnaryData<unknown>): void {
+  private failed(method: string, err: unknown, reply: Reply): void {
     if (failureKind(err) !== 'client-input') this.options.logger.warn({ method, err: errorMessage(err) }, 'gRPC call failed');
-    callback(grpcError(err));
+    reply(err);
   }
 
   /** An inference call, through the inference path the HTTP API uses. */
@@ -181,75 +196,42 @@ export class GrpcServer {
     api: string,
     method: string,
     read: (request: Req) => { model: string; selector: Selector; prepare: (servable: Servable) => PreparedInfer<Res> },
-  ): Handler {
-    return (call, callback) => {
+  ): Unary {
+    return (request, reply) => {
       const started = performance.now();
-      if (!this.enter(callback)) return;
+      if (!this.enter(reply)) return;
       let answered = false;
-      const reply = (err: unknown, value?: Res): void => {
+      const once: Reply = (err, value) => {
         if (answered) return;
         answered = true;
-        if (err === undefined) callback(null, value);
-        else callback(grpcError(err));
+        reply(err, value);
       };
       let target: ReturnType<typeof read> | undefined;
       try {
-        target = read(call.request as Req);
+        target = read(request as Req);
         this.options.inference.run<Res>({
           ...target,
           api,
           started,
           where: method,
-          send: (answer) => reply(undefined, answer),
+          send: (answer) => once(null, answer),
           fail: (err) => {
-            reply(err);
+            once(err);
             return statusOf(err);
           },
           done: () => this.leave(),
           lastResort: (fatal) => {
             this.options.logger.error({ method, err: errorMessage(fatal) }, 'gRPC handler failed');
-            reply({ code: GrpcStatus.INTERNAL });
+            once(new EdgefleetError('INTERNAL', 'internal error; see the agent log'));
           },
         });
       } catch (err) {
         // Never reached a model (a bad ModelSpec, an unknown model or version).
         this.options.metrics.refused(target?.model ?? '', api, statusOf(err));
         if (failureKind(err) !== 'client-input') this.options.logger.warn({ method, err: errorMessage(err) }, 'gRPC call failed');
-        reply(err);
+        once(err);
         this.leave();
       }
     };
   }
-}
-
-/**
- * grpc-js leaves Nagle's algorithm on for the connections it accepts (its client turns it
- * off, as gRPC's C core does on both sides): a reply's headers, message and trailers are
- * separate writes, and a small one may wait for the client's delayed ACK. grpc-js has no
- * option for it, so the listeners it made are reached through its private map (there since
- * 1.10); should that change, this does nothing rather than fail.
- */
-function disableNagle(server: Server): void {
-  const listeners = (server as unknown as { http2Servers?: Map<EventEmitter, unknown> }).http2Servers;
-  for (const listener of listeners?.keys() ?? []) {
-    listener.on('connection', (socket: Socket) => {
-      if (typeof socket.setNoDelay === 'function') socket.setNoDelay(true);
-    });
-  }
-}
-
-function hostPort(host: string, port: number): string {
-  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
-function bind(server: Server, address: string, credentials: ServerCredentials): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.bindAsync(address, credentials, (err, port) => (err ? reject(new Error(`gRPC API could not listen on ${address}: ${err.message}`)) : resolve(port)));
-  });
-}
-
-/** A socket left by an agent that did not stop cleanly would make the bind fail; anything else at that path is left alone. */
-async function removeStaleSocket(path: string): Promise<void> {
-  const stat = await lstat(path).catch(() => undefined);
-  if (stat?.isSocket()) await unlink(path);
 }

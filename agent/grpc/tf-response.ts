@@ -5,102 +5,18 @@
  * number in an array and be written one by one (120 ms of CPU for PP-OCRv4's
  * 265,000-float output), where a packed `float_val` is exactly the tensor's
  * little-endian bytes behind a length. Field numbers are those of the .proto
- * files in proto/; the Python client tests read every datatype back.
+ * files in proto/; the Python client tests read every datatype back. KServe's
+ * ModelInfer answers are written the same way (kserve-response.ts).
  */
 import { TF_DTYPE } from '../http/model-info.js';
 import type { HostTensor } from '../runtime/tensor.js';
+import { packed64, packedInts, rawBytes as raw, ProtoWriter as Out, VARINT } from './proto-writer.js';
 
 /** tensorflow/core/framework/types.proto numbers of the DataType names TF_DTYPE uses. */
 const DT_NUMBER: Record<string, number> = {
   DT_FLOAT: 1, DT_DOUBLE: 2, DT_INT32: 3, DT_UINT8: 4, DT_INT16: 5, DT_INT8: 6, DT_STRING: 7, DT_INT64: 9,
   DT_BOOL: 10, DT_UINT16: 17, DT_HALF: 19, DT_UINT32: 22, DT_UINT64: 23,
 };
-
-const LEN = 2;
-const VARINT = 0;
-
-/** A growable byte buffer with the few protobuf encodings a PredictResponse needs. */
-class Out {
-  private buf: Buffer;
-  length = 0;
-  constructor(size = 256) {
-    this.buf = Buffer.allocUnsafe(size);
-  }
-
-  private room(n: number): void {
-    if (this.length + n <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.length + n));
-    this.buf.copy(next, 0, 0, this.length);
-    this.buf = next;
-  }
-
-  /** A non-negative integer below 2^53. */
-  varint(n: number): void {
-    this.room(10);
-    while (n > 0x7f) {
-      this.buf[this.length++] = (n % 0x80) | 0x80;
-      n = Math.floor(n / 0x80);
-    }
-    this.buf[this.length++] = n;
-  }
-
-  /** Any 64-bit value, as its unsigned two's complement (negative int32 and int64 take 10 bytes). */
-  varint64(v: bigint): void {
-    let u = BigInt.asUintN(64, v);
-    this.room(10);
-    while (u > 0x7fn) {
-      this.buf[this.length++] = Number(u & 0x7fn) | 0x80;
-      u >>= 7n;
-    }
-    this.buf[this.length++] = Number(u);
-  }
-
-  tag(field: number, wire: number): void {
-    this.varint(field * 8 + wire);
-  }
-
-  bytes(field: number, data: Uint8Array): void {
-    this.tag(field, LEN);
-    this.varint(data.length);
-    this.room(data.length);
-    this.buf.set(data, this.length);
-    this.length += data.length;
-  }
-
-  string(field: number, s: string): void {
-    this.bytes(field, Buffer.from(s, 'utf8'));
-  }
-
-  /** A length-delimited field holding what `write` puts in a buffer of its own. */
-  message(field: number, write: (out: Out) => void): void {
-    const inner = new Out();
-    write(inner);
-    this.bytes(field, inner.view());
-  }
-
-  view(): Buffer {
-    return this.buf.subarray(0, this.length);
-  }
-}
-
-/** Packed varints of numbers (int32 may be negative). */
-function packedInts(out: Out, field: number, values: ArrayLike<number>): void {
-  out.message(field, (o) => {
-    for (let i = 0; i < values.length; i++) {
-      const v = values[i] as number;
-      if (v >= 0) o.varint(v);
-      else o.varint64(BigInt(v));
-    }
-  });
-}
-
-function packed64(out: Out, field: number, values: BigInt64Array | BigUint64Array): void {
-  out.message(field, (o) => {
-    for (const v of values) o.varint64(v);
-  });
-}
-
-const raw = (d: ArrayBufferView): Uint8Array => new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
 
 /** One TensorProto: dtype, tensor_shape, and the values in the typed field of the dtype. */
 function tensorProto(out: Out, t: HostTensor): void {

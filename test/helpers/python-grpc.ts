@@ -49,6 +49,8 @@ function protoFiles(dir: string): string[] {
 export interface PythonClient {
   /** Runs the tutorial client's scenario once per args object; one result each, `{ok}` or `{code, details}`. */
   call<T = any>(target: string, scenario: string, calls: object[]): Promise<({ ok: T; code?: undefined; details?: undefined } | { ok?: undefined; code: string; details: string })[]>;
+  /** Runs another script of test/grpc/ with the same stubs: `python3 <script> <target> '<args JSON>'`; its JSON output. */
+  script<T = any>(name: string, target: string, args: object): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -56,15 +58,17 @@ export interface PythonClient {
 export async function pythonClient(python: string): Promise<PythonClient> {
   const stubs = await mkdtemp(join(tmpdir(), 'edgefleet-pystubs-'));
   await run(python, ['-m', 'grpc_tools.protoc', '-I', PROTO_DIR, `--python_out=${stubs}`, `--grpc_python_out=${stubs}`, ...protoFiles(PROTO_DIR)]);
+  const runJson = async (argv: string[]): Promise<any> => {
+    const { stdout } = await run(python, argv, {
+      env: { ...process.env, PYTHONPATH: stubs, PYTHONDONTWRITEBYTECODE: '1' },
+      timeout: 60_000,
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    return JSON.parse(stdout);
+  };
   return {
-    async call(target, scenario, calls) {
-      const { stdout } = await run(python, [CLIENT, target, scenario, JSON.stringify(calls)], {
-        env: { ...process.env, PYTHONPATH: stubs, PYTHONDONTWRITEBYTECODE: '1' },
-        timeout: 60_000,
-        maxBuffer: 64 * 1024 * 1024,
-      });
-      return JSON.parse(stdout);
-    },
+    call: (target, scenario, calls) => runJson([CLIENT, target, scenario, JSON.stringify(calls)]),
+    script: (name, target, args) => runJson([join(REPO, 'test', 'grpc', name), target, JSON.stringify(args)]),
     close: () => rm(stubs, { recursive: true, force: true }),
   };
 }

@@ -1,0 +1,315 @@
+/**
+ * One gRPC call over an HTTP/2 stream (grpc/doc/PROTOCOL-HTTP2.md): the request
+ * headers checked (method, content-type, path, bearer token, grpc-timeout,
+ * grpc-encoding), the one request message read from its 5-byte length prefix,
+ * the handler run, and the answer written as message frames and a grpc-status
+ * trailer. transport.ts owns the listeners and connections.
+ */
+import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { gunzipSync, inflateSync } from 'node:zlib';
+import type { ApiAccess } from '../access/api-access.js';
+import { EdgefleetError, badRequest, unsupported } from '../errors.js';
+import { isOpen, UNAUTHORIZED } from './access.js';
+import { grpcError, Status, type CallStatus } from './status.js';
+
+/** How a handler answers a unary call: `reply(null, message)`, or `reply(error)` for the status that error maps to. */
+export type Reply = (err: unknown, message?: unknown) => void;
+
+/** The answers of a server-streaming call. */
+export interface ResponseStream {
+  write(message: unknown): void;
+  /** Ends the call with status OK. */
+  end(): void;
+  /** Runs once when the call is over: ended here, cancelled by the client, or its connection gone. */
+  onClose(listener: () => void): void;
+}
+
+/** A method of a served service, with the protobuf coding of its messages (protos.ts). */
+export type Route = {
+  /** Request bytes to the object handlers read; throws on bytes that are not the message. */
+  decode(bytes: Buffer): unknown;
+  /** A handler's answer to bytes. */
+  encode(message: unknown): Uint8Array;
+  /** The request message's full name, for errors. */
+  requestType: string;
+} & (
+  | { kind: 'unary'; handle(request: unknown, reply: Reply): void }
+  | { kind: 'stream'; handle(request: unknown, out: ResponseStream): void }
+  /** Client and server streaming: `open` once, then each request message as it arrives, then the end of the requests. */
+  | { kind: 'bidi'; open(out: ResponseStream): { message(request: unknown): void; end(): void } }
+);
+
+export interface CallOptions {
+  routes: ReadonlyMap<string, Route>;
+  maxMessageBytes: number;
+  access: ApiAccess | undefined;
+  /** A fault of the agent's own while answering (an answer that would not encode); the call ends INTERNAL. */
+  onFault(err: unknown, path: string): void;
+}
+
+/**
+ * The encodings a compressed request message may use. Decompressed in line (the messages of a
+ * call stay in order); clients send uncompressed messages unless told otherwise.
+ */
+const DECOMPRESS = { gzip: gunzipSync, deflate: inflateSync } as const;
+const ACCEPT_ENCODING = 'identity,gzip,deflate';
+const PREFIX = 5;
+/** setTimeout's longest delay; a longer grpc-timeout is as good as none. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 };
+
+const RESPONSE_HEADERS: OutgoingHttpHeaders = { ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING };
+
+/** grpc-message is percent-encoded: bytes outside printable ASCII, and "%" itself. */
+function percentEncode(text: string): string {
+  if (/^[\x20-\x24\x26-\x7e]*$/.test(text)) return text;
+  let out = '';
+  for (const byte of Buffer.from(text, 'utf8')) out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  return out;
+}
+
+/** grpc-timeout ("100m", "5S", ...) in milliseconds; undefined when absent. */
+export function parseTimeout(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const m = /^(\d{1,8})([HMSmun])$/.exec(value);
+  if (!m) throw badRequest(`grpc-timeout "${value}" is not a timeout: 1 to 8 digits and a unit (H, M, S, m, u or n)`);
+  return Number(m[1]) * (UNIT_MS[m[2] as string] as number);
+}
+
+/** Messages up to this size go out in one buffer with their prefix; larger ones are not copied. */
+const COPY_LIMIT = 64 * 1024;
+
+/** Writes the 5-byte prefix (compressed flag, big-endian length) and the message; ends the stream's data with `end`. */
+function writeMessage(stream: ServerHttp2Stream, message: Uint8Array, end: boolean): void {
+  const small = message.length <= COPY_LIMIT;
+  const head = Buffer.allocUnsafe(small ? PREFIX + message.length : PREFIX);
+  head[0] = 0;
+  head.writeUInt32BE(message.length, 1);
+  if (small) head.set(message, PREFIX);
+  if (!small) stream.write(head);
+  const last = small ? head : message;
+  if (end) stream.end(last);
+  else stream.write(last);
+}
+
+/** Answers a call that never reached its handler, or gets refused, in a response of headers alone. */
+function refuse(stream: ServerHttp2Stream, status: CallStatus, extra: OutgoingHttpHeaders = {}): void {
+  if (stream.headersSent || stream.destroyed) return;
+  stream.respond({ ...RESPONSE_HEADERS, ...extra, 'grpc-status': String(status.code), 'grpc-message': percentEncode(status.details) }, { endStream: true });
+  stopUpload(stream);
+}
+
+/** A client still sending a request that is already answered is told to stop (RST_STREAM NO_ERROR, as the spec allows). */
+function stopUpload(stream: ServerHttp2Stream): void {
+  if (!stream.readableEnded) stream.close(constants.NGHTTP2_NO_ERROR);
+}
+
+/** Handles one HTTP/2 stream as a gRPC call. */
+export function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, options: CallOptions): void {
+  // A reset from the client is an 'error' on the stream; the call just ends.
+  stream.on('error', () => {});
+  const method = headers[':method'];
+  if (method !== 'POST') {
+    stream.respond({ ':status': 405, 'grpc-status': String(Status.UNIMPLEMENTED), 'grpc-message': percentEncode(`gRPC calls are POST requests, not ${method ?? 'none'}`) }, { endStream: true });
+    return stopUpload(stream);
+  }
+  const type = headers['content-type'] ?? '';
+  if (!/^application\/grpc([+;]|$)/.test(type)) {
+    // The spec's answer to a request that is not gRPC at all: HTTP 415.
+    const details = `content-type "${type}" is not gRPC; send application/grpc`;
+    stream.respond({ ':status': 415, 'grpc-status': String(Status.INTERNAL), 'grpc-message': percentEncode(details) }, { endStream: true });
+    return stopUpload(stream);
+  }
+  if (!/^application\/grpc(\+proto)?(;|$)/.test(type)) {
+    return refuse(stream, { code: Status.UNIMPLEMENTED, details: `content-type "${type}": only protobuf messages are served (application/grpc or application/grpc+proto)` });
+  }
+  const path = headers[':path'] ?? '';
+  const route = options.routes.get(path);
+  if (!route) return refuse(stream, { code: Status.UNIMPLEMENTED, details: `method ${path} is not served here` });
+  const auth = headers.authorization;
+  if (options.access?.tokens && !isOpen(path) && !options.access.allows(auth)) return refuse(stream, { code: Status.UNAUTHENTICATED, details: UNAUTHORIZED });
+  let timeoutMs: number | undefined;
+  try {
+    timeoutMs = parseTimeout(headers['grpc-timeout'] as string | undefined);
+  } catch (err) {
+    return refuse(stream, grpcError(err));
+  }
+  const encoding = (headers['grpc-encoding'] as string | undefined) ?? 'identity';
+  if (encoding !== 'identity' && !(encoding in DECOMPRESS)) {
+    return refuse(stream, grpcError(unsupported(`grpc-encoding "${encoding}" is not supported; send messages uncompressed or as ${ACCEPT_ENCODING}`)), { 'grpc-accept-encoding': ACCEPT_ENCODING });
+  }
+  new Call(stream, route, path, options, encoding, timeoutMs).read();
+}
+
+/** A call whose headers passed: reads its messages, runs the handler, answers once. */
+class Call {
+  /** Request bytes not yet read as a message. */
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  /** The length the prefix of the message being read declares, once its 5 bytes are in. */
+  private need: number | undefined;
+  private flag = 0;
+  /** A unary or server-streaming call's one request, once read. */
+  private request: { value: unknown } | undefined;
+  private bidi: { message(request: unknown): void; end(): void } | undefined;
+  private over = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly stream: ServerHttp2Stream,
+    private readonly route: Route,
+    private readonly path: string,
+    private readonly options: CallOptions,
+    private readonly encoding: string,
+    timeoutMs: number | undefined,
+  ) {
+    if (timeoutMs !== undefined && timeoutMs <= MAX_TIMER_MS) {
+      this.timer = setTimeout(() => this.finish({ code: Status.DEADLINE_EXCEEDED, details: `deadline of ${timeoutMs} ms exceeded` }), timeoutMs);
+    }
+    stream.once('close', () => {
+      clearTimeout(this.timer);
+      this.over = true;
+    });
+  }
+
+  read(): void {
+    const { stream, route } = this;
+    if (route.kind === 'bidi') this.bidi = route.open(this.responseStream());
+    stream.on('data', (chunk: Buffer) => this.take(chunk));
+    stream.once('end', () => this.ended());
+  }
+
+  /** Splits the request bytes into messages: a 5-byte prefix (compressed flag, big-endian length), then the message. */
+  private take(chunk: Buffer): void {
+    if (this.over) return;
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    for (;;) {
+      if (this.need === undefined) {
+        if (this.buffered < PREFIX) return;
+        const head = (this.chunks[0] as Buffer).length >= PREFIX ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
+        this.flag = head[0] as number;
+        this.need = head.readUInt32BE(1);
+        if (this.need > this.options.maxMessageBytes) {
+          const err = new EdgefleetError('PAYLOAD_TOO_LARGE', `request message of ${this.need} bytes is over the limit of ${this.options.maxMessageBytes} (grpc.maxMessageBytes)`);
+          return this.finish(grpcError(err));
+        }
+      }
+      if (this.buffered < PREFIX + this.need) return;
+      // One copy at most, once the whole message is in: never a concat per chunk of a large message.
+      const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks, this.buffered);
+      const message = all.subarray(PREFIX, PREFIX + this.need);
+      const rest = all.subarray(PREFIX + this.need);
+      this.chunks = rest.length > 0 ? [rest] : [];
+      this.buffered = rest.length;
+      this.need = undefined;
+      this.message(this.flag, message);
+      if (this.over) return;
+    }
+  }
+
+  private message(flag: number, bytes: Buffer): void {
+    let request: unknown;
+    try {
+      request = this.route.decode(this.plain(flag, bytes));
+    } catch (err) {
+      const failure = err instanceof EdgefleetError ? err : badRequest(`request is not a valid ${this.route.requestType} message: ${(err as Error).message}`);
+      return this.finish(grpcError(failure));
+    }
+    if (this.bidi) return this.bidi.message(request);
+    if (this.request) return this.finish(grpcError(badRequest(`${this.path} takes one request message; the client sent more`)));
+    this.request = { value: request };
+  }
+
+  /** A message's bytes, decompressed when its flag says so. */
+  private plain(flag: number, bytes: Buffer): Buffer {
+    if (flag === 0) return bytes;
+    if (flag !== 1) throw badRequest(`request message has compressed-flag byte ${flag}; it must be 0 or 1`);
+    const decompress = DECOMPRESS[this.encoding as keyof typeof DECOMPRESS] as typeof gunzipSync | undefined;
+    if (!decompress) throw badRequest('request message is marked compressed, but the call has no grpc-encoding header');
+    try {
+      return decompress(bytes, { maxOutputLength: this.options.maxMessageBytes });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+        throw new EdgefleetError('PAYLOAD_TOO_LARGE', `request message decompresses to more than the limit of ${this.options.maxMessageBytes} bytes (grpc.maxMessageBytes)`);
+      }
+      throw badRequest(`request message does not decompress as ${this.encoding}: ${(err as Error).message}`);
+    }
+  }
+
+  /** The client has sent everything: run a unary or server-streaming handler on its one message. */
+  private ended(): void {
+    if (this.over) return;
+    if (this.buffered > 0) {
+      const why = this.need === undefined ? `${this.buffered} of the 5 bytes of its length prefix arrived` : `its length prefix says ${this.need} bytes and ${this.buffered - PREFIX} arrived`;
+      return this.finish(grpcError(badRequest(`request message is truncated: ${why}`)));
+    }
+    const route = this.route;
+    if (route.kind === 'bidi') return this.bidi?.end();
+    if (!this.request) return this.finish(grpcError(badRequest(`${this.path} takes one request message; the request had none`)));
+    const request = this.request.value;
+    if (route.kind === 'stream') return route.handle(request, this.responseStream());
+    route.handle(request, (err, message) => {
+      if (err === null || err === undefined) this.answer(message);
+      else this.finish(grpcError(err));
+    });
+  }
+
+  /** The one answer of a unary call. */
+  private answer(message: unknown): void {
+    if (this.over) return;
+    let bytes: Uint8Array;
+    try {
+      bytes = this.route.encode(message);
+    } catch (err) {
+      this.options.onFault(err, this.path);
+      return this.finish(grpcError(err));
+    }
+    this.over = true;
+    clearTimeout(this.timer);
+    const { stream } = this;
+    stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
+    stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    writeMessage(stream, bytes, true);
+  }
+
+  private responseStream(): ResponseStream {
+    const { stream } = this;
+    return {
+      write: (message) => {
+        if (this.over || stream.destroyed) return;
+        if (!stream.headersSent) {
+          stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
+          stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+        }
+        writeMessage(stream, this.route.encode(message), false);
+      },
+      end: () => {
+        if (this.over || stream.destroyed) return;
+        if (!stream.headersSent) return this.finish({ code: Status.OK, details: '' });
+        this.over = true;
+        clearTimeout(this.timer);
+        stream.end();
+      },
+      onClose: (listener) => {
+        if (stream.closed) listener();
+        else stream.once('close', listener);
+      },
+    };
+  }
+
+  /** Ends the call with a status: trailers after any message sent, or a response of headers alone. */
+  private finish(status: CallStatus): void {
+    if (this.over) return;
+    this.over = true;
+    clearTimeout(this.timer);
+    const { stream } = this;
+    if (stream.destroyed) return;
+    if (!stream.headersSent) return refuse(stream, status);
+    // A streaming call already answering: its trailers carry the status.
+    stream.removeAllListeners('wantTrailers');
+    stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': String(status.code), 'grpc-message': percentEncode(status.details) }));
+    stream.end();
+    stopUpload(stream);
+  }
+}
