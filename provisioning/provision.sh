@@ -31,10 +31,15 @@ Local API and models:
   --models-dir DIR        a TensorFlow Serving style model folder to serve as well
   --execution-providers L comma list, e.g. tensorrt,cuda,cpu (default: the agent's)
 Install:
-  --source DIR|TGZ        a built agent tree (package.json, dist/, optionally node_modules/)
-                          or an `npm pack` tarball; without node_modules, runs npm ci --omit=dev
+  --source DIR|TGZ        a release package (edgefleet-agent-VERSION-linux-ARCH.tar.gz from
+                          npm run package: Node.js and node_modules inside, nothing is
+                          downloaded or compiled), a built agent tree (package.json, dist/,
+                          optionally node_modules/) or an `npm pack` tarball; a tree without
+                          node_modules gets npm ci --omit=dev (network, and build tools when
+                          better-sqlite3 has no prebuilt binary for the board)
   --jetson                also install the Jetson GPU drop-in (systemd/jetson-gpu.conf)
-  --node PATH             Node.js binary for ExecStart (default: /usr/bin/node, else `command -v node`)
+  --node PATH             Node.js binary for ExecStart (default: the package's own,
+                          /opt/edgefleet/node/bin/node, else /usr/bin/node, else `command -v node`)
   --no-start              enable the unit but do not start or restart it
   --root DIR              stage everything under DIR instead of /: no user is created,
                           ownership is left alone, systemctl is not run (printed instead)
@@ -106,7 +111,10 @@ done
 [ -f "$UNIT_SRC" ] || die "unit file $UNIT_SRC not found (run provision.sh from an edgefleet checkout or set EDGEFLEET_UNIT_FILE)"
 [ "$JETSON" = 0 ] || [ -f "$JETSON_SRC" ] || die "Jetson drop-in $JETSON_SRC not found"
 command -v openssl >/dev/null || die "openssl not found: apt-get install -y openssl"
-command -v node >/dev/null || die "node not found: install Node.js 20 or later first (see docs/device-guide.md)"
+# Node.js writes agent.json: the board's own, or the one a release package carries.
+if ! command -v node >/dev/null && [ -z "$SOURCE" ] && [ ! -x "$ROOT/opt/edgefleet/node/bin/node" ]; then
+  die "node not found: install from a release package (--source edgefleet-agent-VERSION-linux-ARCH.tar.gz), or install Node.js 20 or later first (see docs/device-guide.md)"
+fi
 if [ -n "$ROOT" ]; then
   mkdir -p "$ROOT"
   ROOT=$(cd "$ROOT" && pwd)
@@ -162,7 +170,9 @@ install_file() {
 }
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# NEW_TREE is the agent being unpacked: a failure part way leaves no half-built copy.
+NEW_TREE=''
+trap 'rm -rf "$WORK" ${NEW_TREE:+"$NEW_TREE"}' EXIT
 
 # ---- 1. user and folders ---------------------------------------------------------------
 if staged; then
@@ -194,31 +204,41 @@ install_agent() {
     return
   fi
   rm -rf "$new" "$old"
+  NEW_TREE=$new
   mkdir -p "$new"
   if [ -f "$SOURCE" ]; then
-    # npm pack tarballs hold everything under package/.
-    local strip=0
-    if tar -tzf "$SOURCE" | head -n1 | grep -q '^package/'; then strip=1; fi
-    tar -xzf "$SOURCE" -C "$new" --strip-components=$strip --no-same-owner
+    # npm pack tarballs hold everything under package/, release packages under
+    # edgefleet-agent-VERSION-linux-ARCH/.
+    local strip=0 first
+    first=$(tar -tzf "$SOURCE" | head -n1) || true
+    if [[ $first =~ ^(package|edgefleet-agent-[^/]+)/ ]]; then strip=1; fi
+    tar -xzf "$SOURCE" -C "$new" --strip-components=$strip --no-same-owner || die "--source $SOURCE could not be unpacked (see above)"
   else
     tar -C "$SOURCE" --exclude=./.git -cf - . | tar -C "$new" -xf - --no-same-owner
   fi
   if [ ! -f "$new/package.json" ] || [ ! -f "$new/dist/agent/bin.js" ]; then
     die "--source $SOURCE is not a built agent (needs package.json and dist/agent/bin.js: run npm run build)"
   fi
+  if [ -f "$new/PACKAGE.json" ] && [ -x "$new/node/bin/node" ] && ! "$new/node/bin/node" -e 0 2>/dev/null; then
+    die "--source $SOURCE is a package for linux/$(sed -n 's/.*"arch": *"\([^"]*\)".*/\1/p' "$new/PACKAGE.json"): its Node.js does not run on this $(uname -m) machine"
+  fi
   if [ ! -d "$new/node_modules" ]; then
-    command -v npm >/dev/null || die "npm not found and --source has no node_modules"
+    command -v npm >/dev/null || die "npm not found and --source has no node_modules: use a release package (npm run package), which needs no npm"
     # npm ci installs exactly the lockfile; `npm pack` tarballs carry none.
     local npm_cmd=ci
     [ -f "$new/package-lock.json" ] || npm_cmd=install
-    echo "provision: npm $npm_cmd --omit=dev in $OPT (native modules are built for this board)"
-    (cd "$new" && npm "$npm_cmd" --omit=dev --no-audit --no-fund >&2)
+    # dist/ is built already; `prepare` would run tsc, a dev dependency npm does not install here.
+    (cd "$new" && npm pkg delete scripts.prepare)
+    echo "provision: npm $npm_cmd --omit=dev in $OPT (native modules are built for this board;" \
+      "where better-sqlite3 has no prebuilt binary, that needs build-essential and python3)"
+    (cd "$new" && npm "$npm_cmd" --omit=dev --no-audit --no-fund >&2) || die "npm $npm_cmd --omit=dev failed (see above); $OPT is unchanged"
   fi
   chmod -R u+rwX,go+rX,go-w "$new"
   staged || chown -R root:root "$new"
   echo "$digest" >"$new/.edgefleet-source"
   if [ -e "$ROOT$OPT" ]; then mv "$ROOT$OPT" "$old"; fi
   mv "$new" "$ROOT$OPT"
+  NEW_TREE=''
   rm -rf "$old"
   changed "installed the agent into $OPT"
 }
@@ -230,11 +250,19 @@ else
   [ -f "$ROOT$OPT/dist/agent/bin.js" ] || echo "provision: note: no --source given and $OPT/dist/agent/bin.js is missing: the agent is not installed yet" >&2
 fi
 
+# The Node.js that runs this script's helpers: the board's, else the installed package's.
+PACKAGE_NODE=$OPT/node/bin/node
+HELPER_NODE=$(command -v node || true)
+if [ -z "$HELPER_NODE" ]; then
+  [ -x "$ROOT$PACKAGE_NODE" ] || die "node not found, and --source $SOURCE carries no Node.js: use a release package, or install Node.js 20 or later"
+  HELPER_NODE=$ROOT$PACKAGE_NODE
+fi
+
 # ---- 3. trust root and TLS files -------------------------------------------------------
 TLS=0
 if [[ $BROKER =~ ^(mqtts|wss):// ]]; then TLS=1; fi
 if [ -n "$TRUST" ]; then
-  node -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' "$TRUST" 2>/dev/null || die "--trust $TRUST is not JSON"
+  "$HELPER_NODE" -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' "$TRUST" 2>/dev/null || die "--trust $TRUST is not JSON"
   install_file "$TRUST" "$ETC/trust.json" 644
 fi
 if [ -n "$CA" ]; then
@@ -282,7 +310,7 @@ fi
 # ---- 4. agent.json ---------------------------------------------------------------------
 GROUPS_CSV=$(IFS=,; echo "${GROUPS_LIST[*]+"${GROUPS_LIST[*]}"}")
 # node writes the JSON so every value is escaped correctly; keys per docs/protocol.md section 9.
-node - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" "$DELIVERY" \
+"$HELPER_NODE" - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" "$DELIVERY" \
   >"$WORK/agent.json" <<'EOF'
 const [deviceId, groups, broker, topicRoot, tls, host, port, modelsDir, providers, etc, state, delivery] = process.argv.slice(2);
 const config = { deviceId, groups: groups ? groups.split(',') : [], stateDir: state };
@@ -306,10 +334,12 @@ install_file "$UNIT_SRC" "$UNIT_DIR/edgefleet-agent.service" 644
 DROPIN=$UNIT_DIR/edgefleet-agent.service.d
 want_dropins=()
 if [ "$JETSON" = 1 ]; then want_dropins+=(jetson-gpu.conf); cp "$JETSON_SRC" "$WORK/jetson-gpu.conf"; fi
+# A release package runs its own Node.js, whatever the board has.
+if [ -z "$NODE_BIN" ] && [ -x "$ROOT$PACKAGE_NODE" ]; then NODE_BIN=$PACKAGE_NODE; fi
 if [ -z "$NODE_BIN" ] && ! staged && [ ! -x /usr/bin/node ]; then NODE_BIN=$(command -v node); fi
 if [ -n "$NODE_BIN" ] && [ "$NODE_BIN" != /usr/bin/node ]; then
   [[ $NODE_BIN == /* ]] || usage_error "--node must be an absolute path"
-  printf '# Written by provision.sh: Node.js is not at /usr/bin/node on this board.\n[Service]\nExecStart=\nExecStart=%s %s/dist/agent/bin.js --config %s/agent.json\n' \
+  printf '# Written by provision.sh: the agent runs this Node.js, not /usr/bin/node.\n[Service]\nExecStart=\nExecStart=%s %s/dist/agent/bin.js --config %s/agent.json\n' \
     "$NODE_BIN" "$OPT" "$ETC" >"$WORK/node-path.conf"
   want_dropins+=(node-path.conf)
 fi
