@@ -10,7 +10,6 @@
  * built for the arch and onnxruntime-node's binaries for linux/<arch> only, the systemd
  * unit, provision.sh and the docs. Downloads and compiled modules are cached (cache.ts).
  */
-import { execFileSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
