@@ -30,6 +30,8 @@ Local API and models:
   --http-port PORT        default 8501
   --models-dir DIR        a TensorFlow Serving style model folder to serve as well
   --execution-providers L comma list, e.g. tensorrt,cuda,cpu (default: the agent's)
+  --onnxruntime-path DIR  an onnxruntime-node build to load instead of the bundled CPU one
+                          (a Jetson's CUDA/TensorRT build; docs/execution-providers.md)
 Install:
   --source DIR|TGZ        a release package (edgefleet-agent-VERSION-linux-ARCH.tar.gz from
                           npm run package: Node.js and node_modules inside, nothing is
@@ -58,7 +60,7 @@ JETSON_SRC=${EDGEFLEET_JETSON_DROPIN:-$SCRIPT_DIR/../systemd/jetson-gpu.conf}
 ID_RE='^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
 
 DEVICE_ID='' BROKER='' TOPIC_ROOT=edgefleet TRUST='' CA='' CERT='' HTTP_HOST=127.0.0.1 HTTP_PORT=8501
-MODELS_DIR='' PROVIDERS='' SOURCE='' DELIVERY=collector JETSON=0 NODE_BIN='' NO_START=0 ROOT=''
+MODELS_DIR='' PROVIDERS='' ORT_PATH='' SOURCE='' DELIVERY=collector JETSON=0 NODE_BIN='' NO_START=0 ROOT=''
 GROUPS_LIST=()
 
 need_value() { if [ $# -lt 2 ] || [ -z "$2" ]; then usage_error "$1 needs a value"; fi; }
@@ -76,6 +78,7 @@ while [ $# -gt 0 ]; do
     --http-port) need_value "$@"; HTTP_PORT=$2; shift 2 ;;
     --models-dir) need_value "$@"; MODELS_DIR=$2; shift 2 ;;
     --execution-providers) need_value "$@"; PROVIDERS=$2; shift 2 ;;
+    --onnxruntime-path) need_value "$@"; ORT_PATH=$2; shift 2 ;;
     --source) need_value "$@"; SOURCE=$2; shift 2 ;;
     --jetson) JETSON=1; shift ;;
     --node) need_value "$@"; NODE_BIN=$2; shift 2 ;;
@@ -104,6 +107,7 @@ if [ -n "$PROVIDERS" ]; then
     || usage_error "--execution-providers must be a comma list of tensorrt, cuda, xnnpack, webgpu, cpu"
 fi
 if [ -n "$MODELS_DIR" ]; then [[ $MODELS_DIR == /* ]] || usage_error "--models-dir must be an absolute path"; fi
+if [ -n "$ORT_PATH" ]; then [[ $ORT_PATH == /* ]] || usage_error "--onnxruntime-path must be an absolute path"; fi
 for f in "$TRUST" "$CA" "$CERT"; do
   [ -z "$f" ] || [ -f "$f" ] || die "$f: no such file"
 done
@@ -310,9 +314,9 @@ fi
 # ---- 4. agent.json ---------------------------------------------------------------------
 GROUPS_CSV=$(IFS=,; echo "${GROUPS_LIST[*]+"${GROUPS_LIST[*]}"}")
 # node writes the JSON so every value is escaped correctly; keys per docs/protocol.md section 9.
-"$HELPER_NODE" - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" "$DELIVERY" \
+"$HELPER_NODE" - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" "$DELIVERY" "$ORT_PATH" \
   >"$WORK/agent.json" <<'EOF'
-const [deviceId, groups, broker, topicRoot, tls, host, port, modelsDir, providers, etc, state, delivery] = process.argv.slice(2);
+const [deviceId, groups, broker, topicRoot, tls, host, port, modelsDir, providers, etc, state, delivery, ortPath] = process.argv.slice(2);
 const config = { deviceId, groups: groups ? groups.split(',') : [], stateDir: state };
 if (broker) {
   config.trust = `${etc}/trust.json`;
@@ -323,7 +327,9 @@ if (broker) {
 }
 config.http = { host, port: Number(port) };
 if (modelsDir) config.models = { dir: modelsDir };
-if (providers) config.runtime = { executionProviders: providers.split(',') };
+if (providers || ortPath) config.runtime = {};
+if (providers) config.runtime.executionProviders = providers.split(',');
+if (ortPath) config.runtime.onnxruntimePath = ortPath;
 process.stdout.write(`${JSON.stringify(config, null, 2)}\n`);
 EOF
 install_file "$WORK/agent.json" "$ETC/agent.json" 640 root:edgefleet
