@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import { buildMnistModels } from '../models/mnist/build.js';
 import { loadMnist } from '../models/mnist/data.js';
 import { getJson, postJson, waitFor } from '../test/helpers/agent.js';
+import { makeFleetKeys, writeTrust } from '../test/helpers/fleet.js';
 import { freePort, spawnAgent } from '../test/helpers/child.js';
 import { megabytes, buildPackage } from './package.js';
 import { cacheDir, REPO, sh } from './parts.js';
@@ -33,6 +34,8 @@ import { compareAnswers, providerReportFrom, type Answers, type Comparison } fro
 const ROOT_SCRIPT = join(REPO, 'packaging', 'arm64-root.sh');
 const MODELS = { mlp: 'fp32', mnist_int8: 'int8' } as const;
 const DIGITS = 32;
+/** The unit's User=/Group=; setpriv execs (runuser would stay as a parent and turn SIGTERM into exit status 143). */
+const AS_EDGEFLEET = ['setpriv', '--reuid=edgefleet', '--regid=edgefleet', '--init-groups'];
 /** The agent under emulation loads and warms up models slowly. */
 const READY_MS = 300_000;
 
@@ -58,7 +61,7 @@ interface BoardAgent {
 
 /** Starts the installed agent in the root as its unit would: user edgefleet, /etc/edgefleet/agent.json. */
 async function startBoardAgent(root: string, port: number): Promise<BoardAgent> {
-  const proc = spawn('bash', [ROOT_SCRIPT, 'run', root, 'runuser', '-u', 'edgefleet', '--', '/opt/edgefleet/bin/edgefleet-agent', '--config', '/etc/edgefleet/agent.json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn('bash', [ROOT_SCRIPT, 'run', root, ...AS_EDGEFLEET, '/opt/edgefleet/bin/edgefleet-agent', '--config', '/etc/edgefleet/agent.json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
@@ -102,7 +105,7 @@ async function ask(url: string, images: Float32Array[]): Promise<Answers> {
 function readStateDb(root: string): { journal: string; integrity: string; tables: string[] } {
   const script = `const D=require('/opt/edgefleet/node_modules/better-sqlite3');const db=new D('/var/lib/edgefleet/agent.db',{readonly:true});
 console.log(JSON.stringify({journal:db.pragma('journal_mode',{simple:true}),integrity:db.pragma('integrity_check',{simple:true}),tables:db.prepare("select name from sqlite_master where type='table' order by name").all().map((r)=>r.name)}))`;
-  return JSON.parse(inRoot(root, ['runuser', '-u', 'edgefleet', '--', '/opt/edgefleet/node/bin/node', '-e', script]).trim().split('\n').pop() ?? '{}');
+  return JSON.parse(inRoot(root, [...AS_EDGEFLEET, '/opt/edgefleet/node/bin/node', '-e', script]).trim().split('\n').pop() ?? '{}');
 }
 
 /** Never rm -rf through a mounted /dev or /proc: the host's would go with it. */
@@ -119,9 +122,17 @@ function printComparison(label: string, c: Comparison): void {
   if (!c.ok) throw new Error(`${label}: the arm64 answers differ from x86-64 (above)`);
 }
 
+/** --no-build: the files `npm run package -- --arch arm64` left in release/. */
+function builtPackage(): { tarball: string; deb?: string } {
+  const { version } = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string };
+  const files = { tarball: join(REPO, 'release', `edgefleet-agent-${version}-linux-arm64.tar.gz`), deb: join(REPO, 'release', `edgefleet-agent_${version}_arm64.deb`) };
+  for (const file of Object.values(files)) if (!existsSync(file)) throw new Error(`--no-build: ${file} is missing; run npm run package -- --arch arm64`);
+  return files;
+}
+
 async function main(): Promise<void> {
-  const pkg = buildPackage({ arch: 'arm64', outDir: join(REPO, 'release'), deb: true });
-  console.log(`arm64 package: ${megabytes(statSync(pkg.tarball).size)} tar.gz, ${megabytes(statSync(pkg.deb!).size)} .deb, ${megabytes(pkg.installedBytes)} installed`);
+  const pkg = process.argv.includes('--no-build') ? builtPackage() : buildPackage({ arch: 'arm64', outDir: join(REPO, 'release'), deb: true });
+  console.log(`arm64 package: ${megabytes(statSync(pkg.tarball).size)} tar.gz, ${megabytes(statSync(pkg.deb!).size)} .deb`);
   step('package built');
   const board = sh('bash', [ROOT_SCRIPT, 'board'], { stdio: ['ignore', 'pipe', 'inherit'] }).trim();
   step('board root ready');
@@ -138,6 +149,8 @@ async function main(): Promise<void> {
       copyFileSync(models[kind].path, join(root, 'srv', 'models', name, '1', 'model.onnx'));
     }
     for (const file of [pkg.tarball, pkg.deb!]) copyFileSync(file, join(root, 'tmp', file.split('/').pop()!));
+    // A broker nobody answers on: the agent opens its state database only with mqtt set.
+    await writeTrust(join(root, 'tmp', 'trust.json'), makeFleetKeys());
     for (const tool of ['gcc', 'cc', 'make', 'npm', 'node']) {
       if (existsSync(join(root, 'usr', 'bin', tool))) throw new Error(`the board root has /usr/bin/${tool}: it must be bare`);
     }
@@ -145,7 +158,7 @@ async function main(): Promise<void> {
 
     const port = await freePort();
     const tar = `/tmp/${pkg.tarball.split('/').pop()!}`;
-    const provision = inRoot(root, ['bash', '-c', `cd /tmp && tar -xzf ${tar} && ./edgefleet-agent-*/provisioning/provision.sh --device-id arm64-smoke --models-dir /srv/models --http-port ${port} --execution-providers tensorrt,cuda,xnnpack,cpu --source ${tar}`]);
+    const provision = inRoot(root, ['bash', '-c', `cd /tmp && tar -xzf ${tar} && ./edgefleet-agent-*/provisioning/provision.sh --device-id arm64-smoke --models-dir /srv/models --http-port ${port} --execution-providers tensorrt,cuda,xnnpack,cpu --broker mqtt://127.0.0.1:${await freePort()} --trust /tmp/trust.json --source ${tar}`]);
     console.log(provision.trim().split('\n').map((l) => `  ${l}`).join('\n'));
     step('provisioned from the tarball with no network');
 
