@@ -8,7 +8,7 @@
  * Both hold the same tree (docs/device-guide.md lists it): a Node.js 20 runtime for the
  * arch, the compiled agent and fleet CLI, production node_modules with native modules
  * built for the arch and onnxruntime-node's binaries for linux/<arch> only, the systemd
- * unit, provision.sh and the docs. Downloads and compiled modules are cached (cache.ts).
+ * unit, provision.sh and the docs. Downloads and compiled modules are cached (parts.ts).
  */
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
