@@ -51,7 +51,8 @@ export function writeDeb(tree: string, version: string, arch: Arch, outDir: stri
       'Maintainer: edgefleet <edgefleet@localhost>',
       `Installed-Size: ${Math.ceil(treeBytes(opt) / 1024)}`,
       // Node.js, onnxruntime and better-sqlite3 are inside; libc and libstdc++ are the board's.
-      'Depends: libc6 (>= 2.28), libstdc++6 (>= 10), openssl',
+      // better-sqlite3, compiled on Debian 12, needs GLIBC_2.34 and GLIBCXX_3.4.29 (GCC 11).
+      'Depends: libc6 (>= 2.34), libstdc++6 (>= 11), openssl',
       'Recommends: systemd (>= 246)',
       'Section: net',
       'Priority: optional',

@@ -226,6 +226,11 @@ install_agent() {
   if [ -f "$new/PACKAGE.json" ] && [ -x "$new/node/bin/node" ] && ! "$new/node/bin/node" -e 0 2>/dev/null; then
     die "--source $SOURCE is a package for linux/$(sed -n 's/.*"arch": *"\([^"]*\)".*/\1/p' "$new/PACKAGE.json"): its Node.js does not run on this $(uname -m) machine"
   fi
+  # Its native modules need glibc 2.34 and GCC 11's libstdc++ (they are built on Debian 12).
+  local loaded
+  if [ -f "$new/PACKAGE.json" ] && ! loaded=$("$new/node/bin/node" -e "new (require(process.argv[1]))(':memory:')" "$new/node_modules/better-sqlite3" 2>&1); then
+    die "--source $SOURCE: its better-sqlite3 does not load on this board ($(grep -m1 -oE "[^ ']*GLIBC[^ ']*' not found|Error: .*" <<<"$loaded" || head -n1 <<<"$loaded")); release packages need glibc 2.34 and libstdc++ from GCC 11 or later (Debian 12, Raspberry Pi OS bookworm, Ubuntu 22.04, JetPack 6)"
+  fi
   if [ ! -d "$new/node_modules" ]; then
     command -v npm >/dev/null || die "npm not found and --source has no node_modules: use a release package (npm run package), which needs no npm"
     # npm ci installs exactly the lockfile; `npm pack` tarballs carry none.

@@ -160,6 +160,21 @@ describe('provision.sh --source with the release tarball', () => {
     expect(existsSync(join(fresh, 'opt/edgefleet.new'))).toBe(false);
   });
 
+  it('a package whose native modules do not load on this machine is refused before anything is replaced', async () => {
+    // Stands for a board older than the packages' glibc 2.34: better-sqlite3 cannot be loaded.
+    const broken = join(dir, 'broken');
+    await mkdir(broken);
+    execFileSync('cp', ['-a', join(dir, TOP), join(broken, TOP)]);
+    await writeFile(join(broken, TOP, 'node_modules/better-sqlite3/build/Release/better_sqlite3.node'), 'not a shared object');
+    execFileSync('tar', ['-C', broken, '-I', 'gzip -1', '-cf', join(broken, 'broken.tar.gz'), TOP]);
+    const before = await readFile(join(root, 'opt/edgefleet/PACKAGE.json'), 'utf8');
+    const r = await provision(root, ['--models-dir', '/srv/models', '--source', join(broken, 'broken.tar.gz')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/its better-sqlite3 does not load on this board \(Error: .*better_sqlite3\.node: .+\); release packages need glibc 2\.34/);
+    expect(await readFile(join(root, 'opt/edgefleet/PACKAGE.json'), 'utf8')).toBe(before);
+    expect(existsSync(join(root, 'opt/edgefleet.new'))).toBe(false);
+  }, 120_000);
+
   it('the installed agent reports the execution providers docs/execution-providers.md quotes for linux/x64', async () => {
     const port = await freePort();
     const config = join(dir, 'agent-x64.json');
