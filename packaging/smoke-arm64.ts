@@ -21,7 +21,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { buildMnistModels } from '../models/mnist/build.js';
 import { loadMnist } from '../models/mnist/data.js';
 import { getJson, postJson, waitFor } from '../test/helpers/agent.js';
@@ -32,6 +32,7 @@ import { cacheDir, REPO, sh } from './parts.js';
 import { compareAnswers, providerReportFrom, type Answers, type Comparison } from './smoke-checks.js';
 
 const ROOT_SCRIPT = join(REPO, 'packaging', 'arm64-root.sh');
+/** The served models: the MNIST MLP (fp32) and its int8 copy (models/mnist). */
 const MODELS = { mlp: 'fp32', mnist_int8: 'int8' } as const;
 const DIGITS = 32;
 /** The unit's User=/Group=; setpriv execs (runuser would stay as a parent and turn SIGTERM into exit status 143). */
@@ -130,84 +131,106 @@ function builtPackage(): { tarball: string; deb?: string } {
   return files;
 }
 
+type ModelFiles = Record<keyof typeof MODELS, string>;
+const KEPT = ['etc/edgefleet/agent.json', 'etc/edgefleet/device.key', 'srv/models/mlp/1/model.onnx'];
+
+function placeModels(dir: string, files: ModelFiles): void {
+  for (const [name, file] of Object.entries(files)) {
+    mkdirSync(join(dir, name, '1'), { recursive: true });
+    copyFileSync(file, join(dir, name, '1', 'model.onnx'));
+  }
+}
+
+/** The copied board root, checked bare, with the models, the package files and a trust root in it. */
+async function prepareRoot(board: string, root: string, pkg: { tarball: string; deb?: string }, models: ModelFiles): Promise<void> {
+  sh('cp', ['-a', board, root]);
+  for (const tool of ['gcc', 'cc', 'make', 'npm', 'node']) {
+    if (existsSync(join(root, 'usr', 'bin', tool))) throw new Error(`the board root has /usr/bin/${tool}: it must be bare`);
+  }
+  placeModels(join(root, 'srv', 'models'), models);
+  for (const file of [pkg.tarball, pkg.deb!]) copyFileSync(file, join(root, 'tmp', basename(file)));
+  // A broker nobody answers on: the agent opens its state database only with mqtt set.
+  await writeTrust(join(root, 'tmp', 'trust.json'), makeFleetKeys());
+}
+
+/** What a Pi user types (docs/device-guide.md section 3), with no network. */
+async function provisionFromTarball(root: string, tarball: string, port: number): Promise<void> {
+  const tar = `/tmp/${basename(tarball)}`;
+  const args = `--device-id arm64-smoke --models-dir /srv/models --http-port ${port} --execution-providers tensorrt,cuda,xnnpack,cpu --broker mqtt://127.0.0.1:${await freePort()} --trust /tmp/trust.json`;
+  const out = inRoot(root, ['bash', '-c', `cd /tmp && tar -xzf ${tar} && ./edgefleet-agent-*/provisioning/provision.sh ${args} --source ${tar}`]);
+  console.log(out.trim().split('\n').map((l) => `  ${l}`).join('\n'));
+}
+
+/** The same digits asked of an x86-64 agent run from this checkout. */
+async function x64Answers(models: ModelFiles, images: Float32Array[]): Promise<Answers> {
+  const dir = mkdtempSync(join(tmpdir(), 'edgefleet-x64-reference-'));
+  placeModels(join(dir, 'models'), models);
+  const reference = await spawnAgent(dir, { models: { dir: join(dir, 'models') } });
+  try {
+    await waitFor(async () => (await Promise.all(Object.keys(MODELS).map((m) => fetch(`${reference.url}/v2/models/${m}/ready`).then((r) => r.ok)))).every(Boolean), 60_000, 'the x86-64 agent');
+    return await ask(reference.url, images);
+  } finally {
+    reference.proc.kill('SIGTERM');
+    await reference.exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function checkStateAndProviders(root: string, output: string): void {
+  const db = readStateDb(root);
+  console.log(`state database: journal ${db.journal}, integrity ${db.integrity}, tables ${db.tables.join(', ')}`);
+  if (db.journal !== 'wal' || db.integrity !== 'ok' || !db.tables.includes('kv')) throw new Error("the state database is not a working WAL database with the agent's tables");
+  const report = providerReportFrom(output, readFileSync(join(REPO, 'docs', 'execution-providers.md'), 'utf8'), 'arm64');
+  console.log(`execution providers: ${JSON.stringify(report)}`);
+}
+
+/** dpkg -i of the .deb over the provisioned agent (stopped), with no network: nothing of the board's may change. */
+function upgradeWithDeb(root: string, deb: string): void {
+  const before = KEPT.map((f) => sha(join(root, f)));
+  const dbInode = statSync(join(root, 'var/lib/edgefleet/agent.db')).ino;
+  console.log(inRoot(root, ['dpkg', '-i', `/tmp/${basename(deb)}`]).trim().split('\n').map((l) => `  ${l}`).join('\n'));
+  if (KEPT.map((f) => sha(join(root, f))).join() !== before.join()) throw new Error('dpkg -i changed the config, the device key or a served model');
+  if (statSync(join(root, 'var/lib/edgefleet/agent.db')).ino !== dbInode) throw new Error('dpkg -i replaced the state database');
+}
+
 async function main(): Promise<void> {
   const pkg = process.argv.includes('--no-build') ? builtPackage() : buildPackage({ arch: 'arm64', outDir: join(REPO, 'release'), deb: true });
   console.log(`arm64 package: ${megabytes(statSync(pkg.tarball).size)} tar.gz, ${megabytes(statSync(pkg.deb!).size)} .deb`);
   step('package built');
   const board = sh('bash', [ROOT_SCRIPT, 'board'], { stdio: ['ignore', 'pipe', 'inherit'] }).trim();
   step('board root ready');
+  const built = await buildMnistModels({ outDir: join(cacheDir(), 'mnist-models'), epochs: 2, seed: 7 });
+  const models: ModelFiles = { mlp: built.fp32.path, mnist_int8: built.int8.path };
+  const { test } = loadMnist();
+  const images = Array.from({ length: DIGITS }, (_, i) => test.images.slice(i * 784, (i + 1) * 784));
 
   const work = mkdtempSync(join(tmpdir(), 'edgefleet-arm64-smoke-'));
   const root = join(work, 'root');
   let agent: BoardAgent | undefined;
-  let reference: Awaited<ReturnType<typeof spawnAgent>> | undefined;
   try {
-    sh('cp', ['-a', board, root]);
-    const models = await buildMnistModels({ outDir: join(cacheDir(), 'mnist-models'), epochs: 2, seed: 7 });
-    for (const [name, kind] of Object.entries(MODELS)) {
-      mkdirSync(join(root, 'srv', 'models', name, '1'), { recursive: true });
-      copyFileSync(models[kind].path, join(root, 'srv', 'models', name, '1', 'model.onnx'));
-    }
-    for (const file of [pkg.tarball, pkg.deb!]) copyFileSync(file, join(root, 'tmp', file.split('/').pop()!));
-    // A broker nobody answers on: the agent opens its state database only with mqtt set.
-    await writeTrust(join(root, 'tmp', 'trust.json'), makeFleetKeys());
-    for (const tool of ['gcc', 'cc', 'make', 'npm', 'node']) {
-      if (existsSync(join(root, 'usr', 'bin', tool))) throw new Error(`the board root has /usr/bin/${tool}: it must be bare`);
-    }
+    await prepareRoot(board, root, pkg, models);
     step('root copied, models in /srv/models');
-
     const port = await freePort();
-    const tar = `/tmp/${pkg.tarball.split('/').pop()!}`;
-    const provision = inRoot(root, ['bash', '-c', `cd /tmp && tar -xzf ${tar} && ./edgefleet-agent-*/provisioning/provision.sh --device-id arm64-smoke --models-dir /srv/models --http-port ${port} --execution-providers tensorrt,cuda,xnnpack,cpu --broker mqtt://127.0.0.1:${await freePort()} --trust /tmp/trust.json --source ${tar}`]);
-    console.log(provision.trim().split('\n').map((l) => `  ${l}`).join('\n'));
+    await provisionFromTarball(root, pkg.tarball, port);
     step('provisioned from the tarball with no network');
-
     agent = await startBoardAgent(root, port);
     step('arm64 agent serving');
-    const { test } = loadMnist();
-    const images = Array.from({ length: DIGITS }, (_, i) => test.images.slice(i * 784, (i + 1) * 784));
     const armAnswers = await ask(agent.url, images);
     step(`arm64 answers for ${DIGITS} digits`);
-
-    const refDir = mkdtempSync(join(tmpdir(), 'edgefleet-x64-reference-'));
-    for (const [name, kind] of Object.entries(MODELS)) {
-      mkdirSync(join(refDir, 'models', name, '1'), { recursive: true });
-      copyFileSync(models[kind].path, join(refDir, 'models', name, '1', 'model.onnx'));
-    }
-    reference = await spawnAgent(refDir, { models: { dir: join(refDir, 'models') } });
-    const x64Url = reference.url;
-    await waitFor(async () => (await Promise.all(Object.keys(MODELS).map((m) => fetch(`${x64Url}/v2/models/${m}/ready`).then((r) => r.ok)))).every(Boolean), 60_000, 'the x86-64 agent');
-    const x64Answers = await ask(reference.url, images);
-    reference.proc.kill('SIGTERM');
-    rmSync(refDir, { recursive: true, force: true });
-    printComparison('arm64 vs x86-64', compareAnswers(armAnswers, x64Answers));
+    printComparison('arm64 vs x86-64', compareAnswers(armAnswers, await x64Answers(models, images)));
     step('compared with x86-64');
-
-    const db = readStateDb(root);
-    console.log(`state database: journal ${db.journal}, integrity ${db.integrity}, tables ${db.tables.join(', ')}`);
-    if (db.journal !== 'wal' || db.integrity !== 'ok' || !db.tables.includes('kv')) throw new Error('the state database is not a working WAL database with the agent\'s tables');
-    const report = providerReportFrom(agent.output(), readFileSync(join(REPO, 'docs', 'execution-providers.md'), 'utf8'), 'arm64');
-    console.log(`execution providers: ${JSON.stringify(report)}`);
+    checkStateAndProviders(root, agent.output());
     step('state database and provider report checked');
-
-    const kept = ['etc/edgefleet/agent.json', 'etc/edgefleet/device.key', 'srv/models/mlp/1/model.onnx'].map((f) => sha(join(root, f)));
-    const dbInode = statSync(join(root, 'var/lib/edgefleet/agent.db')).ino;
     const code = await stopAgent(agent.proc);
     agent = undefined;
     if (code !== 0) throw new Error(`the arm64 agent exited ${code} on SIGTERM, not 0`);
-    const deb = `/tmp/${pkg.deb!.split('/').pop()!}`;
-    console.log(inRoot(root, ['dpkg', '-i', deb]).trim().split('\n').map((l) => `  ${l}`).join('\n'));
-    const after = ['etc/edgefleet/agent.json', 'etc/edgefleet/device.key', 'srv/models/mlp/1/model.onnx'].map((f) => sha(join(root, f)));
-    if (after.join() !== kept.join()) throw new Error('dpkg -i changed the config, the device key or a served model');
-    if (statSync(join(root, 'var/lib/edgefleet/agent.db')).ino !== dbInode) throw new Error('dpkg -i replaced the state database');
+    upgradeWithDeb(root, pkg.deb!);
     step('upgraded with dpkg -i, no network: config, key, state and models kept');
-
     agent = await startBoardAgent(root, port);
     printComparison('after the upgrade', compareAnswers(await ask(agent.url, images), armAnswers));
     step('upgraded agent gives the same answers');
   } finally {
     if (agent) await stopAgent(agent.proc);
-    reference?.proc.kill('SIGTERM');
     removeRoot(work, root);
   }
   console.log(`arm64 smoke test passed in ${((Date.now() - started) / 1000).toFixed(0)} s`);

@@ -107,6 +107,18 @@ describe('the x64 release package', () => {
   });
 });
 
+describe('npm pack', () => {
+  it('carries dist/, the .proto files, the unit and provision.sh (prepare builds dist/ first)', () => {
+    const out = execFileSync('npm', ['pack', '--dry-run', '--json'], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    // prepare's own output comes first on stdout; the JSON report starts at a line of its own.
+    const files = (JSON.parse(out.slice(out.search(/^\[/m))) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
+    for (const file of ['dist/agent/bin.js', 'dist/fleet/bin.js', 'agent/grpc/proto/grpc_predict_v2.proto', 'systemd/edgefleet-agent.service', 'provisioning/provision.sh']) {
+      expect(files, file).toContain(file);
+    }
+    expect(files.filter((f) => f.startsWith('test/') || f.startsWith('node_modules/'))).toEqual([]);
+  }, 180_000);
+});
+
 describe('provision.sh --source with the release tarball', () => {
   let root: string;
   beforeAll(async () => {
