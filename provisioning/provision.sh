@@ -200,6 +200,23 @@ source_digest() {
   fi
 }
 
+# A release package must run here: its Node.js for this arch, and its native modules, which
+# need glibc 2.34 and GCC 11's libstdc++ (they are built on Debian 12). Staging (--root) a
+# package for another arch, for an image, is allowed untried.
+check_package() {
+  local tree=$1 arch machine loaded
+  arch=$(sed -n 's/.*"arch": *"\([^"]*\)".*/\1/p' "$tree/PACKAGE.json")
+  machine=$(uname -m | sed 's/^x86_64$/x64/; s/^aarch64$/arm64/')
+  if staged && [ "$arch" != "$machine" ]; then
+    echo "provision: note: staging a linux/$arch package on $(uname -m): its Node.js and native modules are not tried here" >&2
+    return 0
+  fi
+  "$tree/node/bin/node" -e 0 2>/dev/null || die "--source $SOURCE is a package for linux/$arch: its Node.js does not run on this $(uname -m) machine"
+  if ! loaded=$("$tree/node/bin/node" -e "new (require(process.argv[1]))(':memory:')" "$tree/node_modules/better-sqlite3" 2>&1); then
+    die "--source $SOURCE: its better-sqlite3 does not load on this board ($(grep -m1 -oE "[^ ']*GLIBC[^ ']*' not found|Error: .*" <<<"$loaded" || head -n1 <<<"$loaded")); release packages need glibc 2.34 and libstdc++ from GCC 11 or later (Debian 12, Raspberry Pi OS bookworm, Ubuntu 22.04, JetPack 6)"
+  fi
+}
+
 install_agent() {
   local digest stamp=$ROOT$OPT/.edgefleet-source new=$ROOT$OPT.new old=$ROOT$OPT.old
   digest=$(source_digest "$SOURCE")
@@ -223,14 +240,7 @@ install_agent() {
   if [ ! -f "$new/package.json" ] || [ ! -f "$new/dist/agent/bin.js" ]; then
     die "--source $SOURCE is not a built agent (needs package.json and dist/agent/bin.js: run npm run build)"
   fi
-  if [ -f "$new/PACKAGE.json" ] && [ -x "$new/node/bin/node" ] && ! "$new/node/bin/node" -e 0 2>/dev/null; then
-    die "--source $SOURCE is a package for linux/$(sed -n 's/.*"arch": *"\([^"]*\)".*/\1/p' "$new/PACKAGE.json"): its Node.js does not run on this $(uname -m) machine"
-  fi
-  # Its native modules need glibc 2.34 and GCC 11's libstdc++ (they are built on Debian 12).
-  local loaded
-  if [ -f "$new/PACKAGE.json" ] && ! loaded=$("$new/node/bin/node" -e "new (require(process.argv[1]))(':memory:')" "$new/node_modules/better-sqlite3" 2>&1); then
-    die "--source $SOURCE: its better-sqlite3 does not load on this board ($(grep -m1 -oE "[^ ']*GLIBC[^ ']*' not found|Error: .*" <<<"$loaded" || head -n1 <<<"$loaded")); release packages need glibc 2.34 and libstdc++ from GCC 11 or later (Debian 12, Raspberry Pi OS bookworm, Ubuntu 22.04, JetPack 6)"
-  fi
+  if [ -f "$new/PACKAGE.json" ]; then check_package "$new"; fi
   if [ ! -d "$new/node_modules" ]; then
     command -v npm >/dev/null || die "npm not found and --source has no node_modules: use a release package (npm run package), which needs no npm"
     # npm ci installs exactly the lockfile; `npm pack` tarballs carry none.

@@ -172,7 +172,7 @@ describe('provision.sh --source with the release tarball', () => {
     expect(existsSync(join(fresh, 'opt/edgefleet.new'))).toBe(false);
   });
 
-  it('a package whose native modules do not load on this machine is refused before anything is replaced', async () => {
+  it('a package whose native modules do not load here is refused before anything is replaced; staged for another arch, it is not tried', async () => {
     // Stands for a board older than the packages' glibc 2.34: better-sqlite3 cannot be loaded.
     const broken = join(dir, 'broken');
     await mkdir(broken);
@@ -185,7 +185,14 @@ describe('provision.sh --source with the release tarball', () => {
     expect(r.stderr).toMatch(/its better-sqlite3 does not load on this board \(Error: .*better_sqlite3\.node: .+\); release packages need glibc 2\.34/);
     expect(await readFile(join(root, 'opt/edgefleet/PACKAGE.json'), 'utf8')).toBe(before);
     expect(existsSync(join(root, 'opt/edgefleet.new'))).toBe(false);
-  }, 120_000);
+
+    // Staging (--root, for an image) a package for another arch cannot try it, and says so.
+    await writeFile(join(broken, TOP, 'PACKAGE.json'), JSON.stringify({ version: VERSION, arch: 'arm64' }));
+    execFileSync('tar', ['-C', broken, '-I', 'gzip -1', '-cf', join(broken, 'arm64.tar.gz'), TOP]);
+    const staged = await provision(join(dir, 'root-arm64-image'), ['--source', join(broken, 'arm64.tar.gz')]);
+    expect(staged.code).toBe(0);
+    expect(staged.stderr).toContain('provision: note: staging a linux/arm64 package on x86_64: its Node.js and native modules are not tried here');
+  }, 180_000);
 
   it('the installed agent reports the execution providers docs/execution-providers.md quotes for linux/x64', async () => {
     const port = await freePort();
