@@ -30,11 +30,18 @@ Local API and models:
   --http-port PORT        default 8501
   --models-dir DIR        a TensorFlow Serving style model folder to serve as well
   --execution-providers L comma list, e.g. tensorrt,cuda,cpu (default: the agent's)
+  --onnxruntime-path DIR  an onnxruntime-node build to load instead of the bundled CPU one
+                          (a Jetson's CUDA/TensorRT build; docs/execution-providers.md)
 Install:
-  --source DIR|TGZ        a built agent tree (package.json, dist/, optionally node_modules/)
-                          or an `npm pack` tarball; without node_modules, runs npm ci --omit=dev
+  --source DIR|TGZ        a release package (edgefleet-agent-VERSION-linux-ARCH.tar.gz from
+                          npm run package: Node.js and node_modules inside, nothing is
+                          downloaded or compiled), a built agent tree (package.json, dist/,
+                          optionally node_modules/) or an `npm pack` tarball; a tree without
+                          node_modules gets npm ci --omit=dev (network, and build tools when
+                          better-sqlite3 has no prebuilt binary for the board)
   --jetson                also install the Jetson GPU drop-in (systemd/jetson-gpu.conf)
-  --node PATH             Node.js binary for ExecStart (default: /usr/bin/node, else `command -v node`)
+  --node PATH             Node.js binary for ExecStart (default: the package's own,
+                          /opt/edgefleet/node/bin/node, else /usr/bin/node, else `command -v node`)
   --no-start              enable the unit but do not start or restart it
   --root DIR              stage everything under DIR instead of /: no user is created,
                           ownership is left alone, systemctl is not run (printed instead)
@@ -53,7 +60,7 @@ JETSON_SRC=${EDGEFLEET_JETSON_DROPIN:-$SCRIPT_DIR/../systemd/jetson-gpu.conf}
 ID_RE='^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
 
 DEVICE_ID='' BROKER='' TOPIC_ROOT=edgefleet TRUST='' CA='' CERT='' HTTP_HOST=127.0.0.1 HTTP_PORT=8501
-MODELS_DIR='' PROVIDERS='' SOURCE='' DELIVERY=collector JETSON=0 NODE_BIN='' NO_START=0 ROOT=''
+MODELS_DIR='' PROVIDERS='' ORT_PATH='' SOURCE='' DELIVERY=collector JETSON=0 NODE_BIN='' NO_START=0 ROOT=''
 GROUPS_LIST=()
 
 need_value() { if [ $# -lt 2 ] || [ -z "$2" ]; then usage_error "$1 needs a value"; fi; }
@@ -71,6 +78,7 @@ while [ $# -gt 0 ]; do
     --http-port) need_value "$@"; HTTP_PORT=$2; shift 2 ;;
     --models-dir) need_value "$@"; MODELS_DIR=$2; shift 2 ;;
     --execution-providers) need_value "$@"; PROVIDERS=$2; shift 2 ;;
+    --onnxruntime-path) need_value "$@"; ORT_PATH=$2; shift 2 ;;
     --source) need_value "$@"; SOURCE=$2; shift 2 ;;
     --jetson) JETSON=1; shift ;;
     --node) need_value "$@"; NODE_BIN=$2; shift 2 ;;
@@ -99,6 +107,7 @@ if [ -n "$PROVIDERS" ]; then
     || usage_error "--execution-providers must be a comma list of tensorrt, cuda, xnnpack, webgpu, cpu"
 fi
 if [ -n "$MODELS_DIR" ]; then [[ $MODELS_DIR == /* ]] || usage_error "--models-dir must be an absolute path"; fi
+if [ -n "$ORT_PATH" ]; then [[ $ORT_PATH == /* ]] || usage_error "--onnxruntime-path must be an absolute path"; fi
 for f in "$TRUST" "$CA" "$CERT"; do
   [ -z "$f" ] || [ -f "$f" ] || die "$f: no such file"
 done
@@ -106,7 +115,10 @@ done
 [ -f "$UNIT_SRC" ] || die "unit file $UNIT_SRC not found (run provision.sh from an edgefleet checkout or set EDGEFLEET_UNIT_FILE)"
 [ "$JETSON" = 0 ] || [ -f "$JETSON_SRC" ] || die "Jetson drop-in $JETSON_SRC not found"
 command -v openssl >/dev/null || die "openssl not found: apt-get install -y openssl"
-command -v node >/dev/null || die "node not found: install Node.js 20 or later first (see docs/device-guide.md)"
+# Node.js writes agent.json: the board's own, or the one a release package carries.
+if ! command -v node >/dev/null && [ -z "$SOURCE" ] && [ ! -x "$ROOT/opt/edgefleet/node/bin/node" ]; then
+  die "node not found: install from a release package (--source edgefleet-agent-VERSION-linux-ARCH.tar.gz), or install Node.js 20 or later first (see docs/device-guide.md)"
+fi
 if [ -n "$ROOT" ]; then
   mkdir -p "$ROOT"
   ROOT=$(cd "$ROOT" && pwd)
@@ -162,7 +174,9 @@ install_file() {
 }
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# NEW_TREE is the agent being unpacked: a failure part way leaves no half-built copy.
+NEW_TREE=''
+trap 'rm -rf "$WORK" ${NEW_TREE:+"$NEW_TREE"}' EXIT
 
 # ---- 1. user and folders ---------------------------------------------------------------
 if staged; then
@@ -186,6 +200,23 @@ source_digest() {
   fi
 }
 
+# A release package must run here: its Node.js for this arch, and its native modules, which
+# need glibc 2.34 and GCC 11's libstdc++ (they are built on Debian 12). Staging (--root) a
+# package for another arch, for an image, is allowed untried.
+check_package() {
+  local tree=$1 arch machine loaded
+  arch=$(sed -n 's/.*"arch": *"\([^"]*\)".*/\1/p' "$tree/PACKAGE.json")
+  machine=$(uname -m | sed 's/^x86_64$/x64/; s/^aarch64$/arm64/')
+  if staged && [ "$arch" != "$machine" ]; then
+    echo "provision: note: staging a linux/$arch package on $(uname -m): its Node.js and native modules are not tried here" >&2
+    return 0
+  fi
+  "$tree/node/bin/node" -e 0 2>/dev/null || die "--source $SOURCE is a package for linux/$arch: its Node.js does not run on this $(uname -m) machine"
+  if ! loaded=$("$tree/node/bin/node" -e "new (require(process.argv[1]))(':memory:')" "$tree/node_modules/better-sqlite3" 2>&1); then
+    die "--source $SOURCE: its better-sqlite3 does not load on this board ($(grep -m1 -oE "[^ ']*GLIBC[^ ']*' not found|Error: .*" <<<"$loaded" || head -n1 <<<"$loaded")); release packages need glibc 2.34 and libstdc++ from GCC 11 or later (Debian 12, Raspberry Pi OS bookworm, Ubuntu 22.04, JetPack 6)"
+  fi
+}
+
 install_agent() {
   local digest stamp=$ROOT$OPT/.edgefleet-source new=$ROOT$OPT.new old=$ROOT$OPT.old
   digest=$(source_digest "$SOURCE")
@@ -194,31 +225,39 @@ install_agent() {
     return
   fi
   rm -rf "$new" "$old"
+  NEW_TREE=$new
   mkdir -p "$new"
   if [ -f "$SOURCE" ]; then
-    # npm pack tarballs hold everything under package/.
-    local strip=0
-    if tar -tzf "$SOURCE" | head -n1 | grep -q '^package/'; then strip=1; fi
-    tar -xzf "$SOURCE" -C "$new" --strip-components=$strip --no-same-owner
+    # npm pack tarballs hold everything under package/, release packages under
+    # edgefleet-agent-VERSION-linux-ARCH/.
+    local strip=0 first
+    first=$(tar -tzf "$SOURCE" | head -n1) || true
+    if [[ $first =~ ^(package|edgefleet-agent-[^/]+)/ ]]; then strip=1; fi
+    tar -xzf "$SOURCE" -C "$new" --strip-components=$strip --no-same-owner || die "--source $SOURCE could not be unpacked (see above)"
   else
     tar -C "$SOURCE" --exclude=./.git -cf - . | tar -C "$new" -xf - --no-same-owner
   fi
   if [ ! -f "$new/package.json" ] || [ ! -f "$new/dist/agent/bin.js" ]; then
     die "--source $SOURCE is not a built agent (needs package.json and dist/agent/bin.js: run npm run build)"
   fi
+  if [ -f "$new/PACKAGE.json" ]; then check_package "$new"; fi
   if [ ! -d "$new/node_modules" ]; then
-    command -v npm >/dev/null || die "npm not found and --source has no node_modules"
+    command -v npm >/dev/null || die "npm not found and --source has no node_modules: use a release package (npm run package), which needs no npm"
     # npm ci installs exactly the lockfile; `npm pack` tarballs carry none.
     local npm_cmd=ci
     [ -f "$new/package-lock.json" ] || npm_cmd=install
-    echo "provision: npm $npm_cmd --omit=dev in $OPT (native modules are built for this board)"
-    (cd "$new" && npm "$npm_cmd" --omit=dev --no-audit --no-fund >&2)
+    # dist/ is built already; `prepare` would run tsc, a dev dependency npm does not install here.
+    (cd "$new" && npm pkg delete scripts.prepare)
+    echo "provision: npm $npm_cmd --omit=dev in $OPT (native modules are built for this board;" \
+      "where better-sqlite3 has no prebuilt binary, that needs build-essential and python3)"
+    (cd "$new" && npm "$npm_cmd" --omit=dev --no-audit --no-fund >&2) || die "npm $npm_cmd --omit=dev failed (see above); $OPT is unchanged"
   fi
   chmod -R u+rwX,go+rX,go-w "$new"
   staged || chown -R root:root "$new"
   echo "$digest" >"$new/.edgefleet-source"
   if [ -e "$ROOT$OPT" ]; then mv "$ROOT$OPT" "$old"; fi
   mv "$new" "$ROOT$OPT"
+  NEW_TREE=''
   rm -rf "$old"
   changed "installed the agent into $OPT"
 }
@@ -230,11 +269,19 @@ else
   [ -f "$ROOT$OPT/dist/agent/bin.js" ] || echo "provision: note: no --source given and $OPT/dist/agent/bin.js is missing: the agent is not installed yet" >&2
 fi
 
+# The Node.js that runs this script's helpers: the board's, else the installed package's.
+PACKAGE_NODE=$OPT/node/bin/node
+HELPER_NODE=$(command -v node || true)
+if [ -z "$HELPER_NODE" ]; then
+  [ -x "$ROOT$PACKAGE_NODE" ] || die "node not found, and --source $SOURCE carries no Node.js: use a release package, or install Node.js 20 or later"
+  HELPER_NODE=$ROOT$PACKAGE_NODE
+fi
+
 # ---- 3. trust root and TLS files -------------------------------------------------------
 TLS=0
 if [[ $BROKER =~ ^(mqtts|wss):// ]]; then TLS=1; fi
 if [ -n "$TRUST" ]; then
-  node -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' "$TRUST" 2>/dev/null || die "--trust $TRUST is not JSON"
+  "$HELPER_NODE" -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' "$TRUST" 2>/dev/null || die "--trust $TRUST is not JSON"
   install_file "$TRUST" "$ETC/trust.json" 644
 fi
 if [ -n "$CA" ]; then
@@ -282,9 +329,9 @@ fi
 # ---- 4. agent.json ---------------------------------------------------------------------
 GROUPS_CSV=$(IFS=,; echo "${GROUPS_LIST[*]+"${GROUPS_LIST[*]}"}")
 # node writes the JSON so every value is escaped correctly; keys per docs/protocol.md section 9.
-node - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" "$DELIVERY" \
+"$HELPER_NODE" - "$DEVICE_ID" "$GROUPS_CSV" "$BROKER" "$TOPIC_ROOT" "$TLS" "$HTTP_HOST" "$HTTP_PORT" "$MODELS_DIR" "$PROVIDERS" "$ETC" "$STATE" "$DELIVERY" "$ORT_PATH" \
   >"$WORK/agent.json" <<'EOF'
-const [deviceId, groups, broker, topicRoot, tls, host, port, modelsDir, providers, etc, state, delivery] = process.argv.slice(2);
+const [deviceId, groups, broker, topicRoot, tls, host, port, modelsDir, providers, etc, state, delivery, ortPath] = process.argv.slice(2);
 const config = { deviceId, groups: groups ? groups.split(',') : [], stateDir: state };
 if (broker) {
   config.trust = `${etc}/trust.json`;
@@ -295,7 +342,9 @@ if (broker) {
 }
 config.http = { host, port: Number(port) };
 if (modelsDir) config.models = { dir: modelsDir };
-if (providers) config.runtime = { executionProviders: providers.split(',') };
+if (providers || ortPath) config.runtime = {};
+if (providers) config.runtime.executionProviders = providers.split(',');
+if (ortPath) config.runtime.onnxruntimePath = ortPath;
 process.stdout.write(`${JSON.stringify(config, null, 2)}\n`);
 EOF
 install_file "$WORK/agent.json" "$ETC/agent.json" 640 root:edgefleet
@@ -306,10 +355,12 @@ install_file "$UNIT_SRC" "$UNIT_DIR/edgefleet-agent.service" 644
 DROPIN=$UNIT_DIR/edgefleet-agent.service.d
 want_dropins=()
 if [ "$JETSON" = 1 ]; then want_dropins+=(jetson-gpu.conf); cp "$JETSON_SRC" "$WORK/jetson-gpu.conf"; fi
+# A release package runs its own Node.js, whatever the board has.
+if [ -z "$NODE_BIN" ] && [ -x "$ROOT$PACKAGE_NODE" ]; then NODE_BIN=$PACKAGE_NODE; fi
 if [ -z "$NODE_BIN" ] && ! staged && [ ! -x /usr/bin/node ]; then NODE_BIN=$(command -v node); fi
 if [ -n "$NODE_BIN" ] && [ "$NODE_BIN" != /usr/bin/node ]; then
   [[ $NODE_BIN == /* ]] || usage_error "--node must be an absolute path"
-  printf '# Written by provision.sh: Node.js is not at /usr/bin/node on this board.\n[Service]\nExecStart=\nExecStart=%s %s/dist/agent/bin.js --config %s/agent.json\n' \
+  printf '# Written by provision.sh: the agent runs this Node.js, not /usr/bin/node.\n[Service]\nExecStart=\nExecStart=%s %s/dist/agent/bin.js --config %s/agent.json\n' \
     "$NODE_BIN" "$OPT" "$ETC" >"$WORK/node-path.conf"
   want_dropins+=(node-path.conf)
 fi

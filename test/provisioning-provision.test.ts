@@ -213,6 +213,48 @@ describe.skipIf(skip)('provision.sh --root', () => {
     expect(again.stdout).toMatch(/provision: no changes\n$/);
   });
 
+  it('writes --onnxruntime-path into agent.json and refuses a relative one', async () => {
+    const other = join(dir, 'root-ort');
+    const r = await provision(['--device-id', 'jetson-01', '--source', 'agent-src', '--onnxruntime-path', '/opt/onnxruntime-node-trt'], other);
+    expect(r.code).toBe(0);
+    const config = parseConfig(JSON.parse(await readFile(join(other, 'etc/edgefleet/agent.json'), 'utf8')));
+    expect(config.runtime.onnxruntimePath).toBe('/opt/onnxruntime-node-trt');
+    const relative = await provision(['--device-id', 'jetson-01', '--onnxruntime-path', 'trt'], other);
+    expect(relative.code).toBe(2);
+    expect(relative.stderr).toMatch(/--onnxruntime-path must be an absolute path/);
+  });
+
+  // A checkout's tree without node_modules: provision.sh runs npm there. Its package has no
+  // dependencies, so npm needs no network; its scripts stand for the real ones.
+  async function sourceWithScripts(name: string, scripts: Record<string, string>): Promise<string> {
+    const src = join(dir, name);
+    await mkdir(join(src, 'dist/agent'), { recursive: true });
+    await writeFile(join(src, 'dist/agent/bin.js'), '#!/usr/bin/env node\n');
+    await writeFile(join(src, 'package.json'), JSON.stringify({ name: 'edgefleet', version: '0.1.0', scripts }));
+    return src;
+  }
+
+  it('a tree without node_modules gets npm install --omit=dev without the prepare script (tsc is not installed)', async () => {
+    const src = await sourceWithScripts('src-prepare', { prepare: 'echo prepare ran >&2; exit 7' });
+    const other = join(dir, 'root-prepare');
+    const r = await provision(['--device-id', 'pi-004', '--source', src], other);
+    expect(r.stderr).not.toContain('prepare ran');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^provision: npm install --omit=dev in \/opt\/edgefleet .*build-essential and python3\)$/m);
+    expect(JSON.parse(await readFile(join(other, 'opt/edgefleet/package.json'), 'utf8')).scripts).toEqual({});
+  });
+
+  it('a failing npm install leaves the installed agent as it was and no /opt/edgefleet.new', async () => {
+    const other = join(dir, 'root-prepare');
+    const before = await readFile(join(other, 'opt/edgefleet/package.json'), 'utf8');
+    const src = await sourceWithScripts('src-broken', { preinstall: 'exit 3' });
+    const r = await provision(['--device-id', 'pi-004', '--source', src], other);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^provision: npm install --omit=dev failed \(see above\); \/opt\/edgefleet is unchanged$/m);
+    expect(await readFile(join(other, 'opt/edgefleet/package.json'), 'utf8')).toBe(before);
+    await expect(lstat(join(other, 'opt/edgefleet.new'))).rejects.toThrow(/ENOENT/);
+  });
+
   it('refuses bad arguments before writing anything', async () => {
     const empty = join(dir, 'root-bad');
     for (const args of [['--device-id', 'bad id'], ['--device-id', 'pi-1', '--group', 'a/b'], ['--device-id', 'pi-1', '--broker', 'http://x'], ['--device-id', 'pi-1', '--http-port', '70000'], ['--device-id', 'pi-1', '--bogus']]) {

@@ -66,6 +66,7 @@ function resolvePaths(config: AgentConfig, baseDir: string): AgentConfig {
     trust: abs(config.trust),
     mqtt: config.mqtt && { ...config.mqtt, ca: abs(config.mqtt.ca), cert: abs(config.mqtt.cert), key: abs(config.mqtt.key), passwordFile: abs(config.mqtt.passwordFile) },
     models: { ...config.models, dir: abs(config.models.dir) },
+    runtime: { ...config.runtime, onnxruntimePath: abs(config.runtime.onnxruntimePath) },
   };
 }
 

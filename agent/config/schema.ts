@@ -162,6 +162,11 @@ export const configSchema = z.strictObject({
        * exceptions, logged with context, so by default only fatal ones print raw.
        */
       ortLogLevel: z.enum(['verbose', 'info', 'warning', 'error', 'fatal']).default('fatal'),
+      /**
+       * An onnxruntime-node build folder to load instead of the bundled CPU build (a
+       * Jetson's CUDA/TensorRT build); checked at start (agent/runtime/ort-build.ts).
+       */
+      onnxruntimePath: path.optional(),
     })
     .prefault({}),
   rollout: z

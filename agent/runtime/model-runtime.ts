@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.js';
 import { loadOrt, type Ort } from './ort.js';
+import { bundledOrtVersion, inspectOrtBuild } from './ort-build.js';
 import { probeProviders, type ProviderReport } from './providers.js';
 import { createSession, type ModelSession } from './session.js';
 import { warmUp, type WarmupOutcome, type WarmupRequests } from './warmup.js';
@@ -21,10 +22,13 @@ export class ModelRuntime {
   constructor(private readonly options: { config: AgentConfig['runtime']; logger: Logger }) {}
 
   async start(): Promise<void> {
-    this.ort = await loadOrt();
+    const from = this.options.config.onnxruntimePath;
+    const build = from === undefined ? undefined : inspectOrtBuild(from);
+    this.ort = await loadOrt(build?.path);
     this.ort.env.logLevel = this.options.config.ortLogLevel;
-    this.report = await probeProviders(this.ort, this.options.config.executionProviders);
-    this.options.logger.info({ providers: this.report }, 'execution providers probed');
+    this.report = await probeProviders(this.ort, this.options.config.executionProviders, build);
+    const onnxruntime = build ?? { path: 'bundled', version: bundledOrtVersion() };
+    this.options.logger.info({ providers: this.report, onnxruntime }, 'execution providers probed');
   }
 
   async stop(): Promise<void> {

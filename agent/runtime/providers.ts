@@ -1,6 +1,7 @@
 import type { ExecutionProviderName } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import type { Ort } from './ort.js';
+import { missingLibrary, type OrtBuild } from './ort-build.js';
 import { probeModel } from './probe-model.js';
 
 export interface ProviderReport {
@@ -16,7 +17,7 @@ export interface ProviderReport {
  * not enough: the bundled Linux build lists CUDA and TensorRT but cannot load
  * their libraries, and knows nothing of XNNPACK.
  */
-export async function probeProviders(ort: Ort, wanted: readonly ExecutionProviderName[]): Promise<ProviderReport> {
+export async function probeProviders(ort: Ort, wanted: readonly ExecutionProviderName[], build?: OrtBuild): Promise<ProviderReport> {
   const report: ProviderReport = { available: [], unavailable: {} };
   const model = probeModel();
   for (const ep of wanted) {
@@ -26,7 +27,8 @@ export async function probeProviders(ort: Ort, wanted: readonly ExecutionProvide
       await session.release();
       report.available.push(ep);
     } catch (err) {
-      report.unavailable[ep] = shortReason(errorMessage(err));
+      // A build of one's own (runtime.onnxruntimePath) that lacks the library says so plainly.
+      report.unavailable[ep] = (build && missingLibrary(build, ep)) ?? shortReason(errorMessage(err));
     }
   }
   if (!report.available.includes('cpu')) {
