@@ -5,14 +5,12 @@
  * collector's HTTP server: the fleet table shows the device, the charts
  * have points, and the page refreshes by itself.
  */
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import type { MqttClient } from 'mqtt';
 import { pino } from 'pino';
-import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Collector } from '../fleet/collector/collector.js';
@@ -21,23 +19,12 @@ import { SqliteStore } from '../fleet/collector/sqlite-store.js';
 import { DEFAULT_TOPIC_ROOT, reportedStateSchema, telemetryBatchSchema, topics } from '../protocol/index.js';
 import { mosquittoSkipReason, startMosquitto } from './helpers/mosquitto.js';
 import type { Mosquitto } from './helpers/mosquitto.js';
+import { chromiumSkip, launchChromium } from './helpers/chromium.js';
 
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
 const SCREENSHOT = join(tmpdir(), 'edgefleet-dashboard.png');
 const ROOT = DEFAULT_TOPIC_ROOT;
 
-function chromiumSkipReason(): string | false {
-  if (existsSync(CHROMIUM)) return false;
-  const why = `${CHROMIUM} not found; install chromium (apt-get install -y chromium) to run the dashboard test`;
-  if (process.env.CI) throw new Error(`${why}; CI is set, so it must run`);
-  return why;
-}
-
-const skip = mosquittoSkipReason() || chromiumSkipReason();
+const skip = mosquittoSkipReason() || chromiumSkip('the dashboard test');
 const at = (ms: number): string => new Date(ms).toISOString();
 
 /**
@@ -105,7 +92,7 @@ describe.skipIf(skip !== false)(`dashboard${skip ? ` (skipped: ${skip})` : ''}`,
       if (Date.now() > until) throw new Error(`collector stored only ${collector.stats.batches} batches`);
       await new Promise((r) => setTimeout(r, 50));
     }
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+    browser = await launchChromium();
   });
 
   afterAll(async () => {

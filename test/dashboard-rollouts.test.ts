@@ -7,12 +7,10 @@
  * states, with an operator's hostile reason and a device's hostile error
  * shown as text, and following a change to the record by itself.
  */
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DashboardServer, parseListen } from '../fleet/collector/http-server.js';
@@ -25,9 +23,8 @@ import type { Rollout, RolloutSpec } from '../fleet/rollout/planner.js';
 import { newRollout, parseWaves } from '../fleet/rollout/planner.js';
 import { reportedStateSchema } from '../protocol/index.js';
 import { freshDatabase, postgresBin, postgresSkipReason, startPostgres, type PostgresServer } from './helpers/postgres.js';
+import { chromiumSkip, launchChromium } from './helpers/chromium.js';
 
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update'];
 const SCREENSHOT = join(tmpdir(), 'edgefleet-dashboard-rollouts.png');
 const HOSTILE = '<img src=x onerror=alert(1)>';
 /** The manifest's payload: it must never reach the browser. */
@@ -35,13 +32,6 @@ const MANIFEST_BYTES = 'TUFOSUZFU1QtQllURVMtTVVTVC1OT1QtTEVBSw';
 const envelope = { payloadType: 'application/vnd.edgefleet.manifest+json', payload: MANIFEST_BYTES, signatures: [{ keyid: 'k', sig: 'c2ln' }] };
 const NOW = Date.now();
 const MIN = 60_000;
-
-function chromiumSkipReason(): string | false {
-  if (existsSync(CHROMIUM)) return false;
-  const why = `${CHROMIUM} not found; install chromium to run the dashboard rollouts test`;
-  if (process.env.CI) throw new Error(`${why}; CI is set, so it must run`);
-  return why;
-}
 
 function spec(over: Partial<RolloutSpec> = {}): RolloutSpec {
   return {
@@ -121,7 +111,7 @@ describe('rolloutDetail', () => {
 let dir: string;
 let server: PostgresServer | undefined;
 const pgSkip = postgresSkipReason();
-const chromiumSkip = chromiumSkipReason();
+const browserSkip = chromiumSkip('the dashboard rollouts test');
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'edgefleet-dash-rollouts-'));
@@ -236,11 +226,11 @@ for (const backend of backends) describe.skipIf(backend.skip)(`dashboard rollout
   });
 
   // The page reads the same JSON whichever the store: rendered once.
-  const skip = backend.name === 'SQLite' ? chromiumSkip : 'rendered on SQLite';
+  const skip = backend.name === 'SQLite' ? browserSkip : 'rendered on SQLite';
   describe.skipIf(skip !== false)(`in Chromium${skip ? ` (skipped: ${skip})` : ''}`, () => {
     let browser: Browser;
     beforeAll(async () => {
-      browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+      browser = await launchChromium();
     }, 60_000);
     afterAll(async () => {
       await browser?.close();

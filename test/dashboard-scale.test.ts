@@ -7,13 +7,11 @@
  * collector's counters. Also the DNS-rebinding guard: only IP addresses,
  * localhost and configured names are answered.
  */
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DashboardServer, hostAllowed, parseListen } from '../fleet/collector/http-server.js';
@@ -21,17 +19,9 @@ import { rowP99 } from '../fleet/collector/fleet-query.js';
 import { SqliteStore } from '../fleet/collector/sqlite-store.js';
 import type { FleetRow } from '../fleet/collector/store.js';
 import { reportedStateSchema, telemetryBatchSchema } from '../protocol/index.js';
+import { chromiumSkip, launchChromium } from './helpers/chromium.js';
 
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update'];
 const DEVICES = 3000;
-
-function chromiumSkipReason(): string | false {
-  if (existsSync(CHROMIUM)) return false;
-  const why = `${CHROMIUM} not found; install chromium to run the dashboard scale test`;
-  if (process.env.CI) throw new Error(`${why}; CI is set, so it must run`);
-  return why;
-}
 
 const id = (i: number): string => `dev-${String(i).padStart(5, '0')}`;
 /** What generated device i reports, so tests can compute the expected pages. */
@@ -125,7 +115,7 @@ describe('dashboard host check', () => {
   });
 });
 
-const skip = chromiumSkipReason();
+const skip = chromiumSkip('the dashboard scale test');
 
 describe.skipIf(skip !== false)(`dashboard at ${DEVICES} devices${skip ? ` (skipped: ${skip})` : ''}`, () => {
   let dir: string;
@@ -149,7 +139,7 @@ describe.skipIf(skip !== false)(`dashboard at ${DEVICES} devices${skip ? ` (skip
     await dashboard.start();
     named = new DashboardServer({ store, listen: parseListen('127.0.0.1:0'), log, publicNames: ['fleet.example.com'] });
     await named.start();
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+    browser = await launchChromium();
   }, 120_000);
 
   afterAll(async () => {
