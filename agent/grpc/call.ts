@@ -5,11 +5,14 @@
  * the handler run, and the answer written as message frames and a grpc-status
  * trailer. transport.ts owns the listeners and connections.
  */
-import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import type { ApiAccess } from '../access/api-access.js';
 import { EdgefleetError, badRequest, unsupported } from '../errors.js';
 import { isOpen, UNAUTHORIZED } from './access.js';
+import type { RequestHeaders } from './h2-connection.js';
+import { H2Error } from './h2-frames.js';
+import type { H2Stream } from './h2-stream.js';
+import { HpackEncoder } from './hpack.js';
 import { grpcError, Status, type CallStatus } from './status.js';
 
 /** How a handler answers a unary call: `reply(null, message)`, or `reply(error)` for the status that error maps to. */
@@ -58,7 +61,23 @@ const PREFIX = 5;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 };
 
-const RESPONSE_HEADERS: OutgoingHttpHeaders = { ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING };
+type Fields = [string, string][];
+const hpack = new HpackEncoder();
+const RESPONSE_FIELDS: Fields = [
+  [':status', '200'],
+  ['content-type', 'application/grpc'],
+  ['grpc-accept-encoding', ACCEPT_ENCODING],
+];
+/** The blocks nearly every call sends, encoded once. */
+const RESPONSE_BLOCK = hpack.encode(RESPONSE_FIELDS);
+const OK_TRAILERS = hpack.encode([['grpc-status', '0']]);
+
+function statusFields(status: CallStatus): Fields {
+  return [
+    ['grpc-status', String(status.code)],
+    ['grpc-message', percentEncode(status.details)],
+  ];
+}
 
 /** grpc-message is percent-encoded: bytes outside printable ASCII, and "%" itself. */
 function percentEncode(text: string): string {
@@ -79,45 +98,47 @@ export function parseTimeout(value: string | undefined): number | undefined {
 /** Messages up to this size go out in one buffer with their prefix; larger ones are not copied. */
 const COPY_LIMIT = 64 * 1024;
 
-/** Writes the 5-byte prefix (compressed flag, big-endian length) and the message; ends the stream's data with `end`. */
-function writeMessage(stream: ServerHttp2Stream, message: Uint8Array, end: boolean): void {
+/** The 5-byte prefix (compressed flag, big-endian length), with the message when it is small enough to copy. */
+function prefixed(message: Uint8Array): Buffer {
   const small = message.length <= COPY_LIMIT;
   const head = Buffer.allocUnsafe(small ? PREFIX + message.length : PREFIX);
   head[0] = 0;
   head.writeUInt32BE(message.length, 1);
   if (small) head.set(message, PREFIX);
-  if (!small) stream.write(head);
-  const last = small ? head : message;
-  if (end) stream.end(last);
-  else stream.write(last);
+  return head;
+}
+
+/** Writes one message on a stream whose headers are out. */
+function writeMessage(stream: H2Stream, message: Uint8Array): void {
+  const head = prefixed(message);
+  stream.write(head);
+  if (head.length === PREFIX) stream.write(message);
 }
 
 /** Answers a call that never reached its handler, or gets refused, in a response of headers alone. */
-function refuse(stream: ServerHttp2Stream, status: CallStatus, extra: OutgoingHttpHeaders = {}): void {
-  if (stream.headersSent || stream.destroyed) return;
-  stream.respond({ ...RESPONSE_HEADERS, ...extra, 'grpc-status': String(status.code), 'grpc-message': percentEncode(status.details) }, { endStream: true });
+function refuse(stream: H2Stream, status: CallStatus): void {
+  if (stream.headersSent || stream.closed) return;
+  stream.respondOnly(hpack.encode([...RESPONSE_FIELDS, ...statusFields(status)]));
   stopUpload(stream);
 }
 
 /** A client still sending a request that is already answered is told to stop (RST_STREAM NO_ERROR, as the spec allows). */
-function stopUpload(stream: ServerHttp2Stream): void {
-  if (!stream.readableEnded) stream.close(constants.NGHTTP2_NO_ERROR);
+function stopUpload(stream: H2Stream): void {
+  if (!stream.remoteEnded) stream.reset(H2Error.NO_ERROR);
 }
 
 /** Handles one HTTP/2 stream as a gRPC call. */
-export function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, options: CallOptions): void {
-  // A reset from the client is an 'error' on the stream; the call just ends.
-  stream.on('error', () => {});
+export function serveCall(stream: H2Stream, headers: RequestHeaders, options: CallOptions): void {
   const method = headers[':method'];
   if (method !== 'POST') {
-    stream.respond({ ':status': 405, 'grpc-status': String(Status.UNIMPLEMENTED), 'grpc-message': percentEncode(`gRPC calls are POST requests, not ${method ?? 'none'}`) }, { endStream: true });
+    stream.respondOnly(hpack.encode([[':status', '405'], ...statusFields({ code: Status.UNIMPLEMENTED, details: `gRPC calls are POST requests, not ${method ?? 'none'}` })]));
     return stopUpload(stream);
   }
   const type = headers['content-type'] ?? '';
   if (!/^application\/grpc([+;]|$)/.test(type)) {
     // The spec's answer to a request that is not gRPC at all: HTTP 415.
     const details = `content-type "${type}" is not gRPC; send application/grpc`;
-    stream.respond({ ':status': 415, 'grpc-status': String(Status.INTERNAL), 'grpc-message': percentEncode(details) }, { endStream: true });
+    stream.respondOnly(hpack.encode([[':status', '415'], ...statusFields({ code: Status.INTERNAL, details })]));
     return stopUpload(stream);
   }
   if (!/^application\/grpc(\+proto)?(;|$)/.test(type)) {
@@ -130,13 +151,13 @@ export function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeader
   if (options.access?.tokens && !isOpen(path) && !options.access.allows(auth)) return refuse(stream, { code: Status.UNAUTHENTICATED, details: UNAUTHORIZED });
   let timeoutMs: number | undefined;
   try {
-    timeoutMs = parseTimeout(headers['grpc-timeout'] as string | undefined);
+    timeoutMs = parseTimeout(headers['grpc-timeout']);
   } catch (err) {
     return refuse(stream, grpcError(err));
   }
-  const encoding = (headers['grpc-encoding'] as string | undefined) ?? 'identity';
+  const encoding = headers['grpc-encoding'] ?? 'identity';
   if (encoding !== 'identity' && !(encoding in DECOMPRESS)) {
-    return refuse(stream, grpcError(unsupported(`grpc-encoding "${encoding}" is not supported; send messages uncompressed or as ${ACCEPT_ENCODING}`)), { 'grpc-accept-encoding': ACCEPT_ENCODING });
+    return refuse(stream, grpcError(unsupported(`grpc-encoding "${encoding}" is not supported; send messages uncompressed or as ${ACCEPT_ENCODING}`)));
   }
   new Call(stream, route, path, options, encoding, timeoutMs).read();
 }
@@ -156,7 +177,7 @@ class Call {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly stream: ServerHttp2Stream,
+    private readonly stream: H2Stream,
     private readonly route: Route,
     private readonly path: string,
     private readonly options: CallOptions,
@@ -166,7 +187,7 @@ class Call {
     if (timeoutMs !== undefined && timeoutMs <= MAX_TIMER_MS) {
       this.timer = setTimeout(() => this.finish({ code: Status.DEADLINE_EXCEEDED, details: `deadline of ${timeoutMs} ms exceeded` }), timeoutMs);
     }
-    stream.once('close', () => {
+    stream.onClose(() => {
       clearTimeout(this.timer);
       this.over = true;
     });
@@ -175,8 +196,8 @@ class Call {
   read(): void {
     const { stream, route } = this;
     if (route.kind === 'bidi') this.bidi = route.open(this.responseStream());
-    stream.on('data', (chunk: Buffer) => this.take(chunk));
-    stream.once('end', () => this.ended());
+    stream.onData = (chunk) => this.take(chunk);
+    stream.onEnd = () => this.ended();
   }
 
   /** Splits the request bytes into messages: a 5-byte prefix (compressed flag, big-endian length), then the message. */
@@ -268,33 +289,30 @@ class Call {
     this.over = true;
     clearTimeout(this.timer);
     const { stream } = this;
-    stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
-    stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-    writeMessage(stream, bytes, true);
+const head = prefixed(bytes);
+    if (head.length > PREFIX) return stream.answer(RESPONSE_BLOCK, head, OK_TRAILERS);
+    stream.respond(RESPONSE_BLOCK);
+    stream.write(head);
+    stream.write(bytes);
+    stream.end(OK_TRAILERS);
   }
 
   private responseStream(): ResponseStream {
     const { stream } = this;
     return {
       write: (message) => {
-        if (this.over || stream.destroyed) return;
-        if (!stream.headersSent) {
-          stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
-          stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-        }
-        writeMessage(stream, this.route.encode(message), false);
+        if (this.over || stream.closed) return;
+        stream.respond(RESPONSE_BLOCK);
+        writeMessage(stream, this.route.encode(message));
       },
       end: () => {
-        if (this.over || stream.destroyed) return;
+        if (this.over || stream.closed) return;
         if (!stream.headersSent) return this.finish({ code: Status.OK, details: '' });
         this.over = true;
         clearTimeout(this.timer);
-        stream.end();
+        stream.end(OK_TRAILERS);
       },
-      onClose: (listener) => {
-        if (stream.closed) listener();
-        else stream.once('close', listener);
-      },
+      onClose: (listener) => stream.onClose(listener),
     };
   }
 
@@ -304,12 +322,10 @@ class Call {
     this.over = true;
     clearTimeout(this.timer);
     const { stream } = this;
-    if (stream.destroyed) return;
+    if (stream.closed) return;
     if (!stream.headersSent) return refuse(stream, status);
     // A streaming call already answering: its trailers carry the status.
-    stream.removeAllListeners('wantTrailers');
-    stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': String(status.code), 'grpc-message': percentEncode(status.details) }));
-    stream.end();
+    stream.end(hpack.encode(statusFields(status)));
     stopUpload(stream);
   }
 }
