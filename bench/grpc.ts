@@ -11,9 +11,10 @@
  * Targets: gRPC raw on the PP-OCRv4 input at least 3x REST v1 JSON's
  * throughput; gRPC p50 on the MLP within 0.25 ms of bare `session.run`. The
  * server's CPU time per call, gRPC against the HTTP layer with the same model
- * work, is what the gRPC transport costs per call. The floor row runs the
- * Python client against grpc-echo-server.ts (HTTP/2 answering at once): what
- * the client and HTTP/2 alone cost, which no server can go below.
+ * work, is what the gRPC transport costs per call. The floor rows run the
+ * Python client against grpc-echo-server.ts (HTTP/2 answering at once, on the
+ * agent's own HTTP/2 transport and on node:http2): what the client and HTTP/2
+ * alone cost, which no server on that layer can go below.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -43,8 +44,8 @@ interface Scenario {
   label: string;
   /** The Python grpcio client instead of the Node generator; 1 client only. */
   python?: boolean;
-  /** Against grpc-echo-server.ts, not the agent: the floor of the client and HTTP/2 (MLP row only). */
-  floor?: boolean;
+  /** Against grpc-echo-server.ts on this HTTP/2 layer, not the agent: the floor of the client and HTTP/2 (MLP row only). */
+  floor?: 'edgefleet' | 'node-http2';
 }
 const APIS: Scenario[] = [
   { key: 'v1-json', api: 'v1-json', label: 'REST v1 JSON' },
@@ -53,7 +54,8 @@ const APIS: Scenario[] = [
   { key: 'grpc-v2', api: 'grpc-v2', label: 'gRPC KServe v2 (raw)' },
   { key: 'py-grpc-tf', api: 'grpc-tf', label: 'gRPC TF Predict, Python grpcio client', python: true },
   { key: 'py-grpc-v2', api: 'grpc-v2', label: 'gRPC KServe v2 raw, Python grpcio client', python: true },
-  { key: 'py-floor', api: 'grpc-v2', label: 'floor: Python grpcio client, HTTP/2 server answering at once', python: true, floor: true },
+  { key: 'py-floor', api: 'grpc-v2', label: 'floor: Python grpcio client, the agent\'s HTTP/2 answering at once', python: true, floor: 'edgefleet' },
+  { key: 'py-floor-node', api: 'grpc-v2', label: 'floor: Python grpcio client, node:http2 answering at once', python: true, floor: 'node-http2' },
 ];
 
 interface Window extends LoadOutcome {
@@ -149,7 +151,7 @@ export async function runGrpcBench(): Promise<void> {
   const timing = quick ? { warmupMs: 300, windowMs: 1000, rounds: 1 } : { warmupMs: 1500, windowMs: 4000, rounds: 3 };
   const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-grpc-'));
   let agent: ServerChild | undefined;
-  let echo: ServerChild | undefined;
+  const echoes: Partial<Record<'edgefleet' | 'node-http2', ServerChild>> = {};
   try {
     const modelsDir = join(dir, 'models');
     await mkdir(modelsDir);
@@ -172,7 +174,7 @@ export async function runGrpcBench(): Promise<void> {
       log: { level: 'warn' },
     };
     agent = await startChild('./agent-child.ts', [JSON.stringify(config)], pin?.server);
-    echo = await startChild('./grpc-echo-server.ts', [], pin?.server);
+    for (const kind of ['edgefleet', 'node-http2'] as const) echoes[kind] = await startChild('./grpc-echo-server.ts', [kind], pin?.server);
 
     const python = await pythonGenerator(dir);
     if (!python) console.log('Python grpcio client rows skipped: /usr/bin/python3 with grpcio and grpc_tools not found (apt-get install python3-grpcio python3-grpc-tools)');
@@ -187,7 +189,7 @@ export async function runGrpcBench(): Promise<void> {
         const windows = new Map<string, Window[]>(scenarios.map((a) => [a.key, []]));
         for (let round = 0; round < timing.rounds; round++) {
           for (const s of scenarios) {
-            const port = s.floor ? echo.port : grpcPort;
+            const port = s.floor ? (echoes[s.floor] as ServerChild).port : grpcPort;
             const spec: LoadSpec = { api: s.api, model: model.name, shape: [...model.shape], images: 8, host: '127.0.0.1', httpPort: agent.port, grpcPort: port, clients, warmupMs: timing.warmupMs, windowMs: timing.windowMs };
             windows.get(s.key)?.push(await runWindow(s.python ? (python as Generator) : node, spec, agent, pin?.client));
           }
@@ -217,6 +219,7 @@ export async function runGrpcBench(): Promise<void> {
     const mlpRawP50 = Math.max(...['grpc-v2', 'grpc-tf'].map((k) => p50s.get(`mlp/1/${k}`) ?? NaN));
     const mlpRestP50 = p50s.get('mlp/1/v2-binary') ?? NaN;
     const floor = p50s.get('mlp/1/py-floor') ?? NaN;
+    const nodeFloor = p50s.get('mlp/1/py-floor-node') ?? NaN;
     const perCall = (srvUs.get('mlp/16/grpc-v2') ?? NaN) - (srvUs.get('mlp/16/v2-binary') ?? NaN);
     const perCallTf = (srvUs.get('mlp/16/grpc-tf') ?? NaN) - (srvUs.get('mlp/16/v2-binary') ?? NaN);
     printTable('grpc targets', ['target', 'measured', 'met'], [
@@ -224,13 +227,14 @@ export async function runGrpcBench(): Promise<void> {
       [`gRPC p50 on the MLP (1 ${python ? 'Python grpcio' : 'bare HTTP/2'} client, worse of TF and KServe) within 0.25 ms of bare session.run`, `${fmt(mlpGrpcP50, 3)} ms vs ${fmt(bare, 3)} ms (+${fmt(mlpGrpcP50 - bare, 3)})`, mlpGrpcP50 - bare <= 0.25 ? 'yes' : 'NO'],
       ...(python ? [['same, 1 bare HTTP/2 client (pre-framed calls, as the REST rows use a bare socket)', `${fmt(mlpRawP50, 3)} ms vs ${fmt(bare, 3)} ms (+${fmt(mlpRawP50 - bare, 3)})`, mlpRawP50 - bare <= 0.25 ? 'yes' : 'NO']] : []),
       ['for comparison: REST v2 binary p50 on the MLP, 1 bare-socket client', `${fmt(mlpRestP50, 3)} ms (+${fmt(mlpRestP50 - bare, 3)})`, 'info'],
-      ['floor: the Python grpcio client against an HTTP/2 server that answers at once (no server can go below it)', python ? `${fmt(floor, 3)} ms (gRPC p50 above it: +${fmt(mlpGrpcP50 - floor, 3)})` : '-', 'info'],
+      ['floor: the Python grpcio client against the agent\'s HTTP/2 answering at once (no server on it can go below)', python ? `${fmt(floor, 3)} ms (gRPC p50 above it: +${fmt(mlpGrpcP50 - floor, 3)})` : '-', 'info'],
+      ['same against node:http2 answering at once (what the agent\'s own HTTP/2 saves per call)', python ? `${fmt(nodeFloor, 3)} ms (${fmt(nodeFloor - floor, 3)} ms more)` : '-', 'info'],
       ['gRPC transport cost per call over the HTTP layer (server CPU, MLP, 16 clients): KServe raw vs v2 binary', `${fmt(perCall, 0)} µs`, 'info'],
       ['same, TF Predict (typed output fields) vs v2 binary', `${fmt(perCallTf, 0)} µs`, 'info'],
     ], (i) => i === 1);
   } finally {
     await agent?.stop();
-    await echo?.stop();
+    for (const echo of Object.values(echoes)) await echo.stop();
     await rm(dir, { recursive: true, force: true });
   }
 }
