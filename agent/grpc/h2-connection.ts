@@ -39,6 +39,8 @@ export interface H2Limits {
   maxConcurrentStreams: number;
   /** SETTINGS_MAX_HEADER_LIST_SIZE, and the bound on a decoded request header list. */
   maxHeaderListSize: number;
+  /** Time a new connection has to send the preface and its SETTINGS. */
+  prefaceTimeoutMs: number;
 }
 
 /** A request's header fields: names lowercase, repeated fields joined with ", ". */
@@ -46,8 +48,6 @@ export type RequestHeaders = Record<string, string>;
 
 /** A header block (HEADERS and its CONTINUATIONs) may not grow past this, encoded. */
 const MAX_HEADER_BLOCK = 64 * 1024;
-/** Time a new connection has to send the preface and its SETTINGS. */
-const PREFACE_TIMEOUT_MS = 10_000;
 /** Streams a client may reset in one second before the connection is cut (CVE-2023-44487). */
 const RESETS_PER_SECOND = 1000;
 /** Control answers (PING and SETTINGS ACKs) are not queued past this while the peer does not read. */
@@ -91,7 +91,10 @@ export class H2Connection implements StreamOwner {
     socket.on('data', (chunk: Buffer) => this.read(chunk));
     socket.on('error', () => {}); // a reset from the peer: 'close' follows
     socket.once('close', () => this.teardown());
-    this.prefaceTimer = setTimeout(() => this.fail(H2Error.PROTOCOL_ERROR, 'no HTTP/2 preface and SETTINGS within 10 s'), PREFACE_TIMEOUT_MS);
+    this.prefaceTimer = setTimeout(
+      () => this.fail(H2Error.PROTOCOL_ERROR, `no HTTP/2 preface and SETTINGS within ${limits.prefaceTimeoutMs} ms`),
+      limits.prefaceTimeoutMs,
+    );
     this.prefaceTimer.unref();
     this.send(
       settingsFrame([

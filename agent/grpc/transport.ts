@@ -25,6 +25,7 @@ const LIMITS: H2Limits = {
   maxConcurrentStreams: 1000,
   // gRPC's own default for metadata is 8 KiB; twice that leaves room for long tokens.
   maxHeaderListSize: 16 * 1024,
+  prefaceTimeoutMs: 10_000,
 };
 
 type Listener = Server | TlsServer;
@@ -35,7 +36,15 @@ export class GrpcTransport {
   private readonly unsubscribe: (() => void)[] = [];
   private closing = false;
 
-  constructor(private readonly call: CallOptions) {}
+  private readonly limits: H2Limits;
+
+  /** `limits` replaces some of the HTTP/2 limits (tests use small ones); the defaults suit the agent. */
+  constructor(
+    private readonly call: CallOptions,
+    limits: Partial<H2Limits> = {},
+  ) {
+    this.limits = { ...LIMITS, ...limits };
+  }
 
   /** Listens on host:port, with TLS when `tls` is given (a reloaded certificate serves new connections); the port bound. */
   async listenTcp(host: string, port: number, tls: TlsMaterial | undefined): Promise<number> {
@@ -71,7 +80,7 @@ export class GrpcTransport {
 
   private accept(socket: Socket): void {
     if (this.closing) return void socket.destroy();
-    const connection = new H2Connection(socket, LIMITS, (stream, headers) => serveCall(stream, headers, this.call));
+    const connection = new H2Connection(socket, this.limits, (stream, headers) => serveCall(stream, headers, this.call));
     this.connections.add(connection);
     connection.onClose(() => this.connections.delete(connection));
   }
