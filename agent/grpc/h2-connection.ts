@@ -48,6 +48,12 @@ export type RequestHeaders = Record<string, string>;
 
 /** A header block (HEADERS and its CONTINUATIONs) may not grow past this, encoded. */
 const MAX_HEADER_BLOCK = 64 * 1024;
+/**
+ * CONTINUATION frames a header block may take. Empty ones never grow the block, so its
+ * size alone bounds nothing (the 2024 CONTINUATION floods); 8 is nghttp2's limit, which
+ * node:http2, this transport's predecessor, applied.
+ */
+const MAX_CONTINUATIONS = 8;
 /** Streams a client may reset in one second before the connection is cut (CVE-2023-44487). */
 const RESETS_PER_SECOND = 1000;
 /** Control answers (PING and SETTINGS ACKs) are not queued past this while the peer does not read. */
@@ -274,6 +280,7 @@ export class H2Connection implements StreamOwner {
     block.size += payload.length;
     if (block.size > MAX_HEADER_BLOCK) throw new ConnectionError(H2Error.ENHANCE_YOUR_CALM, `header block over ${MAX_HEADER_BLOCK} bytes`);
     block.parts.push(payload);
+    if (block.parts.length > 1 + MAX_CONTINUATIONS) throw new ConnectionError(H2Error.ENHANCE_YOUR_CALM, `header block in more than ${MAX_CONTINUATIONS} CONTINUATION frames`);
     if (!(flags & Flag.END_HEADERS)) return;
     this.block = undefined;
     this.headerBlock(id, Buffer.concat(block.parts), block.endStream);
