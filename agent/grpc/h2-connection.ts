@@ -61,6 +61,9 @@ const MAX_UNREAD_BYTES = 16 * 1024 * 1024;
 /** Header fields a request may not carry in HTTP/2 (RFC 9113 8.2.2). */
 const CONNECTION_SPECIFIC = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
 const REQUEST_PSEUDO = new Set([':method', ':scheme', ':path', ':authority']);
+/** RFC 9113 8.2.1: a field name is lowercase token characters; a value holds no NUL, CR or LF and no whitespace at either end. */
+const FIELD_NAME = /^[a-z0-9!#$%&'*+.^_`|~-]+$/;
+const BAD_VALUE = /[\0\r\n]|^[ \t]|[ \t]$/;
 
 export class H2Connection implements StreamOwner {
   sendWindow = DEFAULT_WINDOW;
@@ -444,6 +447,7 @@ function requestHeaders(fields: readonly string[]): RequestHeaders | undefined {
   for (let i = 0; i < fields.length; i += 2) {
     const name = fields[i] as string;
     const value = fields[i + 1] as string;
+    if (BAD_VALUE.test(value)) return undefined;
     if (name.charCodeAt(0) === 0x3a) {
       // Pseudo-headers: known ones, once each, before any other field.
       if (regular || !REQUEST_PSEUDO.has(name) || headers[name] !== undefined) return undefined;
@@ -451,7 +455,7 @@ function requestHeaders(fields: readonly string[]): RequestHeaders | undefined {
       continue;
     }
     regular = true;
-    if (name !== name.toLowerCase() || CONNECTION_SPECIFIC.has(name) || (name === 'te' && value !== 'trailers')) return undefined;
+    if (!FIELD_NAME.test(name) || CONNECTION_SPECIFIC.has(name) || (name === 'te' && value !== 'trailers')) return undefined;
     const before = headers[name];
     headers[name] = before === undefined ? value : `${before}, ${value}`;
   }
