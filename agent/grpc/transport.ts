@@ -8,7 +8,7 @@
  * one request per stream). grpc-js's server, on node:http2, costs more again.
  */
 import { lstat, unlink } from 'node:fs/promises';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { TlsMaterial } from '../access/tls-material.js';
 import { serveCall, type CallOptions } from './call.js';
@@ -104,8 +104,23 @@ export class GrpcTransport {
   }
 }
 
-/** A socket left by an agent that did not stop cleanly would make the bind fail; anything else at that path is left alone. */
+/**
+ * A socket left by an agent that did not stop cleanly would make the bind fail; anything else
+ * at that path is left alone, a socket something still listens on too (another agent's: taking
+ * it over would cut that agent off).
+ */
 async function removeStaleSocket(path: string): Promise<void> {
   const stat = await lstat(path).catch(() => undefined);
-  if (stat?.isSocket()) await unlink(path);
+  if (stat?.isSocket() && !(await listening(path))) await unlink(path);
+}
+
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
 }
