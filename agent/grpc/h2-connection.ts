@@ -295,8 +295,9 @@ export class H2Connection implements StreamOwner {
     const fields = this.decoder.decode(block);
     const existing = this.streams.get(id);
     if (existing) {
-      // Trailers from the client: they must end its side.
-      if (!endStream || existing.remoteEnded) return existing.reset(H2Error.PROTOCOL_ERROR);
+      // Trailers from the client: they must end its side, and come before its END_STREAM (RFC 9113 5.1: half-closed, remote).
+      if (existing.remoteEnded) return existing.reset(H2Error.STREAM_CLOSED);
+      if (!endStream) return existing.reset(H2Error.PROTOCOL_ERROR);
       return existing.receiveEnd();
     }
     if (id % 2 === 0) throw new ConnectionError(H2Error.PROTOCOL_ERROR, `stream ${id} is even: a client opens odd streams`);
