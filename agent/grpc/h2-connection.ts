@@ -39,6 +39,8 @@ export interface H2Limits {
   maxConcurrentStreams: number;
   /** SETTINGS_MAX_HEADER_LIST_SIZE, and the bound on a decoded request header list. */
   maxHeaderListSize: number;
+  /** Time a new connection has to send the preface and its SETTINGS. */
+  prefaceTimeoutMs: number;
 }
 
 /** A request's header fields: names lowercase, repeated fields joined with ", ". */
@@ -46,8 +48,12 @@ export type RequestHeaders = Record<string, string>;
 
 /** A header block (HEADERS and its CONTINUATIONs) may not grow past this, encoded. */
 const MAX_HEADER_BLOCK = 64 * 1024;
-/** Time a new connection has to send the preface and its SETTINGS. */
-const PREFACE_TIMEOUT_MS = 10_000;
+/**
+ * CONTINUATION frames a header block may take. Empty ones never grow the block, so its
+ * size alone bounds nothing (the 2024 CONTINUATION floods); 8 is nghttp2's limit, which
+ * node:http2, this transport's predecessor, applied.
+ */
+const MAX_CONTINUATIONS = 8;
 /** Streams a client may reset in one second before the connection is cut (CVE-2023-44487). */
 const RESETS_PER_SECOND = 1000;
 /** Control answers (PING and SETTINGS ACKs) are not queued past this while the peer does not read. */
@@ -55,6 +61,9 @@ const MAX_UNREAD_BYTES = 16 * 1024 * 1024;
 /** Header fields a request may not carry in HTTP/2 (RFC 9113 8.2.2). */
 const CONNECTION_SPECIFIC = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
 const REQUEST_PSEUDO = new Set([':method', ':scheme', ':path', ':authority']);
+/** RFC 9113 8.2.1: a field name is lowercase token characters; a value holds no NUL, CR or LF and no whitespace at either end. */
+const FIELD_NAME = /^[a-z0-9!#$%&'*+.^_`|~-]+$/;
+const BAD_VALUE = /[\0\r\n]|^[ \t]|[ \t]$/;
 
 export class H2Connection implements StreamOwner {
   sendWindow = DEFAULT_WINDOW;
@@ -91,7 +100,10 @@ export class H2Connection implements StreamOwner {
     socket.on('data', (chunk: Buffer) => this.read(chunk));
     socket.on('error', () => {}); // a reset from the peer: 'close' follows
     socket.once('close', () => this.teardown());
-    this.prefaceTimer = setTimeout(() => this.fail(H2Error.PROTOCOL_ERROR, 'no HTTP/2 preface and SETTINGS within 10 s'), PREFACE_TIMEOUT_MS);
+    this.prefaceTimer = setTimeout(
+      () => this.fail(H2Error.PROTOCOL_ERROR, `no HTTP/2 preface and SETTINGS within ${limits.prefaceTimeoutMs} ms`),
+      limits.prefaceTimeoutMs,
+    );
     this.prefaceTimer.unref();
     this.send(
       settingsFrame([
@@ -271,6 +283,7 @@ export class H2Connection implements StreamOwner {
     block.size += payload.length;
     if (block.size > MAX_HEADER_BLOCK) throw new ConnectionError(H2Error.ENHANCE_YOUR_CALM, `header block over ${MAX_HEADER_BLOCK} bytes`);
     block.parts.push(payload);
+    if (block.parts.length > 1 + MAX_CONTINUATIONS) throw new ConnectionError(H2Error.ENHANCE_YOUR_CALM, `header block in more than ${MAX_CONTINUATIONS} CONTINUATION frames`);
     if (!(flags & Flag.END_HEADERS)) return;
     this.block = undefined;
     this.headerBlock(id, Buffer.concat(block.parts), block.endStream);
@@ -282,8 +295,9 @@ export class H2Connection implements StreamOwner {
     const fields = this.decoder.decode(block);
     const existing = this.streams.get(id);
     if (existing) {
-      // Trailers from the client: they must end its side.
-      if (!endStream || existing.remoteEnded) return existing.reset(H2Error.PROTOCOL_ERROR);
+      // Trailers from the client: they must end its side, and come before its END_STREAM (RFC 9113 5.1: half-closed, remote).
+      if (existing.remoteEnded) return existing.reset(H2Error.STREAM_CLOSED);
+      if (!endStream) return existing.reset(H2Error.PROTOCOL_ERROR);
       return existing.receiveEnd();
     }
     if (id % 2 === 0) throw new ConnectionError(H2Error.PROTOCOL_ERROR, `stream ${id} is even: a client opens odd streams`);
@@ -434,6 +448,7 @@ function requestHeaders(fields: readonly string[]): RequestHeaders | undefined {
   for (let i = 0; i < fields.length; i += 2) {
     const name = fields[i] as string;
     const value = fields[i + 1] as string;
+    if (BAD_VALUE.test(value)) return undefined;
     if (name.charCodeAt(0) === 0x3a) {
       // Pseudo-headers: known ones, once each, before any other field.
       if (regular || !REQUEST_PSEUDO.has(name) || headers[name] !== undefined) return undefined;
@@ -441,7 +456,7 @@ function requestHeaders(fields: readonly string[]): RequestHeaders | undefined {
       continue;
     }
     regular = true;
-    if (name !== name.toLowerCase() || CONNECTION_SPECIFIC.has(name) || (name === 'te' && value !== 'trailers')) return undefined;
+    if (!FIELD_NAME.test(name) || CONNECTION_SPECIFIC.has(name) || (name === 'te' && value !== 'trailers')) return undefined;
     const before = headers[name];
     headers[name] = before === undefined ? value : `${before}, ${value}`;
   }

@@ -8,7 +8,7 @@
  * one request per stream). grpc-js's server, on node:http2, costs more again.
  */
 import { lstat, unlink } from 'node:fs/promises';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { TlsMaterial } from '../access/tls-material.js';
 import { serveCall, type CallOptions } from './call.js';
@@ -25,6 +25,7 @@ const LIMITS: H2Limits = {
   maxConcurrentStreams: 1000,
   // gRPC's own default for metadata is 8 KiB; twice that leaves room for long tokens.
   maxHeaderListSize: 16 * 1024,
+  prefaceTimeoutMs: 10_000,
 };
 
 type Listener = Server | TlsServer;
@@ -35,7 +36,15 @@ export class GrpcTransport {
   private readonly unsubscribe: (() => void)[] = [];
   private closing = false;
 
-  constructor(private readonly call: CallOptions) {}
+  private readonly limits: H2Limits;
+
+  /** `limits` replaces some of the HTTP/2 limits (tests use small ones); the defaults suit the agent. */
+  constructor(
+    private readonly call: CallOptions,
+    limits: Partial<H2Limits> = {},
+  ) {
+    this.limits = { ...LIMITS, ...limits };
+  }
 
   /** Listens on host:port, with TLS when `tls` is given (a reloaded certificate serves new connections); the port bound. */
   async listenTcp(host: string, port: number, tls: TlsMaterial | undefined): Promise<number> {
@@ -71,7 +80,7 @@ export class GrpcTransport {
 
   private accept(socket: Socket): void {
     if (this.closing) return void socket.destroy();
-    const connection = new H2Connection(socket, LIMITS, (stream, headers) => serveCall(stream, headers, this.call));
+    const connection = new H2Connection(socket, this.limits, (stream, headers) => serveCall(stream, headers, this.call));
     this.connections.add(connection);
     connection.onClose(() => this.connections.delete(connection));
   }
@@ -95,8 +104,23 @@ export class GrpcTransport {
   }
 }
 
-/** A socket left by an agent that did not stop cleanly would make the bind fail; anything else at that path is left alone. */
+/**
+ * A socket left by an agent that did not stop cleanly would make the bind fail; anything else
+ * at that path is left alone, a socket something still listens on too (another agent's: taking
+ * it over would cut that agent off).
+ */
 async function removeStaleSocket(path: string): Promise<void> {
   const stat = await lstat(path).catch(() => undefined);
-  if (stat?.isSocket()) await unlink(path);
+  if (stat?.isSocket() && !(await listening(path))) await unlink(path);
+}
+
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
 }
