@@ -33,6 +33,11 @@ let holdsClosed = 0;
 /** The Big route's answer: 200 KB, no two neighbouring 64 KiB windows alike. */
 const BIG_ANSWER = Buffer.from(Array.from({ length: 200 * 1024 }, (_, i) => (i * 131 + (i >> 9)) & 0xff));
 
+/** A handler that throws instead of replying: a fault of the agent's own. */
+const THROW = '/test.Echo/Throw';
+/** What the transport reported through onFault. */
+const faults: unknown[] = [];
+
 const bytesRoute = (handle: (request: Buffer) => Uint8Array): Route => ({
   kind: 'unary',
   decode: (b) => b,
@@ -46,6 +51,12 @@ const callOptions: CallOptions = {
     [ECHO, bytesRoute((request) => request)],
     [BIG, bytesRoute(() => BIG_ANSWER)],
     [DIGEST, bytesRoute((request) => createHash('sha256').update(request).digest())],
+    [
+      THROW,
+      bytesRoute(() => {
+        throw new Error('handler bug');
+      }),
+    ],
     [
       HOLD,
       {
@@ -62,9 +73,7 @@ const callOptions: CallOptions = {
   ]),
   maxMessageBytes: 8 * 1024 * 1024,
   access: undefined,
-  onFault: (err) => {
-    throw err;
-  },
+  onFault: (err) => faults.push(err),
 };
 
 const transports: GrpcTransport[] = [];
@@ -133,6 +142,20 @@ afterEach(() => {
 
 afterAll(async () => {
   await Promise.all(transports.map((t) => t.close(0)));
+});
+
+describe('HTTP/2 connection: a handler that throws', () => {
+  it('ends that call INTERNAL, reports the fault, and the connection goes on', async () => {
+    const c = await client(port);
+    c.send(headerFrames(1, headerBlock(requestFields(THROW)), false, 16384));
+    c.send(frame(Frame.DATA, Flag.END_STREAM, 1, grpcMessage(Buffer.from('x'))));
+    const failed = fieldsOf(await c.frameOf(Frame.HEADERS, 1));
+    expect([failed['grpc-status'], decodeURIComponent(failed['grpc-message'] ?? '')]).toEqual(['13', 'internal error; see the agent log']);
+    expect(faults.map((e) => (e as Error).message)).toContain('handler bug');
+    c.send(headerFrames(3, headerBlock(requestFields(ECHO)), false, 16384));
+    c.send(frame(Frame.DATA, Flag.END_STREAM, 3, grpcMessage(Buffer.from('after'))));
+    await expectEcho(c, 3, Buffer.from('after'));
+  });
 });
 
 describe('HTTP/2 connection: the happy path', () => {
@@ -254,11 +277,25 @@ describe('HTTP/2 connection: header blocks', () => {
     await expectGoAway(c, H2Error.ENHANCE_YOUR_CALM, 0, /header block in more than 8 CONTINUATION frames/);
   });
 
-  it('answers a header list over MAX_HEADER_LIST_SIZE with GOAWAY COMPRESSION_ERROR (the block is not decoded further)', async () => {
+  it('refuses a stream whose header list is over MAX_HEADER_LIST_SIZE with RESOURCE_EXHAUSTED; the connection goes on', async () => {
     const c = await client(port);
     // HEADERS and a CONTINUATION, 16384 bytes each at most: the frames are fine, the list is not.
     c.send(headerFrames(1, headerBlock([...requestFields(ECHO), ['authorization', 'x'.repeat(16 * 1024)]]), true, 16384));
-    await expectGoAway(c, H2Error.COMPRESSION_ERROR, 0, /header list exceeds 16384 bytes/);
+    const refused = fieldsOf(await c.frameOf(Frame.HEADERS, 1));
+    expect(refused['grpc-status']).toBe('8');
+    expect(decodeURIComponent(refused['grpc-message'] ?? '')).toMatch(/^request metadata of \d+ bytes is over the limit of 16384 \(header fields/);
+    c.send(headerFrames(3, headerBlock(requestFields(ECHO)), false, 16384));
+    c.send(frame(Frame.DATA, Flag.END_STREAM, 3, grpcMessage(Buffer.from('after'))));
+    await expectEcho(c, 3, Buffer.from('after'));
+  });
+
+  it('answers a header list over four times MAX_HEADER_LIST_SIZE with GOAWAY COMPRESSION_ERROR (a decompression bomb: not decoded further)', async () => {
+    const c = await client(port);
+    // One 4000-byte field (literal with incremental indexing, value length 4000 as a 7-bit-prefix integer) into HPACK's dynamic table, then indexed 17 times: a block of about 4 KB that decodes to 68 KB.
+    const literal = Buffer.concat([Buffer.from([0x40, 5]), Buffer.from('x-big'), Buffer.from([0x7f, 0x80 | ((4000 - 127) % 128), (4000 - 127) >> 7]), Buffer.from('y'.repeat(4000))]);
+    const indexed = Buffer.alloc(17, 0x80 | 62);
+    c.send(headerFrames(1, Buffer.concat([headerBlock(requestFields(ECHO)), literal, indexed]), true, 16384));
+    await expectGoAway(c, H2Error.COMPRESSION_ERROR, 0, /header list exceeds 65536 bytes/);
   });
 
   it('takes a header block in HEADERS and CONTINUATION frames', async () => {

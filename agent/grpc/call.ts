@@ -46,7 +46,7 @@ export interface CallOptions {
   routes: ReadonlyMap<string, Route>;
   maxMessageBytes: number;
   access: ApiAccess | undefined;
-  /** A fault of the agent's own while answering (an answer that would not encode); the call ends INTERNAL. */
+  /** A fault of the agent's own while answering (a handler that threw, an answer that would not encode); the call ends INTERNAL. */
   onFault(err: unknown, path: string): void;
 }
 
@@ -127,8 +127,12 @@ function stopUpload(stream: H2Stream): void {
   if (!stream.remoteEnded) stream.reset(H2Error.NO_ERROR);
 }
 
-/** Handles one HTTP/2 stream as a gRPC call. */
-export function serveCall(stream: H2Stream, headers: RequestHeaders, options: CallOptions): void {
+/** Handles one HTTP/2 stream as a gRPC call; `headerList` is the size of its header fields and the most this server takes. */
+export function serveCall(stream: H2Stream, headers: RequestHeaders, options: CallOptions, headerList: { bytes: number; limit: number }): void {
+  if (headerList.bytes > headerList.limit) {
+    const details = `request metadata of ${headerList.bytes} bytes is over the limit of ${headerList.limit} (header fields, counted as HTTP/2 does: name, value and 32 bytes each)`;
+    return refuse(stream, { code: Status.RESOURCE_EXHAUSTED, details });
+  }
   const method = headers[':method'];
   if (method !== 'POST') {
     stream.respondOnly(hpack.encode([[':status', '405'], ...statusFields({ code: Status.UNIMPLEMENTED, details: `gRPC calls are POST requests, not ${method ?? 'none'}` })]));
@@ -195,7 +199,7 @@ class Call {
 
   read(): void {
     const { stream, route } = this;
-    if (route.kind === 'bidi') this.bidi = route.open(this.responseStream());
+    if (route.kind === 'bidi') this.guard(() => (this.bidi = route.open(this.responseStream())));
     stream.onData = (chunk) => this.take(chunk);
     stream.onEnd = () => this.ended();
   }
@@ -237,7 +241,7 @@ class Call {
       const failure = err instanceof EdgefleetError ? err : badRequest(`request is not a valid ${this.route.requestType} message: ${(err as Error).message}`);
       return this.finish(grpcError(failure));
     }
-    if (this.bidi) return this.bidi.message(request);
+    if (this.bidi) return this.guard(() => this.bidi?.message(request));
     if (this.request) return this.finish(grpcError(badRequest(`${this.path} takes one request message; the client sent more`)));
     this.request = { value: request };
   }
@@ -266,14 +270,26 @@ class Call {
       return this.finish(grpcError(badRequest(`request message is truncated: ${why}`)));
     }
     const route = this.route;
-    if (route.kind === 'bidi') return this.bidi?.end();
+    if (route.kind === 'bidi') return this.guard(() => this.bidi?.end());
     if (!this.request) return this.finish(grpcError(badRequest(`${this.path} takes one request message; the request had none`)));
     const request = this.request.value;
-    if (route.kind === 'stream') return route.handle(request, this.responseStream());
-    route.handle(request, (err, message) => {
-      if (err === null || err === undefined) this.answer(message);
-      else this.finish(grpcError(err));
-    });
+    if (route.kind === 'stream') return this.guard(() => route.handle(request, this.responseStream()));
+    this.guard(() =>
+      route.handle(request, (err, message) => {
+        if (err === null || err === undefined) this.answer(message);
+        else this.finish(grpcError(err));
+      }),
+    );
+  }
+
+  /** Runs handler code: a throw ends this call INTERNAL and is logged, never reaching the connection's reader. */
+  private guard(run: () => void): void {
+    try {
+      run();
+    } catch (err) {
+      this.options.onFault(err, this.path);
+      this.finish(grpcError(err));
+    }
   }
 
   /** The one answer of a unary call. */
@@ -302,8 +318,15 @@ const head = prefixed(bytes);
     return {
       write: (message) => {
         if (this.over || stream.closed) return;
+        let bytes: Uint8Array;
+        try {
+          bytes = this.route.encode(message);
+        } catch (err) {
+          this.options.onFault(err, this.path);
+          return this.finish(grpcError(err));
+        }
         stream.respond(RESPONSE_BLOCK);
-        writeMessage(stream, this.route.encode(message));
+        writeMessage(stream, bytes);
       },
       end: () => {
         if (this.over || stream.closed) return;

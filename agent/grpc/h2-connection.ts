@@ -49,6 +49,12 @@ export type RequestHeaders = Record<string, string>;
 /** A header block (HEADERS and its CONTINUATIONs) may not grow past this, encoded. */
 const MAX_HEADER_BLOCK = 64 * 1024;
 /**
+ * A header list over SETTINGS_MAX_HEADER_LIST_SIZE refuses its stream (call.ts answers
+ * RESOURCE_EXHAUSTED, the connection's other calls go on); one over this many times it
+ * ends the connection: a few bytes of HPACK indexes can stand for megabytes of fields.
+ */
+const HEADER_LIST_HARD_FACTOR = 4;
+/**
  * CONTINUATION frames a header block may take. Empty ones never grow the block, so its
  * size alone bounds nothing (the 2024 CONTINUATION floods); 8 is nghttp2's limit, which
  * node:http2, this transport's predecessor, applied.
@@ -92,9 +98,12 @@ export class H2Connection implements StreamOwner {
   constructor(
     private readonly socket: Socket,
     private readonly limits: H2Limits,
-    private readonly onStream: (stream: H2Stream, headers: RequestHeaders) => void,
+    /** A new stream; `listBytes` is its header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (name + value + 32 per field). */
+    private readonly onStream: (stream: H2Stream, headers: RequestHeaders, listBytes: number) => void,
   ) {
-    this.decoder = new HpackDecoder({ maxListSize: limits.maxHeaderListSize });
+    // A list past MAX_HEADER_LIST_SIZE still decodes (the stream alone is refused: onStream gets its size);
+    // past this multiple of it, the block is a decompression bomb and the connection ends.
+    this.decoder = new HpackDecoder({ maxListSize: limits.maxHeaderListSize * HEADER_LIST_HARD_FACTOR });
     this.recvWindow = limits.connectionWindow;
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.read(chunk));
@@ -308,7 +317,7 @@ export class H2Connection implements StreamOwner {
     if (!headers) return this.resetStream(id, H2Error.PROTOCOL_ERROR);
     const stream = new H2Stream(id, this, this.peerInitialWindow, this.limits.streamWindow);
     this.streams.set(id, stream);
-    this.onStream(stream, headers);
+    this.onStream(stream, headers, listSize(fields));
     if (endStream) stream.receiveEnd();
   }
 
@@ -439,6 +448,12 @@ function unpad(flags: number, payload: Buffer, skip: number): Buffer {
   const pad = payload[0] ?? 0;
   if (payload.length === 0 || 1 + skip + pad > payload.length) throw new ConnectionError(H2Error.PROTOCOL_ERROR, 'padding longer than the frame');
   return payload.subarray(1 + skip, payload.length - pad);
+}
+
+function listSize(fields: readonly string[]): number {
+  let size = 0;
+  for (const field of fields) size += field.length;
+  return size + 16 * fields.length; // 32 per name and value pair
 }
 
 /** A request's fields as headers; undefined when they break HTTP/2's rules for requests (the stream is reset). */

@@ -94,7 +94,7 @@ export class GrpcServer {
       routes,
       maxMessageBytes: config.maxMessageBytes,
       access,
-      onFault: (err, path) => logger.error({ method: path, err: errorMessage(err) }, 'gRPC answer could not be encoded'),
+      onFault: (err, path) => logger.error({ method: path, err: errorMessage(err) }, 'gRPC call failed in the agent'),
     });
     let port: number | undefined;
     try {

@@ -80,7 +80,9 @@ export class GrpcTransport {
 
   private accept(socket: Socket): void {
     if (this.closing) return void socket.destroy();
-    const connection = new H2Connection(socket, this.limits, (stream, headers) => serveCall(stream, headers, this.call));
+    const connection = new H2Connection(socket, this.limits, (stream, headers, listBytes) =>
+      serveCall(stream, headers, this.call, { bytes: listBytes, limit: this.limits.maxHeaderListSize }),
+    );
     this.connections.add(connection);
     connection.onClose(() => this.connections.delete(connection));
   }
