@@ -174,7 +174,8 @@ export class H2Connection implements StreamOwner {
     if (this.goingAway && this.streams.size === 0) this.end();
   }
 
-  private read(chunk: Buffer): void {    if (this.dead) return;
+  private read(chunk: Buffer): void {
+    if (this.dead) return;
     let buf = this.rest ? Buffer.concat([this.rest, chunk]) : chunk;
     this.rest = undefined;
     try {
