@@ -305,7 +305,7 @@ class Call {
     this.over = true;
     clearTimeout(this.timer);
     const { stream } = this;
-const head = prefixed(bytes);
+    const head = prefixed(bytes);
     if (head.length > PREFIX) return stream.answer(RESPONSE_BLOCK, head, OK_TRAILERS);
     stream.respond(RESPONSE_BLOCK);
     stream.write(head);
