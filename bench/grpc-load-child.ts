@@ -31,6 +31,8 @@ export interface LoadSpec {
   host: string;
   httpPort: number;
   grpcPort: number;
+  /** The agent's gRPC Unix socket, to call through it instead of TCP (the Python generator only). */
+  socket?: string;
   clients: number;
   warmupMs: number;
   windowMs: number;

@@ -26,7 +26,9 @@ def main():
     for d in spec["shape"]:
         count *= d
     blobs = [struct.pack("<%df" % count, *[rng.random() * 2 - 1 for _ in range(count)]) for _ in range(spec["images"])]
-    channel = grpc.insecure_channel("%s:%d" % (spec["host"], spec["grpcPort"]),
+    # A Unix socket when the spec names one (grpc.socket), else TCP.
+    target = "unix:" + spec["socket"] if spec.get("socket") else "%s:%d" % (spec["host"], spec["grpcPort"])
+    channel = grpc.insecure_channel(target,
                                     options=[("grpc.max_receive_message_length", -1)])
     if spec["api"] == "grpc-tf":
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
