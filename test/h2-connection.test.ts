@@ -147,13 +147,11 @@ afterAll(async () => {
 describe('HTTP/2 connection: a handler that throws', () => {
   it('ends that call INTERNAL, reports the fault, and the connection goes on', async () => {
     const c = await client(port);
-    c.send(headerFrames(1, headerBlock(requestFields(THROW)), false, 16384));
-    c.send(frame(Frame.DATA, Flag.END_STREAM, 1, grpcMessage(Buffer.from('x'))));
+    c.call(1, THROW, Buffer.from('x'));
     const failed = fieldsOf(await c.frameOf(Frame.HEADERS, 1));
     expect([failed['grpc-status'], decodeURIComponent(failed['grpc-message'] ?? '')]).toEqual(['13', 'internal error; see the agent log']);
     expect(faults.map((e) => (e as Error).message)).toContain('handler bug');
-    c.send(headerFrames(3, headerBlock(requestFields(ECHO)), false, 16384));
-    c.send(frame(Frame.DATA, Flag.END_STREAM, 3, grpcMessage(Buffer.from('after'))));
+    c.call(3, ECHO, Buffer.from('after'));
     await expectEcho(c, 3, Buffer.from('after'));
   });
 });
@@ -284,8 +282,7 @@ describe('HTTP/2 connection: header blocks', () => {
     const refused = fieldsOf(await c.frameOf(Frame.HEADERS, 1));
     expect(refused['grpc-status']).toBe('8');
     expect(decodeURIComponent(refused['grpc-message'] ?? '')).toMatch(/^request metadata of \d+ bytes is over the limit of 16384 \(header fields/);
-    c.send(headerFrames(3, headerBlock(requestFields(ECHO)), false, 16384));
-    c.send(frame(Frame.DATA, Flag.END_STREAM, 3, grpcMessage(Buffer.from('after'))));
+    c.call(3, ECHO, Buffer.from('after'));
     await expectEcho(c, 3, Buffer.from('after'));
   });
 

@@ -292,16 +292,22 @@ class Call {
     }
   }
 
+  /** A handler's answer as bytes; undefined, and the call ended INTERNAL, when it will not encode. */
+  private encode(message: unknown): Uint8Array | undefined {
+    try {
+      return this.route.encode(message);
+    } catch (err) {
+      this.options.onFault(err, this.path);
+      this.finish(grpcError(err));
+      return undefined;
+    }
+  }
+
   /** The one answer of a unary call. */
   private answer(message: unknown): void {
     if (this.over) return;
-    let bytes: Uint8Array;
-    try {
-      bytes = this.route.encode(message);
-    } catch (err) {
-      this.options.onFault(err, this.path);
-      return this.finish(grpcError(err));
-    }
+    const bytes = this.encode(message);
+    if (!bytes) return;
     this.over = true;
     clearTimeout(this.timer);
     const { stream } = this;
@@ -318,13 +324,8 @@ class Call {
     return {
       write: (message) => {
         if (this.over || stream.closed) return;
-        let bytes: Uint8Array;
-        try {
-          bytes = this.route.encode(message);
-        } catch (err) {
-          this.options.onFault(err, this.path);
-          return this.finish(grpcError(err));
-        }
+        const bytes = this.encode(message);
+        if (!bytes) return;
         stream.respond(RESPONSE_BLOCK);
         writeMessage(stream, bytes);
       },
