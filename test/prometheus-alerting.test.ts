@@ -204,7 +204,7 @@ describe.skipIf(skip !== false)(`alert rules through real Prometheus and Alertma
       () => void sim.faults.set(id(1), { errorRatio: 0.05 }), () => void sim.faults.delete(id(1)));
     expect(firing.labels).toEqual({ alertname: 'EdgefleetErrorRateHigh', severity: 'warning', device: id(1), model: 'mnist', version: version(1) });
     // The simulator rounds the errors of each interval up (ceil(count x 0.05)): a few percent more on a small interval.
-    const summary = new RegExp(`^${id(1)} mnist v${version(1)}: (\\d+\\.\\d) % errors over the last interval$`).exec(firing.annotations.summary);
+    const summary = new RegExp(`^${id(1)} mnist v${version(1)}: (\\d+\\.\\d) % errors over the last interval$`).exec(firing.annotations.summary ?? '');
     expect(summary, firing.annotations.summary).not.toBeNull();
     expect(Number(summary?.[1])).toBeGreaterThanOrEqual(4.5);
     expect(Number(summary?.[1])).toBeLessThan(15);
