@@ -108,9 +108,8 @@ function prefixed(message: Uint8Array): Buffer {
   return head;
 }
 
-/** Writes one message on a stream whose headers are out. */
-function writeMessage(stream: H2Stream, message: Uint8Array): void {
-  const head = prefixed(message);
+/** Writes one message on a stream whose headers are out; `head` is its prefixed() when already made. */
+function writeMessage(stream: H2Stream, message: Uint8Array, head = prefixed(message)): void {
   stream.write(head);
   if (head.length === PREFIX) stream.write(message);
 }
@@ -314,8 +313,7 @@ class Call {
     const head = prefixed(bytes);
     if (head.length > PREFIX) return stream.answer(RESPONSE_BLOCK, head, OK_TRAILERS);
     stream.respond(RESPONSE_BLOCK);
-    stream.write(head);
-    stream.write(bytes);
+    writeMessage(stream, bytes, head);
     stream.end(OK_TRAILERS);
   }
 

@@ -125,10 +125,6 @@ export class H2Connection implements StreamOwner {
     if (limits.connectionWindow > DEFAULT_WINDOW) this.send(windowUpdate(0, limits.connectionWindow - DEFAULT_WINDOW));
   }
 
-  get open(): boolean {
-    return !this.dead;
-  }
-
   onClose(listener: () => void): void {
     if (this.dead && this.socket.destroyed) listener();
     else this.closeListeners.push(listener);
@@ -299,8 +295,8 @@ export class H2Connection implements StreamOwner {
     this.headerBlock(id, Buffer.concat(block.parts), block.endStream);
   }
 
+  /** A whole header block: one HEADERS frame (16 KiB at most) or one continuation() bounded. */
   private headerBlock(id: number, block: Buffer, endStream: boolean): void {
-    if (block.length > MAX_HEADER_BLOCK) throw new ConnectionError(H2Error.ENHANCE_YOUR_CALM, `header block over ${MAX_HEADER_BLOCK} bytes`);
     // Decoded whatever becomes of the stream: HPACK's table must see every block.
     const fields = this.decoder.decode(block);
     const existing = this.streams.get(id);
