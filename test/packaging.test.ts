@@ -11,8 +11,9 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildPackage, parsePackageArgs, type PackageResult } from '../packaging/package.js';
+import { parsePackageArgs, type PackageOptions, type PackageResult } from '../packaging/package.js';
 import { elfArch } from '../packaging/parts.js';
 import { documentedReport, loggedReport } from '../packaging/smoke-checks.js';
 import { freePort, REPO } from './helpers/child.js';
@@ -25,9 +26,21 @@ const TOP = `edgefleet-agent-${VERSION}-linux-x64`;
 let dir: string;
 let pkg: PackageResult;
 
+/**
+ * buildPackage in a child process: it runs tsc, npm and tar synchronously for about a minute,
+ * and a test worker whose event loop is blocked that long fails its run with vitest's
+ * "Timeout calling onTaskUpdate" (its 60 s RPC timeout), whatever the tests say.
+ */
+async function buildInChild(opts: PackageOptions): Promise<PackageResult> {
+  const code = `import { buildPackage } from './packaging/package.ts';
+process.stdout.write(JSON.stringify(buildPackage({ ...${JSON.stringify(opts)}, log: () => undefined })));`;
+  const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { cwd: REPO, maxBuffer: 1 << 20 });
+  return JSON.parse(stdout) as PackageResult;
+}
+
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'edgefleet-packaging-'));
-  pkg = buildPackage({ arch: 'x64', outDir: join(dir, 'release'), deb: true, log: () => undefined });
+  pkg = await buildInChild({ arch: 'x64', outDir: join(dir, 'release'), deb: true });
   execFileSync('tar', ['-xzf', pkg.tarball, '-C', dir]);
 }, 600_000);
 afterAll(async () => {
