@@ -3,11 +3,13 @@
  *   BENCH_QUICK=1     ~1 minute smoke run (short windows)
  *   BENCH_PIN=0       do not pin servers and load generator to separate CPUs
  *   BENCH_THREADS=n   ONNX Runtime intraOpNumThreads everywhere (default 1)
+ *   BENCH_HALTPOLL=0  grpc: skip the MLP latency rows with guest halt polling (idle.ts)
  *   --only a,b        run only the named modules
  * Adding a benchmark is one line in `benchmarks` below.
  */
 import { readFileSync } from 'node:fs';
 import { arch, availableParallelism, cpus, platform, release, totalmem } from 'node:os';
+import { describeIdle } from './idle.js';
 import { benchSettings } from './settings.js';
 import { runServing } from './serving.js';
 
@@ -56,6 +58,7 @@ console.log('# edgefleet benchmarks');
 console.log(`cpu: ${cpu?.model ?? 'unknown'} (${availableParallelism()} cores available, ${cpus().length} logical)`);
 console.log(`memory: ${(totalmem() / 2 ** 30).toFixed(1)} GiB; os: ${platform()} ${release()} ${arch()}`);
 console.log(`node ${process.version}; onnxruntime-node ${ortVersion()}`);
+console.log(describeIdle());
 console.log(`mode: ${settings.quick ? 'quick (BENCH_QUICK=1)' : 'full'}; intraOpNumThreads=${settings.threads}; benchmarks: ${toRun.map((b) => b.name).join(', ')}`);
 
 const started = performance.now();
