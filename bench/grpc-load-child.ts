@@ -7,18 +7,18 @@
  * measuring window, and prints one JSON line: req/s, p50, p99, errors.
  *
  * gRPC calls are pre-framed messages (the 5-byte prefix and the serialized
- * request) on a bare `node:http2` session, one per client: the client pays no
- * protobuf encoding and no channel machinery per call, as HTTP requests are
- * pre-encoded bytes on a bare socket (raw-http.ts). grpc-js's client, used
- * before, spent more CPU per call than the server it measured (90 % and more
- * of a core at 16 clients).
+ * request) in HTTP/2 frames on a bare socket (raw-h2.ts), one connection per
+ * client: the client pays no protobuf encoding and no HTTP/2 library per call,
+ * as HTTP requests are pre-encoded bytes on a bare socket (raw-http.ts).
+ * grpc-js's client, used first, spent more CPU per call than the server it
+ * measured (90 % and more of a core at 16 clients); node:http2's client,
+ * used next, about 90 µs per call.
  */
-import { connect, constants } from 'node:http2';
-import { createConnection } from 'node:net';
 import { loadSync } from '@grpc/proto-loader';
 import { protoDir } from '../agent/grpc/protos.js';
 import { randomImages } from './data.js';
 import { percentile } from './load.js';
+import { RawGrpcConnection } from './raw-h2.js';
 import { encodeRequest, RawConnection, type RawRequest } from './raw-http.js';
 
 export type Api = 'v1-json' | 'v2-binary' | 'grpc-tf' | 'grpc-v2';
@@ -31,7 +31,7 @@ export interface LoadSpec {
   host: string;
   httpPort: number;
   grpcPort: number;
-  /** The agent's gRPC Unix socket, to call through it instead of TCP (the Python generator only). */
+  /** The agent's gRPC Unix socket, to call through it instead of TCP. */
   socket?: string;
   clients: number;
   warmupMs: number;
@@ -115,31 +115,13 @@ function senders(spec: LoadSpec): { make: (k: number) => Send; close: () => void
     prefix.writeUInt32BE(p.length, 1);
     return Buffer.concat([prefix, p]);
   });
-  const headers = { [constants.HTTP2_HEADER_METHOD]: 'POST', [constants.HTTP2_HEADER_PATH]: path, 'content-type': 'application/grpc', te: 'trailers' };
   return {
     make: (k) => {
       // A connection per client, as separate client processes would have.
-      const session = connect(`http://${spec.host}:${spec.grpcPort}`, { createConnection: () => createConnection({ host: spec.host, port: spec.grpcPort, noDelay: true }) });
-      closers.push(() => session.close());
+      const conn = new RawGrpcConnection(spec.socket ? { path: spec.socket } : { host: spec.host, port: spec.grpcPort }, path, 60_000);
+      closers.push(() => conn.close());
       let i = k;
-      return () =>
-        new Promise<void>((resolve, reject) => {
-          const stream = session.request(headers, { endStream: false });
-          let status: string | undefined;
-          let message = '';
-          stream.on('response', (h) => {
-            status = h['grpc-status'] as string | undefined; // a trailers-only answer carries it in the headers
-            message = String(h['grpc-message'] ?? '');
-          });
-          stream.on('trailers', (t) => {
-            status = t['grpc-status'] as string | undefined;
-            message = String(t['grpc-message'] ?? '');
-          });
-          stream.on('data', () => undefined);
-          stream.on('error', reject);
-          stream.on('close', () => (status === '0' ? resolve() : reject(new Error(`grpc-status ${status ?? 'missing'}: ${decodeURIComponent(message)}`))));
-          stream.end(framed[i++ % framed.length]);
-        });
+      return () => conn.call(framed[i++ % framed.length] as Buffer);
     },
     close: () => closers.forEach((c) => c()),
   };
