@@ -6,7 +6,9 @@
  * gRPC server on that HTTP/2 layer can beat:
  *   node grpc-echo-server.js edgefleet    the agent's own HTTP/2 transport (agent/grpc/transport.ts)
  *   node grpc-echo-server.js node-http2   node:http2, which the agent's gRPC ran on before
+ *   node grpc-echo-server.js grpc-js      @grpc/grpc-js's server, the reference library, which it ran on first
  */
+import { Server, ServerCredentials, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { createServer } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Route } from '../agent/grpc/call.js';
@@ -40,7 +42,24 @@ function nodeHttp2(): Promise<number> {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
 }
 
+/** grpc-js with its public API: one service definition per path, messages passed through as bytes. */
+function grpcJs(): Promise<number> {
+  const server = new Server();
+  const bytes = (b: Buffer): Buffer => b;
+  for (const path of PATHS) {
+    const name = path.slice(path.lastIndexOf('/') + 1);
+    const definition: ServiceDefinition = {
+      [name]: { path, requestStream: false, responseStream: false, requestSerialize: bytes, requestDeserialize: bytes, responseSerialize: bytes, responseDeserialize: bytes },
+    };
+    const handlers: UntypedServiceImplementation = { [name]: (_call: unknown, callback: (err: null, value: Buffer) => void) => callback(null, Buffer.alloc(0)) };
+    server.addService(definition, handlers);
+  }
+  process.on('SIGTERM', () => server.tryShutdown(() => process.exit(0)));
+  return new Promise((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
+}
+
+const SERVERS = { edgefleet, 'node-http2': nodeHttp2, 'grpc-js': grpcJs } as const;
 const kind = process.argv[2];
-if (kind !== 'edgefleet' && kind !== 'node-http2') throw new Error('usage: grpc-echo-server.ts edgefleet|node-http2');
-const port = await (kind === 'edgefleet' ? edgefleet() : nodeHttp2());
+if (!kind || !(kind in SERVERS)) throw new Error(`usage: grpc-echo-server.ts ${Object.keys(SERVERS).join('|')}`);
+const port = await SERVERS[kind as keyof typeof SERVERS]();
 process.stdout.write(`READY ${port}\n`);

@@ -47,6 +47,9 @@ const CLIENTS = [1, 16];
 const PACED_IDLE_MS = 0.2;
 /** Guest halt polling for the second run of the MLP latency rows (idle.ts): 200 µs, the kernel's usual cap. */
 const HALT_POLL_NS = 200_000;
+/** The gRPC servers grpc-echo-server.ts runs. */
+type EchoKind = 'edgefleet' | 'node-http2' | 'grpc-js';
+const ECHO_LABEL: Record<EchoKind, string> = { edgefleet: "gRPC, the agent's HTTP/2 (agent/grpc/transport.ts)", 'node-http2': 'gRPC on node:http2', 'grpc-js': "gRPC, @grpc/grpc-js's server" };
 interface Scenario {
   key: string;
   api: Api;
@@ -54,7 +57,7 @@ interface Scenario {
   /** The Python grpcio client instead of the Node generator; 1 client only. */
   python?: boolean;
   /** Against grpc-echo-server.ts on this HTTP/2 layer, not the agent: the floor of the client and HTTP/2 (MLP row only). */
-  floor?: 'edgefleet' | 'node-http2';
+  floor?: EchoKind;
   /** Through the agent's Unix socket (grpc.socket) instead of TCP loopback (MLP row only). */
   socket?: boolean;
 }
@@ -69,6 +72,7 @@ const APIS: Scenario[] = [
   { key: 'py-sock-v2', api: 'grpc-v2', label: 'gRPC KServe v2 raw, Python grpcio client, Unix socket', python: true, socket: true },
   { key: 'py-floor', api: 'grpc-v2', label: 'floor: Python grpcio client, the agent\'s HTTP/2 answering at once', python: true, floor: 'edgefleet' },
   { key: 'py-floor-node', api: 'grpc-v2', label: 'floor: Python grpcio client, node:http2 answering at once', python: true, floor: 'node-http2' },
+  { key: 'py-floor-grpcjs', api: 'grpc-v2', label: 'floor: Python grpcio client, grpc-js answering at once', python: true, floor: 'grpc-js' },
 ];
 
 interface Window extends LoadOutcome {
@@ -170,7 +174,8 @@ export async function runGrpcBench(): Promise<void> {
   const timing = quick ? { warmupMs: 300, windowMs: 1000, rounds: 1 } : { warmupMs: 1500, windowMs: 4000, rounds: 3 };
   const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-grpc-'));
   let agent: ServerChild | undefined;
-  const echoes: Partial<Record<'edgefleet' | 'node-http2', ServerChild>> = {};
+  const echoes: Partial<Record<EchoKind, ServerChild>> = {};
+  let wireEcho: ServerChild | undefined;
   try {
     const modelsDir = join(dir, 'models');
     await mkdir(modelsDir);
@@ -195,7 +200,8 @@ export async function runGrpcBench(): Promise<void> {
       log: { level: 'warn' },
     };
     agent = await startChild('./agent-child.ts', [JSON.stringify(config)], pin?.server);
-    for (const kind of ['edgefleet', 'node-http2'] as const) echoes[kind] = await startChild('./grpc-echo-server.ts', [kind], pin?.server);
+    for (const kind of ['edgefleet', 'node-http2', 'grpc-js'] as const) echoes[kind] = await startChild('./grpc-echo-server.ts', [kind], pin?.server);
+    wireEcho = await startChild('./wire-echo-server.ts', [], pin?.server);
 
     const python = await pythonGenerator(dir);
     if (!python) console.log('Python grpcio client rows skipped: /usr/bin/python3 with grpcio and grpc_tools not found (apt-get install python3-grpcio python3-grpc-tools)');
@@ -237,6 +243,36 @@ export async function runGrpcBench(): Promise<void> {
     }
     printTable('gRPC and REST on the same agent (median window)', ['model', 'clients', 'API', 'req/s', 'p50 ms', 'p99 ms', 'x v1 JSON', 'srv µs/req', 'gen CPU %', 'errors'], rows, (i) => i !== 0 && i !== 2 && i !== 9);
 
+    // What each layer costs a call with nothing behind it: the agent's HTTP layer, and gRPC on the agent's HTTP/2,
+    // node:http2 and grpc-js, each answering at once, driven by the bare clients (raw-http.ts, raw-h2.ts).
+    type Layer = { key: string; label: string; child: ServerChild; api: Api };
+    const layers: Layer[] = [
+      { key: 'http', label: "HTTP/1.1, the agent's HTTP layer (agent/http/wire), v2 binary request", child: wireEcho, api: 'v2-binary' },
+      ...(['edgefleet', 'node-http2', 'grpc-js'] as const).map((kind): Layer => ({ key: kind, label: `${ECHO_LABEL[kind]}, KServe raw request`, child: echoes[kind] as ServerChild, api: 'grpc-v2' })),
+    ];
+    const layerWindows = new Map<string, Window[]>();
+    for (let round = 0; round < timing.rounds; round++) {
+      for (const clients of CLIENTS) {
+        for (const layer of layers) {
+          const spec: LoadSpec = { api: layer.api, model: 'mlp', shape: [1, 784], images: 8, host: '127.0.0.1', httpPort: layer.child.port, grpcPort: layer.child.port, clients, warmupMs: timing.warmupMs, windowMs: timing.windowMs };
+          const k = `${layer.key}/${clients}`;
+          layerWindows.set(k, [...(layerWindows.get(k) ?? []), await runWindow(node, spec, layer.child, pin?.client)]);
+        }
+      }
+    }
+    const layerUs = new Map(layers.map((l) => [l.key, median((layerWindows.get(`${l.key}/16`) ?? []).map((w) => w.srvUs))]));
+    const httpUs = layerUs.get('http') ?? NaN;
+    printTable(
+      'the layers alone: servers answering at once with an empty message, no model (median window; MLP-sized requests)',
+      ['server', 'p50 ms, 1 client', 'req/s, 16 clients', 'srv µs/req, 16 clients', 'µs/req over the HTTP layer', 'errors'],
+      layers.map((l) => {
+        const ws = [...(layerWindows.get(`${l.key}/1`) ?? []), ...(layerWindows.get(`${l.key}/16`) ?? [])];
+        const us = layerUs.get(l.key) ?? NaN;
+        return [l.label, fmt(median((layerWindows.get(`${l.key}/1`) ?? []).map((w) => w.p50)), 3), fmt(median((layerWindows.get(`${l.key}/16`) ?? []).map((w) => w.rps)), 0), fmt(us, 0), l.key === 'http' ? '-' : `+${fmt(us - httpUs, 0)}`, ws.reduce((n, w) => n + w.errors, 0)];
+      }),
+      (i) => i !== 0,
+    );
+
     // The MLP's one-client latency again with guest halt polling (idle.ts): the same agent, clients and windows, without the VM's idle exits.
     const POLLED = ['v2-binary', 'grpc-tf', 'grpc-v2', 'py-grpc-tf', 'py-grpc-v2', 'py-floor'];
     const polled = await withHaltPolling(HALT_POLL_NS, async () => {
@@ -273,6 +309,7 @@ export async function runGrpcBench(): Promise<void> {
     const polledGrpcP50 = Math.max(...grpcKeys.map((k) => polledP50.get(k) ?? NaN));
     const polledRawP50 = Math.max(...['grpc-v2', 'grpc-tf'].map((k) => polledP50.get(k) ?? NaN));
     const nodeFloor = p50s.get('mlp/1/py-floor-node') ?? NaN;
+    const grpcJsFloor = p50s.get('mlp/1/py-floor-grpcjs') ?? NaN;
     const perCall = (srvUs.get('mlp/16/grpc-v2') ?? NaN) - (srvUs.get('mlp/16/v2-binary') ?? NaN);
     const perCallTf = (srvUs.get('mlp/16/grpc-tf') ?? NaN) - (srvUs.get('mlp/16/v2-binary') ?? NaN);
     const within = (p: number, base: number): Cell[] => [`${fmt(p, 3)} ms vs ${fmt(base, 3)} ms (+${fmt(p - base, 3)})`, p - base <= 0.25 ? 'yes' : 'NO'];
@@ -287,12 +324,15 @@ export async function runGrpcBench(): Promise<void> {
       ['for comparison: REST v2 binary p50 on the MLP, 1 bare-socket client', `${fmt(mlpRestP50, 3)} ms (+${fmt(mlpRestP50 - bare, 3)})`, 'info'],
       ['floor: the Python grpcio client against the agent\'s HTTP/2 answering at once (no server on it can go below)', python ? `${fmt(floor, 3)} ms (the Python client's gRPC p50 above it: +${fmt(mlpGrpcP50 - floor, 3)})` : '-', 'info'],
       ['same against node:http2 answering at once (what the agent\'s own HTTP/2 saves per call)', python ? `${fmt(nodeFloor, 3)} ms (${fmt(nodeFloor - floor, 3)} ms more)` : '-', 'info'],
-      ['gRPC transport cost per call over the HTTP layer (server CPU, MLP, 16 clients): KServe raw vs v2 binary', `${fmt(perCall, 0)} µs`, 'info'],
+      ['same against grpc-js answering at once', python ? `${fmt(grpcJsFloor, 3)} ms (${fmt(grpcJsFloor - floor, 3)} ms more)` : '-', 'info'],
+      ['what grpc-js costs per call over the HTTP layer (server CPU, no-op servers, 16 clients; table above)', `+${fmt((layerUs.get('grpc-js') ?? NaN) - httpUs, 0)} µs (the agent's HTTP/2: +${fmt((layerUs.get('edgefleet') ?? NaN) - httpUs, 0)}; node:http2: +${fmt((layerUs.get('node-http2') ?? NaN) - httpUs, 0)})`, 'info'],
+      ['gRPC transport cost per call over the HTTP layer on the agent (server CPU, MLP, 16 clients): KServe raw vs v2 binary', `${fmt(perCall, 0)} µs`, 'info'],
       ['same, TF Predict (typed output fields) vs v2 binary', `${fmt(perCallTf, 0)} µs`, 'info'],
     ], (i) => i === 1);
   } finally {
     await agent?.stop();
     for (const echo of Object.values(echoes)) await echo.stop();
+    await wireEcho?.stop();
     await rm(dir, { recursive: true, force: true });
   }
 }
