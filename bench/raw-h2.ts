@@ -15,7 +15,7 @@
  * connection, like the closed-loop clients it serves.
  */
 import { connect, type Socket } from 'node:net';
-import { DEFAULT_MAX_FRAME, DEFAULT_WINDOW, Flag, frame, Frame, FRAME_HEADER, MAX_WINDOW, PREFACE, Setting, settingsFrame, windowUpdate } from '../agent/grpc/h2-frames.js';
+import { DEFAULT_MAX_FRAME, DEFAULT_WINDOW, Flag, frame, Frame, MAX_WINDOW, PREFACE, readFrames, Setting, settingsFrame, windowUpdate } from '../agent/grpc/h2-frames.js';
 import { HpackDecoder, HpackEncoder } from '../agent/grpc/hpack.js';
 
 /** Receive windows this client opens: as wide as HTTP/2 allows, topped up once half is used. */
@@ -108,18 +108,9 @@ export class RawGrpcConnection {
   private read(chunk: Buffer): void {
     const buf = this.rest ? Buffer.concat([this.rest, chunk]) : chunk;
     this.rest = undefined;
-    let at = 0;
+    let at: number;
     try {
-      while (buf.length - at >= FRAME_HEADER) {
-        const length = (buf[at]! << 16) | (buf[at + 1]! << 8) | buf[at + 2]!;
-        if (buf.length - at < FRAME_HEADER + length) break;
-        const type = buf[at + 3]!;
-        const flags = buf[at + 4]!;
-        const id = buf.readUInt32BE(at + 5) & 0x7fffffff;
-        const payload = buf.subarray(at + FRAME_HEADER, at + FRAME_HEADER + length);
-        at += FRAME_HEADER + length;
-        this.frame(type, flags, id, payload);
-      }
+      at = readFrames(buf, DEFAULT_MAX_FRAME, (type, flags, id, payload) => this.frame(type, flags, id, payload));
     } catch (err) {
       return this.fail(err as Error);
     }

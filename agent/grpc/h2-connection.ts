@@ -18,11 +18,11 @@ import {
   Flag,
   frame,
   Frame,
-  FRAME_HEADER,
   goAway,
   H2Error,
   MAX_WINDOW,
   PREFACE,
+  readFrames,
   rstStream,
   Setting,
   settingsFrame,
@@ -185,26 +185,19 @@ export class H2Connection implements StreamOwner {
         this.prefaceSeen = true;
         buf = buf.subarray(PREFACE.length);
       }
-      let at = 0;
-      while (buf.length - at >= FRAME_HEADER) {
-        const length = (buf[at]! << 16) | (buf[at + 1]! << 8) | buf[at + 2]!;
-        if (length > DEFAULT_MAX_FRAME) throw new ConnectionError(H2Error.FRAME_SIZE_ERROR, `frame of ${length} bytes is over SETTINGS_MAX_FRAME_SIZE (${DEFAULT_MAX_FRAME})`);
-        if (buf.length - at < FRAME_HEADER + length) break;
-        const type = buf[at + 3]!;
-        const flags = buf[at + 4]!;
-        const id = buf.readUInt32BE(at + 5) & 0x7fffffff;
-        const payload = buf.subarray(at + FRAME_HEADER, at + FRAME_HEADER + length);
-        at += FRAME_HEADER + length;
-        this.frame(type, flags, id, payload);
-        if (this.dead) return;
-      }
-      if (at < buf.length) this.rest = buf.subarray(at);
+      const at = readFrames(buf, DEFAULT_MAX_FRAME, this.visit);
+      if (!this.dead && at < buf.length) this.rest = buf.subarray(at);
     } catch (err) {
       if (err instanceof ConnectionError) return this.fail(err.code, err.message);
       if (err instanceof HpackError) return this.fail(H2Error.COMPRESSION_ERROR, err.message);
       throw err;
     }
   }
+
+  private readonly visit = (type: number, flags: number, id: number, payload: Buffer): boolean => {
+    this.frame(type, flags, id, payload);
+    return !this.dead;
+  };
 
   private frame(type: number, flags: number, id: number, payload: Buffer): void {
     if (this.block && type !== Frame.CONTINUATION) throw new ConnectionError(H2Error.PROTOCOL_ERROR, `frame type ${type} in the middle of a header block; CONTINUATION expected`);

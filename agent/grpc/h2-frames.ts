@@ -61,6 +61,30 @@ export class ConnectionError extends Error {
   }
 }
 
+/** Takes one frame read off the wire; false stops the reading (the connection ended). */
+export type FrameVisitor = (type: number, flags: number, stream: number, payload: Buffer) => boolean | void;
+
+/**
+ * Hands the whole frames at the start of `buf` to `visit`, in order, and returns the offset where
+ * reading stopped: the start of a frame not yet whole, or the frame after the one `visit` stopped on.
+ * A frame declaring more than `maxFrame` bytes is a FRAME_SIZE_ERROR.
+ */
+export function readFrames(buf: Buffer, maxFrame: number, visit: FrameVisitor): number {
+  let at = 0;
+  while (buf.length - at >= FRAME_HEADER) {
+    const length = (buf[at]! << 16) | (buf[at + 1]! << 8) | buf[at + 2]!;
+    if (length > maxFrame) throw new ConnectionError(H2Error.FRAME_SIZE_ERROR, `frame of ${length} bytes is over SETTINGS_MAX_FRAME_SIZE (${maxFrame})`);
+    if (buf.length - at < FRAME_HEADER + length) break;
+    const type = buf[at + 3]!;
+    const flags = buf[at + 4]!;
+    const stream = buf.readUInt32BE(at + 5) & 0x7fffffff;
+    const payload = buf.subarray(at + FRAME_HEADER, at + FRAME_HEADER + length);
+    at += FRAME_HEADER + length;
+    if (visit(type, flags, stream, payload) === false) break;
+  }
+  return at;
+}
+
 /** One frame: the 9-byte header and the payload, in one buffer. */
 export function frame(type: number, flags: number, stream: number, payload?: Uint8Array): Buffer {
   const length = payload?.length ?? 0;
