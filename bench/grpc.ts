@@ -163,6 +163,10 @@ async function bareP50(threads: number, windowMs: number, idleMs = 0): Promise<n
   return percentile(Float64Array.from(latencies).sort(), 50);
 }
 
+/** The window of median throughput, whose p50 and p99 the tables show. */
+const midWindow = (ws: readonly Window[]): Window | undefined => [...ws].sort((a, b) => a.rps - b.rps)[Math.floor(ws.length / 2)];
+const errorCount = (ws: readonly Window[]): number => ws.reduce((n, w) => n + w.errors, 0);
+
 const median = (values: number[]): number => {
   const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
   return sorted.length === 0 ? NaN : (sorted[Math.floor(sorted.length / 2)] as number);
@@ -206,13 +210,17 @@ export async function runGrpcBench(): Promise<void> {
     const python = await pythonGenerator(dir);
     if (!python) console.log('Python grpcio client rows skipped: /usr/bin/python3 with grpcio and grpc_tools not found (apt-get install python3-grpcio python3-grpc-tools)');
     const node = nodeGenerator();
+    /** One window of `api` calls on `model` from `clients` closed loops, to these ports. */
+    const windowSpec = (api: Api, model: (typeof MODELS)[number], clients: number, httpPort: number, grpcPort: number): LoadSpec => ({
+      api, model: model.name, shape: [...model.shape], images: 8, host: '127.0.0.1', httpPort, grpcPort, clients, warmupMs: timing.warmupMs, windowMs: timing.windowMs,
+    });
     /** Each scenario's windows, the scenarios interleaved round by round. */
     const runRounds = async (model: (typeof MODELS)[number], clients: number, scenarios: Scenario[]): Promise<Map<string, Window[]>> => {
       const windows = new Map<string, Window[]>(scenarios.map((a) => [a.key, []]));
       for (let round = 0; round < timing.rounds; round++) {
         for (const s of scenarios) {
           const port = s.floor ? (echoes[s.floor] as ServerChild).port : grpcPort;
-          const spec: LoadSpec = { ...(s.socket ? { socket: join(dir, 'grpc.sock') } : {}), api: s.api, model: model.name, shape: [...model.shape], images: 8, host: '127.0.0.1', httpPort: (agent as ServerChild).port, grpcPort: port, clients, warmupMs: timing.warmupMs, windowMs: timing.windowMs };
+          const spec: LoadSpec = { ...windowSpec(s.api, model, clients, (agent as ServerChild).port, port), ...(s.socket ? { socket: join(dir, 'grpc.sock') } : {}) };
           windows.get(s.key)?.push(await runWindow(s.python ? (python as Generator) : node, spec, agent as ServerChild, pin?.client));
         }
       }
@@ -229,14 +237,14 @@ export async function runGrpcBench(): Promise<void> {
         const base = windows.get('v1-json') ?? [];
         for (const { key, label, floor } of scenarios) {
           const ws = windows.get(key) ?? [];
-          const mid = [...ws].sort((a, b) => a.rps - b.rps)[Math.floor(ws.length / 2)];
+          const mid = midWindow(ws);
           // The floor row answers no model: its rate is no API's.
           const ratio = floor ? NaN : median(ws.map((w, r) => w.rps / (base[r]?.rps ?? NaN)));
           const k = `${model.name}/${clients}/${key}`;
           ratios.set(k, ratio);
           p50s.set(k, median(ws.map((w) => w.p50)));
           srvUs.set(k, median(ws.map((w) => w.srvUs)));
-          const errors = ws.reduce((n, w) => n + w.errors, 0);
+          const errors = errorCount(ws);
           rows.push([model.label, clients, label, fmt(mid?.rps, 0), fmt(mid?.p50, 3), fmt(mid?.p99, 3), fmt(ratio, 2), fmt(srvUs.get(k), 0), fmt(median(ws.map((w) => w.genCpuPct)), 0), errors > 0 ? `${errors} (${ws.find((w) => w.firstError)?.firstError ?? ''})` : 0]);
         }
       }
@@ -254,7 +262,7 @@ export async function runGrpcBench(): Promise<void> {
     for (let round = 0; round < timing.rounds; round++) {
       for (const clients of CLIENTS) {
         for (const layer of layers) {
-          const spec: LoadSpec = { api: layer.api, model: 'mlp', shape: [1, 784], images: 8, host: '127.0.0.1', httpPort: layer.child.port, grpcPort: layer.child.port, clients, warmupMs: timing.warmupMs, windowMs: timing.windowMs };
+          const spec = windowSpec(layer.api, MODELS[0], clients, layer.child.port, layer.child.port);
           const k = `${layer.key}/${clients}`;
           layerWindows.set(k, [...(layerWindows.get(k) ?? []), await runWindow(node, spec, layer.child, pin?.client)]);
         }
@@ -268,7 +276,7 @@ export async function runGrpcBench(): Promise<void> {
       layers.map((l) => {
         const ws = [...(layerWindows.get(`${l.key}/1`) ?? []), ...(layerWindows.get(`${l.key}/16`) ?? [])];
         const us = layerUs.get(l.key) ?? NaN;
-        return [l.label, fmt(median((layerWindows.get(`${l.key}/1`) ?? []).map((w) => w.p50)), 3), fmt(median((layerWindows.get(`${l.key}/16`) ?? []).map((w) => w.rps)), 0), fmt(us, 0), l.key === 'http' ? '-' : `+${fmt(us - httpUs, 0)}`, ws.reduce((n, w) => n + w.errors, 0)];
+        return [l.label, fmt(median((layerWindows.get(`${l.key}/1`) ?? []).map((w) => w.p50)), 3), fmt(median((layerWindows.get(`${l.key}/16`) ?? []).map((w) => w.rps)), 0), fmt(us, 0), l.key === 'http' ? '-' : `+${fmt(us - httpUs, 0)}`, errorCount(ws)];
       }),
       (i) => i !== 0,
     );
@@ -286,8 +294,8 @@ export async function runGrpcBench(): Promise<void> {
       for (const [key, ws] of polled.windows) {
         const label = APIS.find((a) => a.key === key)?.label ?? key;
         polledP50.set(key, median(ws.map((w) => w.p50)));
-        const mid = [...ws].sort((a, b) => a.rps - b.rps)[Math.floor(ws.length / 2)];
-        const errors = ws.reduce((n, w) => n + w.errors, 0);
+        const mid = midWindow(ws);
+        const errors = errorCount(ws);
         polledRows.push([label, fmt(mid?.rps, 0), fmt(polledP50.get(key), 3), fmt(mid?.p99, 3), fmt(p50s.get(`mlp/1/${key}`), 3), errors]);
       }
       polledRows.push(['bare session.run, back to back', '-', fmt(polled.bare, 3), '-', fmt(bare, 3), 0]);
